@@ -1,0 +1,26 @@
+"""`cityops emergency …` — batch command 7 of CONTRACTS.md and the streaming service."""
+
+from __future__ import annotations
+
+import argparse
+
+from shared.batch_io import run_batch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    em = sub.add_parser("emergency", help="emergency: equipment fault detection")
+    cmds = em.add_subparsers(dest="emergency_command", metavar="ACTION")
+    cmds.required = True
+
+    p = cmds.add_parser("detect", help="equipment fault early warning on one machine's channels")
+    p.add_argument("--series", required=True, help="CSV: time plus numeric channel columns")
+    p.add_argument("--train-until", required=True, help="ISO 8601; rows up to it are normal operation")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_detect)
+
+
+
+def _detect(a: argparse.Namespace) -> int:
+    from services.emergency import batch
+
+    return run_batch(batch.detect, a.series, a.train_until, a.out)

@@ -1,0 +1,27 @@
+"""`cityops water …` — batch command 6 of CONTRACTS.md and the streaming service."""
+
+from __future__ import annotations
+
+import argparse
+
+from shared.batch_io import run_batch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    water = sub.add_parser("water", help="water: detect leaks")
+    cmds = water.add_subparsers(dest="water_command", metavar="ACTION")
+    cmds.required = True
+
+    p = cmds.add_parser("detect", help="detect and localise leaks from SCADA data")
+    p.add_argument("--network", required=True, help="EPANET .inp file")
+    p.add_argument("--scada", required=True, help="CSV (long): time, sensor_id, kind, value")
+    p.add_argument("--train-until", required=True, help="ISO 8601; data up to it is leak-free")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_detect)
+
+
+
+def _detect(a: argparse.Namespace) -> int:
+    from services.water import batch
+
+    return run_batch(batch.detect, a.network, a.scada, a.train_until, a.out)
