@@ -1,0 +1,179 @@
+"""Apache Kafka, single node in KRaft mode, jars resolved from Maven Central by `stack/kafka/pom.xml`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from shared.stack.config import PROJECT_ROOT, StackConfig
+from shared.stack.proc import port_open, read_pid, spawn, stop, wait_until
+
+POM = PROJECT_ROOT / "stack" / "kafka" / "pom.xml"
+
+LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+"""
+
+
+class Kafka:
+    name = "kafka"
+
+    def __init__(self, cfg: StackConfig):
+        self.cfg = cfg
+        self.home = cfg.dir("kafka")
+        self.libs = self.home / "libs"
+        self.pid_file = self.home / "kafka.pid"
+        self.log_file = self.home / "stdout.log"
+        self.props = self.home / "server.properties"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.cfg.kafka_port}"
+
+    def ensure_jars(self) -> None:
+        if self.libs.exists() and any(self.libs.glob("kafka_2.13-*.jar")):
+            return
+        if shutil.which("java") is None:
+            raise RuntimeError("Java 17 is needed for Kafka: run `apt-get install -y openjdk-17-jre-headless`")
+        if shutil.which("mvn") is None:
+            raise RuntimeError("Maven is needed to fetch the Kafka jars: run `apt-get install -y maven`")
+        print("  kafka: resolving broker jars from Maven Central (first run only) …", flush=True)
+        tmp = self.home / "libs.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+            check=True,
+        )
+        tmp.rename(self.libs)
+
+    def write_config(self) -> None:
+        data = self.cfg.dir("kafka", "data")
+        p, c = self.cfg.kafka_port, self.cfg.kafka_controller_port
+        self.props.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{c}",
+                f"listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{p}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=3",
+                # topics come from schemas/topics.py, never from a typo in a producer
+                "auto.create.topics.enable=false",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=6",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.check.interval.ms=60000",
+                "",
+            ])
+        )
+        (self.home / "log4j2.properties").write_text(LOG4J2.format(log=self.home / "server.log"))
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        return [
+            "java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            "-cp", f"{self.libs}/*", main, *args,
+        ]
+
+    def format_storage(self) -> None:
+        data = self.home / "data"
+        if (data / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.props)),
+            check=True, stdout=subprocess.DEVNULL,
+        )
+
+    def running(self) -> bool:
+        return read_pid(self.pid_file) is not None
+
+    def up(self) -> None:
+        if self.running() and port_open(self.cfg.kafka_port):
+            return
+        if port_open(self.cfg.kafka_port):
+            raise RuntimeError(
+                f"port {self.cfg.kafka_port} is taken by another program; set CITYOPS_KAFKA_PORT to a free port"
+            )
+        self.ensure_jars()
+        self.write_config()
+        self.format_storage()
+        spawn(self._java("kafka.Kafka", str(self.props)), log_file=self.log_file, pid_file=self.pid_file)
+        wait_until(self.healthy, timeout=90, what="Kafka", log_file=self.home / "server.log")
+
+    def healthy(self) -> bool:
+        if not (self.running() and port_open(self.cfg.kafka_port)):
+            return False
+        try:
+            asyncio.run(_list_topics(self.bootstrap))
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            return False
+        return True
+
+    def down(self) -> bool:
+        return stop(self.pid_file, timeout=30)
+
+    def ensure_topics(self) -> list[str]:
+        """Create every topic of schemas/topics.py that is missing; returns the ones created."""
+        return asyncio.run(_ensure_topics(self.bootstrap))
+
+
+async def _list_topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _ensure_topics(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from schemas.topics import KAFKA_TOPICS
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                t.name, num_partitions=t.partitions, replication_factor=1,
+                topic_configs={"retention.ms": str(t.retention_ms), "cleanup.policy": t.cleanup_policy},
+            )
+            for t in KAFKA_TOPICS
+            if t.name not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+def libs_dir(cfg: StackConfig) -> Path:
+    return cfg.state_dir / "kafka" / "libs"
