@@ -100,7 +100,7 @@ class Mosquitto:
                 "autosave_interval 5",
                 # queue for offline persistent sessions (the gateway after a crash)
                 "max_queued_messages 200000",
-                "max_inflight_messages 100",
+                "max_inflight_messages 1000",
                 "max_packet_size 1048576",
                 "log_type error",
                 "log_type warning",
