@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictFloat
 
 from schemas.registry import Domain
 
@@ -17,7 +17,7 @@ class WireValue(BaseModel):
     """A value with an explicit unit, for sensors that do not report in the canonical unit."""
 
     model_config = ConfigDict(extra="forbid")
-    value: float
+    value: StrictFloat
     unit: str
 
 
@@ -32,7 +32,7 @@ class SensorMessage(BaseModel):
 
     sensor_id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     time: AwareDatetime
-    values: dict[str, float | WireValue] = Field(min_length=1)
+    values: dict[str, StrictFloat | WireValue] = Field(min_length=1)
     seq: int | None = Field(default=None, ge=0)
 
 

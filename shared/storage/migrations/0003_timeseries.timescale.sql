@@ -7,7 +7,7 @@ SELECT create_hypertable('air_grid', by_range('valid_at', INTERVAL '1 day'), if_
 SELECT create_hypertable('equipment_health', by_range('time', INTERVAL '1 day'), if_not_exists => true, migrate_data => true);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS observations_hourly
-WITH (timescaledb.continuous) AS
+WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT time_bucket(INTERVAL '1 hour', time) AS bucket,
        sensor_id, quantity, domain, district,
        avg(value) AS avg_value, min(value) AS min_value, max(value) AS max_value,

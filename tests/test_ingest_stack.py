@@ -1,0 +1,133 @@
+"""The ingest room against the real Mosquitto, Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from ingest_corpus import cases
+from ingest_harness import (air_sensor, collect, gateway_client, kafka_tail, publish_all, register, running,
+                            settings_for)
+
+from schemas.topics import DEADLETTER, OBSERVATION_TOPIC
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
+
+
+def _count(db_url: str, sql: str, *args) -> int:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(sql, args).fetchone()[0]
+
+
+async def test_every_bad_input_ends_in_dead_letters_and_gateway_stays_alive(stack_env, db_url):
+    tok = secrets.token_hex(3)
+    A, B, GA, GB = f"aq-{tok}-a", f"aq-{tok}-b", f"gw-{tok}-a", f"gw-{tok}-b"
+    mq = register(db_url, [air_sensor(A, GA), air_sensor(B, GB)])
+    now = datetime.now(UTC)
+    corpus = cases(A, B, GA, GB, (now - timedelta(minutes=3)).isoformat(), (now - timedelta(days=30)).isoformat(),
+                   (now + timedelta(hours=3)).isoformat())
+    s = settings_for(db_url, tok)
+    port = int(stack_env["CITYOPS_MQTT_PORT"])
+    dlq = await kafka_tail(s.kafka_bootstrap, DEADLETTER)
+    try:
+        async with running(s) as parts:
+            ca, cb = gateway_client(mq, GA, port), gateway_client(mq, GB, port)
+            good = json.dumps({"sensor_id": A, "time": (now - timedelta(minutes=1)).isoformat(),
+                               "values": {"pm25": 33.0, "temp": 21.5}}).encode()
+            await asyncio.to_thread(publish_all, ca, [(c[2], c[3]) for c in corpus if c[4] == GA])
+            await asyncio.to_thread(publish_all, cb, [(c[2], c[3]) for c in corpus if c[4] == GB])
+            # an exact duplicate of a good reading
+            await asyncio.to_thread(publish_all, ca, [(f"city/{GA}/{A}", good), (f"city/{GA}/{A}", good)])
+            expected = len(corpus) + 1
+            letters = await collect(dlq, lambda e: e["payload"].get("gateway_id") in (GA, GB), expected, timeout=90)
+            ca.disconnect(); cb.disconnect()
+
+            got = {base64.b64decode(e["payload"]["original_b64"]): e["payload"]["reason_code"] for e in letters}
+            assert len(letters) == expected, f"{len(letters)} dead letters for {expected} bad messages"
+            for name, reason, _topic, payload, _gw in corpus:
+                assert got.get(payload) == reason, f"{name}: expected {reason}, got {got.get(payload)}"
+            assert got[good] == "duplicate"
+            assert all(e["payload"]["reason"] for e in letters)
+            # the gateway is alive and still forwarding good data
+            assert parts["gateway"].stats["accepted"] == 1
+            # the sink stored the good reading (2 quantities) and every dead letter, and nothing else
+            await asyncio.to_thread(_wait_rows, db_url, A, 2)
+            assert _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id IN (%s, %s)", A, B) == 2
+            n_dl = await asyncio.to_thread(_wait_dead_letters, db_url, (GA, GB), expected)
+            assert n_dl == expected
+    finally:
+        await dlq.stop()
+
+
+def _wait_rows(db_url: str, sensor: str, n: int) -> None:
+    from conftest import wait_for
+
+    wait_for(lambda: _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = %s", sensor) >= n,
+             what=f"{n} rows of {sensor}")
+
+
+def _wait_dead_letters(db_url: str, gateways: tuple[str, str], n: int) -> int:
+    from conftest import wait_for
+
+    sql = "SELECT count(*) FROM dead_letters WHERE gateway_id IN (%s, %s)"
+    wait_for(lambda: _count(db_url, sql, *gateways) >= n, what=f"{n} dead letters in the database")
+    return _count(db_url, sql, *gateways)
+
+
+async def test_exact_counts_and_restart_loses_nothing(stack_env, db_url):
+    """Readings published while the gateway is down are delivered after it restarts; a replayed Kafka batch
+    (sink restarted from the start of the topic) adds no rows."""
+    tok = secrets.token_hex(3)
+    sensors = [air_sensor(f"aq-{tok}-{i}", f"gw-{tok}") for i in range(5)]
+    mq = register(db_url, sensors)
+    port = int(stack_env["CITYOPS_MQTT_PORT"])
+    s = settings_for(db_url, tok)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+    def batch(offset_min: int, n: int):
+        return [(f"city/gw-{tok}/{sp.sensor_id}",
+                 json.dumps({"sensor_id": sp.sensor_id, "time": (t0 + timedelta(minutes=offset_min + k)).isoformat(),
+                             "values": {"pm25": 20.0 + k % 7, "temp": 15.0 + (k % 5) * 0.1}}).encode())
+                for k in range(n) for sp in sensors]
+
+    client = gateway_client(mq, f"gw-{tok}", port)
+    async with running(s, sink=False):
+        await asyncio.to_thread(publish_all, client, batch(0, 40))  # 200 messages
+    # gateway down: the broker queues these in the gateway's persistent session
+    await asyncio.to_thread(publish_all, client, batch(40, 30))  # 150 messages
+    async with running(s, sink=True):
+        ids = [sp.sensor_id for sp in sensors]
+        await asyncio.to_thread(_wait_total, db_url, ids, 350 * 2)
+    client.disconnect()
+    assert _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s)", ids) == 700
+    # replay: a new sink group reads the topic from the beginning; the unique key keeps the count
+    replay = settings_for(db_url, tok + "r")
+    async with running(replay, gateway=False) as parts:
+        from conftest import async_wait_for
+
+        async def caught_up():
+            from shared.observability import CONSUMER_LAG
+
+            return parts["sink"].rows_written == 0 and _lag_zero(CONSUMER_LAG, OBSERVATION_TOPIC["air"])
+
+        await asyncio.sleep(3)
+        await async_wait_for(caught_up, timeout=120, what="replaying sink to catch up")
+    assert _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s)", ids) == 700
+
+
+def _lag_zero(gauge, topic: str) -> bool:
+    samples = [s for m in gauge.collect() for s in m.samples if s.labels.get("topic") == topic
+               and s.labels.get("service") == "sink"]
+    return bool(samples) and all(s.value == 0 for s in samples)
+
+
+def _wait_total(db_url: str, ids: list[str], n: int) -> None:
+    from conftest import wait_for
+
+    wait_for(lambda: _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s)", ids) >= n,
+             timeout=120, what=f"{n} rows")
