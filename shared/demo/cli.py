@@ -1,0 +1,25 @@
+"""`cityops demo`"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: real stack + every service + a simulated city, with a summary")
+    p.add_argument("--hours", type=float, default=36.0, help="simulated hours")
+    p.add_argument("--minutes", type=float, default=3.0, help="real minutes to replay them in")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out-dir", type=Path, default=None, help="default: .state/demo")
+    p.add_argument("--keep-services", action="store_true", help="leave the services running afterwards")
+    p.set_defaults(func=_demo)
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from shared.demo.runner import run
+    from shared.settings import state_dir
+
+    summary = run(hours=a.hours, minutes=a.minutes, seed=a.seed, out_dir=a.out_dir or state_dir() / "demo",
+                  keep_services=a.keep_services)
+    return 0 if summary["accounted"] else 1

@@ -1,0 +1,232 @@
+"""`cityops demo`: the whole simulated city on the real stack, end to end, with a summary.
+
+1. the stack is brought up and migrated; 2. the simulated city is generated, its sensors and
+gateways registered; 3. every service in this checkout is started as its own process;
+4. the city publishes over MQTT for a few real minutes; 5. once the pipeline has drained,
+every published message is accounted for (accepted to Kafka + dead-lettered = published;
+database rows = readings), latency per stage is read from the services' metrics, and each
+injected scenario is checked against the alerts the services raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from schemas.topics import DEADLETTER, OBSERVATION_TOPIC
+from shared.demo.services import suite, wait_ready
+from shared.simulator.city import DOMAIN_GENERATORS
+
+
+async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        out = {}
+        for t in topics:
+            parts = [TopicPartition(t, p) for p in (c.partitions_for_topic(t) or set())]
+            ends = await c.end_offsets(parts) if parts else {}
+            out[t] = int(sum(ends.values()))
+        return out
+    finally:
+        await c.stop()
+
+
+def end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    return asyncio.run(_end_offsets(bootstrap, topics))
+
+
+def quantiles_from_metrics(text: str, metric: str, labels: dict[str, str]) -> dict[str, float] | None:
+    """p50/p99 (upper bucket bounds) of a Prometheus histogram from its text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: list[tuple[float, float]] = []
+    count = 0.0
+    for fam in text_string_to_metric_families(text):
+        if fam.name != metric:
+            continue
+        for s in fam.samples:
+            if any(s.labels.get(k) != v for k, v in labels.items()):
+                continue
+            if s.name.endswith("_bucket"):
+                buckets.append((float(s.labels["le"]), s.value))
+            elif s.name.endswith("_count"):
+                count = s.value
+    if not buckets or count == 0:
+        return None
+    buckets.sort()
+
+    def q(p: float) -> float:
+        for le, c in buckets:
+            if c >= p * count:
+                return le
+        return float("inf")
+
+    return {"p50_s": q(0.5), "p99_s": q(0.99), "n": int(count)}
+
+
+def _db_counts(db_url: str, sensor_ids: list[str], since: datetime) -> dict[str, Any]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s) AND ingested_at >= %s", (sensor_ids, since)
+        ).fetchone()[0]
+        worker = conn.execute(
+            "SELECT count(*) FROM restricted.worker_observations WHERE sensor_id = ANY(%s) AND ingested_at >= %s",
+            (sensor_ids, since),
+        ).fetchone()[0]
+        dl = conn.execute(
+            "SELECT reason_code, count(*) FROM dead_letters WHERE received_at >= %s GROUP BY 1 ORDER BY 1", (since,)
+        ).fetchall()
+        alerts = conn.execute(
+            "SELECT alert_id, domain, kind, severity, level, district, raised_at, evidence, title_en "
+            "FROM alerts WHERE raised_at >= %s - interval '3 days' ORDER BY raised_at", (since,)
+        ).fetchall()
+    return {
+        "observation_rows": rows, "worker_rows": worker, "dead_letters": dict(dl),
+        "alerts": [dict(zip(["alert_id", "domain", "kind", "severity", "level", "district", "raised_at", "evidence",
+                             "title_en"], a, strict=True)) for a in alerts],
+    }
+
+
+def check_scenarios(sim, alerts: list[dict]) -> list[dict]:
+    """Ask each domain whether its injected scenarios were detected (`check_detection` in its simulate.py)."""
+    out = []
+    for sc in sim.scenarios:
+        mod = importlib.import_module(DOMAIN_GENERATORS.get(sc.domain, ""))
+        checker = getattr(mod, "check_detection", None)
+        for truth in sc.truth:
+            if checker is None:
+                out.append({"domain": sc.domain, "scenario": truth.get("scenario"), "detected": None,
+                            "note": "no detection check in this domain yet"})
+                continue
+            res = checker(truth, alerts)
+            out.append({"domain": sc.domain, "scenario": truth.get("scenario"), **res})
+    return out
+
+
+def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services: bool = False) -> dict[str, Any]:
+    from shared import settings
+    from shared.simulator.city import publish
+    from shared.simulator.cli import prepare
+    from shared.stack import manager
+    from shared.storage.migrate import migrate
+
+    t_start = time.monotonic()
+    print("1/5 stack", flush=True)
+    manager.up()
+    s = settings.load()
+    with psycopg.connect(s.db_url) as conn:
+        migrate(conn)
+    print("2/5 simulated city", flush=True)
+    s, sim, passwords = prepare(hours, seed, None, out_dir)
+    n_msgs = len(sim.messages())
+    print(f"    {len(sim.sensors)} sensors on {len(sim.gateways)} gateways, {n_msgs:,} messages over {hours:g} "
+          f"simulated hours, {len(sim.truth)} injected scenarios", flush=True)
+    print("3/5 services", flush=True)
+    procs = suite(out_dir / "logs")
+    env = {"CITYOPS_CITY_CONFIG": str(out_dir / "city_config.json"), "CITYOPS_DEMO_DIR": str(out_dir)}
+    for p in procs:
+        p.env.update(env)
+        p.start()
+    try:
+        took = wait_ready(procs)
+        for p in procs:
+            print(f"    {p.name:<15} ready in {took[p.name]:.0f} s (:{p.port})", flush=True)
+        topics = [*OBSERVATION_TOPIC.values(), DEADLETTER]
+        before = end_offsets(s.kafka_bootstrap, topics)
+        since = datetime.now(UTC)
+        print(f"4/5 publishing for {minutes:g} min", flush=True)
+        pub = publish(sim, minutes=minutes, host=s.mqtt_host, port=s.mqtt_port, passwords=passwords)
+        print("5/5 draining and accounting", flush=True)
+        sensor_ids = [x.sensor_id for x in sim.sensors]
+        expected_rows = sum(len(sc.readings) for sc in sim.scenarios)
+        deadline = time.monotonic() + 300
+        last = -1
+        while time.monotonic() < deadline:
+            after = end_offsets(s.kafka_bootstrap, topics)
+            accepted = sum(after[t] - before[t] for t in OBSERVATION_TOPIC.values())
+            dead = after[DEADLETTER] - before[DEADLETTER]
+            db = _db_counts(s.db_url, sensor_ids, since)
+            stored = db["observation_rows"] + db["worker_rows"]
+            if accepted + dead >= pub["total"] and stored >= expected_rows:
+                break
+            if stored == last and accepted + dead >= pub["total"]:
+                time.sleep(2)
+            last = stored
+            time.sleep(2)
+        # let the domain services finish the last windows before judging detection
+        time.sleep(10)
+        db = _db_counts(s.db_url, sensor_ids, since)
+        metrics = {p.name: p.metrics() for p in procs}
+        latency = {
+            "sensor_publish_to_kafka": quantiles_from_metrics(metrics.get("ingest-gateway", ""),
+                                                              "cityops_stage_latency_seconds",
+                                                              {"stage": "publish_to_kafka"}),
+            "sink_db_batch": quantiles_from_metrics(metrics.get("ingest-sink", ""), "cityops_stage_latency_seconds",
+                                                    {"stage": "db_batch"}),
+        }
+        for p in procs[2:]:
+            fam = quantiles_from_metrics(metrics[p.name], "cityops_stage_latency_seconds", {})
+            if fam:
+                latency[p.name] = fam
+        scenarios = check_scenarios(sim, db["alerts"])
+        summary = {
+            "published": pub["published"], "published_total": pub["total"],
+            "accepted_to_kafka": accepted, "dead_lettered": dead,
+            "dead_letters_by_reason": db["dead_letters"],
+            "readings_expected": expected_rows,
+            "rows_stored": db["observation_rows"] + db["worker_rows"],
+            "accounted": accepted + dead == pub["total"] and db["observation_rows"] + db["worker_rows"] == expected_rows,
+            "latency": latency, "alerts": len(db["alerts"]), "scenarios": scenarios,
+            "services": {p.name: p.port for p in procs},
+            "wall_seconds": round(time.monotonic() - t_start, 1),
+        }
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str, ensure_ascii=False))
+        _extend_report(summary, sim, s, out_dir)
+        print_summary(summary)
+        return summary
+    finally:
+        if not keep_services:
+            for p in reversed(procs):
+                p.stop()
+
+
+def _extend_report(summary: dict, sim, s, out_dir: Path) -> None:
+    """The HTML report with plots, where the report module exists."""
+    try:
+        report = importlib.import_module("shared.demo.report")
+    except ModuleNotFoundError:
+        return
+    path = report.write(summary, sim, s, out_dir)
+    summary["report"] = str(path)
+
+
+def print_summary(x: dict) -> None:
+    print("\n=== CityOps demo summary ===")
+    print(f"messages published     {x['published_total']:>9,}  {x['published']}")
+    print(f"accepted to Kafka      {x['accepted_to_kafka']:>9,}")
+    print(f"dead-lettered          {x['dead_lettered']:>9,}  {x['dead_letters_by_reason']}")
+    print(f"readings stored        {x['rows_stored']:>9,}  of {x['readings_expected']:,} expected")
+    print(f"every message accounted for: {'YES' if x['accounted'] else 'NO'}")
+    print("latency per stage (p50 / p99):")
+    for stage, q in x["latency"].items():
+        if q:
+            print(f"  {stage:<26} {q['p50_s'] * 1000:>8.0f} ms / {q['p99_s'] * 1000:>8.0f} ms  (n={q['n']:,})")
+    print(f"alerts raised          {x['alerts']:>9,}")
+    print("injected scenarios:")
+    for sc in x["scenarios"]:
+        mark = {True: "DETECTED", False: "MISSED", None: "not checked"}[sc.get("detected")]
+        extra = "".join(f", {k}={v}" for k, v in sc.items() if k not in ("domain", "scenario", "detected"))
+        print(f"  [{mark:>11}] {sc['domain']}/{sc['scenario']}{extra}")
+    if x.get("report"):
+        print(f"report: {x['report']}")
+    print(f"total wall time {x['wall_seconds']:.0f} s")

@@ -1,0 +1,150 @@
+"""The stream-processing loop every domain service shares.
+
+    Kafka batch in -> handler (pure domain calls, idempotent DB writes) -> records out, acked by Kafka
+    -> offsets committed.
+
+Offsets are committed only after the outputs are acknowledged, so a crash replays the batch
+(at-least-once); outputs carry deterministic event ids and DB writes use natural keys, so a
+replay changes nothing. A record the handler cannot read is dead-lettered with the reason and
+skipped; a failure of Kafka or the database stops the loop (the process restarts, nothing is
+committed that was not done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.topics import ALERTS, TASKS
+from shared import kafka
+from shared.observability import DEAD_LETTERS, LATENCY, MESSAGES, update_consumer_lag
+from shared.service import Readiness
+
+logger = logging.getLogger("cityops.stream")
+ALERT_NAMESPACE = uuid.UUID("3c5b9a7e-2f1d-4e8a-b6c4-1d2e3f4a5b6c")
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+class PoisonRecord(Exception):
+    """Raised by a handler for one record it cannot process; the record is dead-lettered."""
+
+
+def stable_id(*parts: Any) -> str:
+    """A deterministic id: the same inputs give the same id on a replay."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, "|".join(str(p) for p in parts)))
+
+
+def output(topic: str, key: str, payload: BaseModel, *, source: str, occurred_at: datetime,
+           event_id: str | None = None) -> Output:
+    return Output(topic, key.encode(), kafka.event_for_topic(topic, source, payload, occurred_at=occurred_at,
+                                                              event_id=event_id))
+
+
+def alert_output(alert, *, source: str) -> Output:
+    """An Alert on the alerts topic, keyed by its dedup key; the event id is the alert id."""
+    return output(ALERTS, alert.dedup_key, alert, source=source, occurred_at=alert.raised_at, event_id=alert.alert_id)
+
+
+def task_output(task, *, source: str) -> Output:
+    return output(TASKS, task.task_id, task, source=source, occurred_at=task.created_at, event_id=task.task_id)
+
+
+Handler = Callable[[list[dict]], Awaitable[list[Output]]]
+
+
+class StreamProcessor:
+    def __init__(self, name: str, bootstrap: str, topics: list[str], group: str, handler: Handler,
+                 readiness: Readiness, *, max_records: int = 2000, poll_ms: int = 500,
+                 tick: Callable[[], Awaitable[list[Output]]] | None = None, tick_s: float = 5.0):
+        self.name = name
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.group = group
+        self.handler = handler
+        self.readiness = readiness
+        self.max_records = max_records
+        self.poll_ms = poll_ms
+        self.tick = tick
+        self.tick_s = tick_s
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = kafka.consumer(self.bootstrap, self.group, *self.topics, max_poll_records=self.max_records)
+        producer = kafka.producer(self.bootstrap)
+        await consumer.start()
+        await producer.start()
+        self.readiness.set("kafka")
+        last_tick = last_lag = time.monotonic()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_records)
+                records = [r for recs in batch.values() for r in recs]
+                outputs: list[Output] = []
+                if records:
+                    t0 = time.perf_counter()
+                    events = []
+                    for r in records:
+                        try:
+                            env = json.loads(r.value)
+                            if not isinstance(env, dict) or "payload" not in env:
+                                raise ValueError("not an envelope")
+                            events.append(env)
+                        except ValueError as exc:
+                            outputs.append(self._dead(r, "malformed_json", f"unreadable record: {exc}"))
+                    try:
+                        outputs += await self.handler(events)
+                    except PoisonRecord as exc:
+                        logger.warning("poison batch", extra={"fields": {"service": self.name, "error": str(exc)}})
+                        outputs += await self._one_by_one(events, records)
+                    LATENCY.labels(self.name, "handle_batch").observe(time.perf_counter() - t0)
+                    MESSAGES.labels(self.name, "consume", "records").inc(len(records))
+                if self.tick is not None and time.monotonic() - last_tick >= self.tick_s:
+                    last_tick = time.monotonic()
+                    outputs += await self.tick()
+                if outputs:
+                    futs = [await producer.send(o.topic, o.value, key=o.key) for o in outputs]
+                    await asyncio.gather(*futs)
+                    MESSAGES.labels(self.name, "produce", "records").inc(len(outputs))
+                if records:
+                    await consumer.commit()
+                    self.processed += len(records)
+                    now = time.time()
+                    for r in records[-50:]:
+                        LATENCY.labels(self.name, "kafka_to_output").observe(max(now - r.timestamp / 1000.0, 0.0))
+                if time.monotonic() - last_lag > 5:
+                    await update_consumer_lag(consumer, self.name)
+                    last_lag = time.monotonic()
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    async def _one_by_one(self, events: list[dict], records) -> list[Output]:
+        out: list[Output] = []
+        for env, rec in zip(events, records, strict=False):
+            try:
+                out += await self.handler([env])
+            except PoisonRecord as exc:
+                out.append(self._dead(rec, "processing_error", str(exc)))
+        return out
+
+    def _dead(self, rec, code: str, reason: str) -> Output:
+        key, value, _ = kafka.dead_letter(stage=self.name, reason_code=code, reason=reason,
+                                          origin=f"kafka:{rec.topic}/{rec.partition}@{rec.offset}",
+                                          original=rec.value or b"")
+        DEAD_LETTERS.labels(self.name, code).inc()
+        return Output(kafka.DEADLETTER_TOPIC, key, value)
