@@ -97,20 +97,21 @@ class StreamProcessor:
                 outputs: list[Output] = []
                 if records:
                     t0 = time.perf_counter()
-                    events = []
+                    events, sources = [], []
                     for r in records:
                         try:
                             env = json.loads(r.value)
                             if not isinstance(env, dict) or "payload" not in env:
                                 raise ValueError("not an envelope")
                             events.append(env)
+                            sources.append(r)
                         except ValueError as exc:
                             outputs.append(self._dead(r, "malformed_json", f"unreadable record: {exc}"))
                     try:
                         outputs += await self.handler(events)
                     except PoisonRecord as exc:
                         logger.warning("poison batch", extra={"fields": {"service": self.name, "error": str(exc)}})
-                        outputs += await self._one_by_one(events, records)
+                        outputs += await self._one_by_one(events, sources)
                     LATENCY.labels(self.name, "handle_batch").observe(time.perf_counter() - t0)
                     MESSAGES.labels(self.name, "consume", "records").inc(len(records))
                 if self.tick is not None and time.monotonic() - last_tick >= self.tick_s:
@@ -135,7 +136,7 @@ class StreamProcessor:
 
     async def _one_by_one(self, events: list[dict], records) -> list[Output]:
         out: list[Output] = []
-        for env, rec in zip(events, records, strict=False):
+        for env, rec in zip(events, records, strict=True):
             try:
                 out += await self.handler([env])
             except PoisonRecord as exc:
