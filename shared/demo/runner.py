@@ -25,24 +25,49 @@ from shared.demo.services import suite, wait_ready
 from shared.simulator.city import DOMAIN_GENERATORS
 
 
-async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+class OffsetReader:
+    """End offsets of topics, from one long-lived group-less consumer on its own event loop."""
 
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await c.start()
-    try:
+    def __init__(self, bootstrap: str):
+        from aiokafka import AIOKafkaConsumer
+
+        self._loop = asyncio.new_event_loop()
+
+        async def make():
+            c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+            await c.start()
+            return c
+
+        self._c = self._loop.run_until_complete(make())
+
+    async def _ends(self, topics: list[str]) -> dict[str, int]:
+        from aiokafka import TopicPartition
+
         out = {}
         for t in topics:
-            parts = [TopicPartition(t, p) for p in (c.partitions_for_topic(t) or set())]
-            ends = await c.end_offsets(parts) if parts else {}
+            parts = self._c.partitions_for_topic(t)
+            if not parts:
+                await self._c._client.force_metadata_update()  # noqa: SLF001 - new topic
+                parts = self._c.partitions_for_topic(t) or set()
+            tps = [TopicPartition(t, p) for p in parts]
+            ends = await self._c.end_offsets(tps) if tps else {}
             out[t] = int(sum(ends.values()))
         return out
-    finally:
-        await c.stop()
+
+    def ends(self, topics: list[str]) -> dict[str, int]:
+        return self._loop.run_until_complete(self._ends(topics))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._c.stop())
+        self._loop.close()
 
 
 def end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    return asyncio.run(_end_offsets(bootstrap, topics))
+    r = OffsetReader(bootstrap)
+    try:
+        return r.ends(topics)
+    finally:
+        r.close()
 
 
 def quantiles_from_metrics(text: str, metric: str, labels: dict[str, str]) -> dict[str, float] | None:
@@ -142,7 +167,8 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         for p in procs:
             print(f"    {p.name:<15} ready in {took[p.name]:.0f} s (:{p.port})", flush=True)
         topics = [*OBSERVATION_TOPIC.values(), DEADLETTER]
-        before = end_offsets(s.kafka_bootstrap, topics)
+        offsets = OffsetReader(s.kafka_bootstrap)
+        before = offsets.ends(topics)
         since = datetime.now(UTC)
         print(f"4/5 publishing for {minutes:g} min", flush=True)
         pub = publish(sim, minutes=minutes, host=s.mqtt_host, port=s.mqtt_port, passwords=passwords)
@@ -152,7 +178,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         deadline = time.monotonic() + 300
         last = -1
         while time.monotonic() < deadline:
-            after = end_offsets(s.kafka_bootstrap, topics)
+            after = offsets.ends(topics)
             accepted = sum(after[t] - before[t] for t in OBSERVATION_TOPIC.values())
             dead = after[DEADLETTER] - before[DEADLETTER]
             db = _db_counts(s.db_url, sensor_ids, since)
@@ -163,6 +189,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
                 time.sleep(2)
             last = stored
             time.sleep(2)
+        offsets.close()
         # let the domain services finish the last windows before judging detection
         time.sleep(10)
         db = _db_counts(s.db_url, sensor_ids, since)
