@@ -1,0 +1,1 @@
+"""The notification service: routing, channels, escalation until acknowledged, field tasks, dispatcher console."""

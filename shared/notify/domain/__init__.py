@@ -1,0 +1,1 @@
+"""Pure notification logic: routing rules, roster, assignment, auth. No Kafka, no database."""
