@@ -1,0 +1,194 @@
+"""Observation quality control: QARTOD tests (ioos_qc) plus a spatial buddy check.
+
+Flags follow QARTOD: 1 pass, 2 not evaluated, 3 suspect, 4 fail, 9 missing. Values are
+never changed or removed here; models downstream use only values flagged 1 (see
+`passed_values`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.weather.domain.grid import StationGrid, distance_matrix_km
+
+PASS, NOT_EVALUATED, SUSPECT, FAIL, MISSING = 1, 2, 3, 4, 9
+
+# Per variable: gross range (fail = physically impossible, suspect = outside this climate),
+# spike and rate-of-change thresholds in unit / unit per hour, flat line in hours with a
+# tolerance, and the buddy check's floor on the residual scale (a robust sigma never below it).
+DEFAULT_QC_CONFIG: dict[str, dict[str, Any]] = {
+    "temp": {"fail_span": (-60.0, 60.0), "suspect_span": (-40.0, 47.0), "spike": (6.0, 12.0),
+             "rate_per_h": 8.0, "flat_h": (6, 12), "flat_tol": 0.05, "buddy": {"floor": 0.8}},
+    "dewp": {"fail_span": (-70.0, 40.0), "suspect_span": (-50.0, 35.0), "spike": (8.0, 15.0),
+             "rate_per_h": 10.0, "flat_h": (6, 12), "flat_tol": 0.05, "buddy": {"floor": 1.2}},
+    # hourly pressure at Beijing stations steps by up to 5 hPa in 1 % of hours (coarse logging), so the
+    # spike and step limits sit above that
+    "pres": {"fail_span": (850.0, 1090.0), "suspect_span": (960.0, 1060.0), "spike": (7.0, 12.0),
+             "rate_per_h": 10.0, "flat_h": (8, 14), "flat_tol": 0.05, "buddy": {"floor": 1.5}},
+    "wind_speed": {"fail_span": (0.0, 75.0), "suspect_span": (0.0, 40.0), "spike": (10.0, 20.0),
+                   "rate_per_h": 15.0, "flat_h": (10, 18), "flat_tol": 0.05, "flat_skip_zero": True,
+                   "buddy": {"floor": 1.0, "z": (6.0, 9.0)}},
+    "rain": {"fail_span": (0.0, 300.0), "suspect_span": (0.0, 120.0)},
+    "wind_dir": {"fail_span": (0.0, 360.0)},
+}
+# buddy-check defaults: neighbours within radius_km, at least min_buddies reporting,
+# robust z-score of (value - buddies' median - station's usual offset) above z -> suspect/fail
+BUDDY_DEFAULTS = {"radius_km": 120.0, "min_buddies": 2, "z": (4.5, 7.0), "window_h": 720, "min_history_h": 48}
+
+
+@dataclass
+class QcResult:
+    """Combined flag and the flag of each individual test, per variable, on the grid."""
+
+    flags: dict[str, np.ndarray]  # var -> (n_times, n_stations) uint8
+    tests: dict[str, dict[str, np.ndarray]]  # var -> test name -> flags
+
+
+def _combine(into: np.ndarray, flags: np.ndarray) -> None:
+    """Raise `into` to suspect/fail where a test says so (pass/missing of one test changes nothing)."""
+    f = np.asarray(np.ma.filled(flags, PASS), dtype=np.uint8)
+    bad = (f == SUSPECT) | (f == FAIL)
+    np.maximum(into, np.where(bad, f, 0).astype(np.uint8), out=into)
+
+
+def qc_series_tests(values: np.ndarray, times_s: np.ndarray, cfg: dict[str, Any],
+                    causal: bool = False) -> dict[str, np.ndarray]:
+    """QARTOD tests of one station's hourly series (`times_s` in seconds). Returns flags per test.
+
+    `causal=True` leaves out the spike test, which looks one value ahead, so that a value's flag
+    depends only on data up to its own time (what a nowcast issued then may use).
+    """
+    from ioos_qc import qartod
+
+    out: dict[str, np.ndarray] = {}
+    x = np.ma.masked_invalid(values)
+    out["gross_range"] = np.ma.filled(
+        qartod.gross_range_test(x, fail_span=cfg["fail_span"], suspect_span=cfg.get("suspect_span")), MISSING)
+    if "spike" in cfg and not causal:
+        sp = np.ma.filled(qartod.spike_test(x, suspect_threshold=cfg["spike"][0],
+                                            fail_threshold=cfg["spike"][1]), MISSING)
+        # a spike also lifts the test's statistic at its two neighbours; only the peak is the error
+        stat = np.full(len(values), np.nan)
+        stat[1:-1] = np.abs(values[1:-1] - (values[:-2] + values[2:]) / 2)
+        left, right = np.roll(stat, 1), np.roll(stat, -1)
+        left[0], right[-1] = np.nan, np.nan
+        echo = (np.nan_to_num(left, nan=-1) > np.nan_to_num(stat, nan=-1)) | (
+            np.nan_to_num(right, nan=-1) > np.nan_to_num(stat, nan=-1))
+        out["spike"] = np.where(echo & np.isin(sp, (SUSPECT, FAIL)), PASS, sp)
+    if "rate_per_h" in cfg:
+        roc = np.ma.filled(qartod.rate_of_change_test(x, times_s, threshold=cfg["rate_per_h"] / 3600.0), MISSING)
+        # the step back down after a spike is not itself an error: only the jump into it counts
+        prev_spike = np.zeros_like(roc, dtype=bool)
+        if "spike" in out:
+            prev_spike[1:] = np.isin(out["spike"][:-1], (SUSPECT, FAIL))
+        roc = np.where(prev_spike & (roc == SUSPECT), PASS, roc)
+        out["rate_of_change"] = roc
+    if "flat_h" in cfg:
+        fl = np.ma.filled(qartod.flat_line_test(x, times_s, suspect_threshold=int(cfg["flat_h"][0] * 3600),
+                                                fail_threshold=int(cfg["flat_h"][1] * 3600),
+                                                tolerance=cfg.get("flat_tol", 0.0)), MISSING)
+        if cfg.get("flat_skip_zero"):
+            # calm wind reads 0 for hours on end; that is weather, not a stuck sensor
+            fl = np.where(np.nan_to_num(values, nan=1.0) == 0.0, PASS, fl)
+        out["flat_line"] = fl
+    return {k: np.asarray(v, dtype=np.uint8) for k, v in out.items()}
+
+
+def buddy_check(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: dict[str, Any],
+                history: np.ndarray | None = None) -> np.ndarray:
+    """Spatial buddy check on a (time × station) array.
+
+    A value is compared with the median of its neighbours at the same hour, after removing the
+    station's usual offset from them (rolling median over the past `window_h` hours, e.g. height
+    for pressure) and scaling by the station's usual spread (rolling MAD). Uses only the
+    same hour and the past. `history` (earlier rows of the same stations) seeds the rolling
+    statistics in streaming use. Returns flags (2 where fewer than `min_buddies` report).
+    """
+    c = {**BUDDY_DEFAULTS, **cfg}
+    n_t, n_s = values.shape
+    flags = np.full((n_t, n_s), NOT_EVALUATED, dtype=np.uint8)
+    if n_s < c["min_buddies"] + 1:
+        return flags
+    full = values if history is None else np.vstack([history, values])
+    d = distance_matrix_km(lat, lon)
+    resid = np.full(full.shape, np.nan)
+    n_buddies = np.zeros(full.shape, dtype=int)
+    for s in range(n_s):
+        mates = np.flatnonzero((d[s] <= c["radius_km"]) & (np.arange(n_s) != s))
+        if len(mates) < c["min_buddies"]:
+            continue
+        sub = full[:, mates]
+        cnt = np.sum(np.isfinite(sub), axis=1)
+        with np.errstate(all="ignore"), _quiet():
+            med = np.nanmedian(sub, axis=1)
+        resid[:, s] = full[:, s] - med
+        n_buddies[:, s] = cnt
+    r = pd.DataFrame(resid)
+    bias = r.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
+    dev = (r - bias).abs()
+    scale = 1.4826 * dev.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
+    scale = np.maximum(scale.to_numpy(), c["floor"])
+    with np.errstate(invalid="ignore"):
+        z = np.abs(resid - bias.to_numpy()) / scale
+    ok = np.isfinite(z) & (n_buddies >= c["min_buddies"])
+    fl = np.where(z > c["z"][1], FAIL, np.where(z > c["z"][0], SUSPECT, PASS))
+    full_flags = np.where(ok, fl, NOT_EVALUATED).astype(np.uint8)
+    return full_flags[-n_t:]
+
+
+class _quiet:
+    """Silence numpy's 'All-NaN slice' warning for hours when no buddy reports."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def qc_grid(grid: StationGrid, config: dict[str, dict[str, Any]] | None = None,
+            causal: bool = False) -> QcResult:
+    """Run every configured test on every variable of the grid and combine the flags.
+
+    Combined flag: 9 where the value is missing; else the worst of the tests' suspect (3) /
+    fail (4) verdicts, 1 if none; 2 for a variable with no configured test.
+    """
+    cfg_all = config or DEFAULT_QC_CONFIG
+    times_s = np.asarray(grid.times.as_unit("s").asi8, dtype=float)
+    flags: dict[str, np.ndarray] = {}
+    tests: dict[str, dict[str, np.ndarray]] = {}
+    for var, arr in grid.values.items():
+        present = np.isfinite(arr)
+        combined = np.where(present, PASS, MISSING).astype(np.uint8)
+        cfg = cfg_all.get(var)
+        if cfg is None:
+            flags[var] = np.where(present, NOT_EVALUATED, MISSING).astype(np.uint8)
+            tests[var] = {}
+            continue
+        per_test: dict[str, np.ndarray] = {}
+        for s in range(grid.n_stations):
+            res = qc_series_tests(arr[:, s], times_s, cfg, causal=causal)
+            for name, f in res.items():
+                per_test.setdefault(name, np.full(arr.shape, MISSING, dtype=np.uint8))[:, s] = f
+        if "buddy" in cfg:
+            per_test["buddy"] = buddy_check(arr, grid.lat, grid.lon, cfg["buddy"])
+        for f in per_test.values():
+            _combine(combined, f)
+        combined[~present] = MISSING
+        flags[var] = combined
+        tests[var] = per_test
+    return QcResult(flags, tests)
+
+
+def passed_values(grid: StationGrid, qc: QcResult) -> StationGrid:
+    """A copy of the grid with every value not flagged 1 (pass) or 2 (not evaluated) set to NaN."""
+    vals = {v: np.where(np.isin(qc.flags[v], (PASS, NOT_EVALUATED)), a, np.nan) for v, a in grid.values.items()}
+    return StationGrid(grid.times, grid.station_ids, grid.lat, grid.lon, vals)

@@ -1,0 +1,101 @@
+"""Synthetic weather for tests and the city simulator.
+
+`synthetic_observations` draws plausible station weather (diurnal temperature, synoptic
+swings shared across the city, dew point, pressure with its semi-diurnal tide, wind, rain)
+at any time step. `generate` registers ~20 weather stations in the city and injects, in the
+last 60 % of the period, a rainstorm peaking at `start + 0.8 * hours` (the water domain uses
+the same timing), a stuck temperature sensor and a temperature spike, with their truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Storm:
+    """A convective rainstorm: Gaussian in time around `peak`, in space around (lat, lon)."""
+
+    peak: pd.Timestamp
+    lat: float
+    lon: float
+    peak_rate_mm_h: float = 48.0
+    sigma_h: float = 1.5
+    radius_km: float = 12.0
+
+
+def _ar1(rng: np.random.Generator, n: int, k: int, phi: float, sd: float) -> np.ndarray:
+    """n steps of k AR(1) series with stationary standard deviation sd."""
+    out = np.empty((n, k))
+    out[0] = rng.normal(0, sd, k)
+    e = rng.normal(0, sd * np.sqrt(1 - phi**2), (n, k))
+    for t in range(1, n):
+        out[t] = phi * out[t - 1] + e[t]
+    return out
+
+
+def synthetic_observations(lat: np.ndarray, lon: np.ndarray, station_ids: list[str], times: pd.DatetimeIndex,
+                           seed: int, storm: Storm | None = None, mean_temp_c: float = 18.0) -> pd.DataFrame:
+    """Contract-format observations (time, station_id, lat, lon, temp, dewp, pres, rain, wind_dir, wind_speed).
+
+    `rain` is mm accumulated over each time step.
+    """
+    rng = np.random.default_rng(seed)
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    n, k = len(times), len(station_ids)
+    step_h = (times[1] - times[0]).total_seconds() / 3600 if n > 1 else 1.0
+    hours = np.asarray((times - times[0]).total_seconds() / 3600, float)[:, None]
+    solar = ((times.hour + times.minute / 60).to_numpy(float)[:, None] + lon[None, :] / 15) % 24
+    phi = lambda per_h: per_h ** step_h  # noqa: E731 - AR coefficient per step from one per hour
+    synoptic = _ar1(rng, n, 1, phi(0.985), 3.0)
+    local = _ar1(rng, n, k, phi(0.9), 0.4)
+    amp = rng.uniform(3.5, 5.5, k)
+    offset = rng.normal(0, 0.8, k)
+    diurnal = np.cos(2 * np.pi * (solar - 15) / 24)
+    temp = mean_temp_c + offset + synoptic + local + amp * diurnal
+    depression = np.maximum(0.5, 6 + 2.5 * diurnal + _ar1(rng, n, 1, phi(0.97), 2.0) + _ar1(rng, n, k, phi(0.8), 0.4))
+    dewp = temp - depression
+    elev = rng.uniform(0, 60, k)
+    pres = (1012 - elev / 8.3 + _ar1(rng, n, 1, phi(0.995), 5.0) + 0.8 * np.cos(2 * np.pi * (solar - 10) / 12)
+            + _ar1(rng, n, k, phi(0.5), 0.1))
+    ws = np.abs(2.8 + 1.0 * diurnal + _ar1(rng, n, 1, phi(0.95), 1.2) + _ar1(rng, n, k, phi(0.7), 0.5))
+    wd = (200 + np.degrees(np.cumsum(rng.normal(0, 0.05 * np.sqrt(step_h), (n, 1)), axis=0))
+          + rng.normal(0, 15, (n, k))) % 360
+    # light showers: a shared wet spell indicator with local intensity
+    wet = (_ar1(rng, n, 1, phi(0.97), 1.0) > 1.6) & (rng.uniform(size=(n, k)) < 0.6)
+    rain = np.where(wet, rng.gamma(0.8, 1.2, (n, k)) * step_h, 0.0)
+    if storm is not None:
+        from services.weather.domain.grid import distance_matrix_km
+
+        d = distance_matrix_km(np.append(lat, storm.lat), np.append(lon, storm.lon))[-1, :-1]
+        dt = np.asarray((times - storm.peak).total_seconds() / 3600, float)[:, None]
+        shape = np.exp(-0.5 * (dt / storm.sigma_h) ** 2) * np.exp(-0.5 * (d / storm.radius_km) ** 2)[None, :]
+        rain = rain + storm.peak_rate_mm_h * shape * step_h
+        temp = temp - 5.0 * shape
+        dewp = np.minimum(dewp + 2.0 * shape, temp)
+        pres = pres - 3.0 * np.exp(-0.5 * (dt / (3 * storm.sigma_h)) ** 2)
+        ws = ws + 9.0 * shape
+    del hours
+    df = pd.DataFrame({
+        "time": np.repeat(times, k),
+        "station_id": np.tile(np.asarray(station_ids, dtype=object), n),
+        "lat": np.tile(lat, n), "lon": np.tile(lon, n),
+        "temp": temp.ravel().round(2), "dewp": dewp.ravel().round(2), "pres": pres.ravel().round(2),
+        "rain": rain.ravel().round(2), "wind_dir": wd.ravel().round(1), "wind_speed": ws.ravel().round(2),
+    })
+    return df
+
+
+def station_layout(n: int, seed: int, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """`n` station positions spread over bbox (lon_min, lat_min, lon_max, lat_max) on a jittered grid."""
+    rng = np.random.default_rng(seed)
+    x0, y0, x1, y1 = bbox
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    i = np.arange(n)
+    fx = (i % cols + 0.5 + rng.uniform(-0.3, 0.3, n)) / cols
+    fy = (i // cols + 0.5 + rng.uniform(-0.3, 0.3, n)) / rows
+    return y0 + fy * (y1 - y0), x0 + fx * (x1 - x0)
