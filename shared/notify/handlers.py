@@ -218,7 +218,7 @@ class NotifyService:
                 else:
                     tasks.append((event_id, FieldTask.model_validate(env["payload"])))
             except (ValueError, KeyError, TypeError) as exc:
-                code = "schema_violation" if isinstance(exc, ValidationError | KeyError) else "unparsable"
+                code = "schema_violation" if isinstance(exc, ValidationError | KeyError) else "malformed_json"
                 reason = (f"{rec.topic} record is not a valid envelope with an {'Alert' if 'alert' in rec.topic else 'FieldTask'}"
                           f" payload: {exc}; fix the producer, the record is kept here")
                 _, value, _ = kafka.dead_letter(stage=SERVICE, reason_code=code, reason=reason, origin=origin,
@@ -505,13 +505,16 @@ class NotifyService:
             self.sem.release()
 
     async def _dead_letter(self, row: dict, reason: str) -> None:
-        _, value, _ = kafka.dead_letter(stage=SERVICE, reason_code="delivery_failed", reason=reason,
-                                        origin=f"delivery:{row['delivery_id']}",
-                                        original=json.dumps(row, default=str).encode())
+        """A delivery given up: to the dead-letter topic and table (the deliveries row keeps it too)."""
         try:
+            _, value, _ = kafka.dead_letter(stage=SERVICE, reason_code="processing_error",
+                                            reason=f"delivery failed: {reason}", origin=f"delivery:{row['delivery_id']}",
+                                            original=json.dumps(row, default=str, ensure_ascii=False).encode())
+            async with self.pool.connection() as conn, conn.cursor() as cur:
+                await repository.insert_dead_letter(cur, json.loads(value))
             await self.producer.send_and_wait(DEADLETTER, value, key=row["delivery_id"].encode())
         except Exception:  # noqa: BLE001 - the deliveries row keeps the reason whatever Kafka does
-            logger.exception("dead letter for %s not published", row["delivery_id"])
+            logger.exception("dead letter for %s not recorded", row["delivery_id"])
         DEAD_LETTERS.labels(SERVICE, "delivery_failed").inc()
 
     async def flush(self, stop: asyncio.Event) -> None:

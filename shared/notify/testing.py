@@ -68,3 +68,62 @@ class HttpReceiver:
             pass
         finally:
             writer.close()
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+    """Private topics so a test or benchmark never reads another engineer's alerts."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+    finally:
+        await admin.close()
+
+
+def encode_event(event_type: str, payload, *, event_id: str | None = None) -> bytes:
+    """An envelope as the domain services publish it (any topic name)."""
+    from datetime import UTC, datetime
+
+    from shared import kafka
+
+    return kafka.encode(kafka.envelope(event_type, "test", payload, occurred_at=datetime.now(UTC), event_id=event_id))
+
+
+class ServiceRunner:
+    """Runs a NotifyService's workers in the current event loop; `stop()` ends them like SIGTERM would."""
+
+    def __init__(self, svc):
+        self.svc = svc
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def start(self, timeout: float = 60) -> ServiceRunner:
+        self.task = asyncio.create_task(self.svc.run(self.stop_event))
+        deadline = time.monotonic() + timeout
+        while not self.svc.readiness.ready:
+            if self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"notify service not ready after {timeout} s: {self.svc.readiness.state}")
+            await asyncio.sleep(0.1)
+        return self
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 60)

@@ -1,0 +1,363 @@
+"""The notification service end to end on the real stack: Kafka in, real channels out.
+
+Webhook and SMS go to local HTTP stand-ins (outside parties), e-mail to a real aiosmtpd server,
+MQTT to the real Mosquitto with its ACLs, Kafka to the real broker. Topics are private to this
+module, the database is a throwaway one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+
+import psycopg
+import pytest
+import pytest_asyncio
+import yaml
+
+from schemas.alerts import Alert, GeoPoint
+from shared.notify.domain.auth import webhook_signature
+from tests.conftest import async_wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="module")]
+
+PEOPLE = ["t-ana", "t-ben", "t-sup", "t-fail"]
+
+
+class Mailbox:
+    """aiosmtpd handler keeping every message."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
+        return "250 OK"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _roster(hook_ok: str, hook_fail: str) -> dict:
+    return {"people": [
+        {"id": "t-ana", "name": "安娜", "language": "zh", "roles": ["field_staff"], "email": "ana@test.example",
+         "phone": "+8613000000001", "skills": ["water_repair"], "lat": 30.25, "lon": 120.15},
+        {"id": "t-ben", "name": "Ben", "language": "en", "roles": ["dispatcher"], "email": "ben@test.example",
+         "phone": "+8613000000002"},
+        {"id": "t-sup", "name": "Supervisor", "language": "en", "roles": ["admin"], "email": "sup@test.example"},
+        {"id": "t-fail", "name": "Fails", "language": "en", "roles": ["viewer"], "email": "fail@test.example",
+         "webhook_url": hook_fail},
+    ]}
+
+
+ROUTING = {
+    "timezone": "UTC", "dedup_window_s": 600, "group_window_s": 0, "rate_limit_per_minute": 1000,
+    "max_attempts": 3, "retry_backoff_s": 0.2,
+    "rules": [
+        {"name": "all-channels", "match": {"domains": ["air"]}, "repeat_until_ack": False,
+         "tiers": [{"recipients": ["t-ana", "t-ben"], "channels": ["webhook", "email", "mqtt", "kafka", "sms"],
+                    "ack_timeout_s": 3600}]},
+        {"name": "escalate", "match": {"domains": ["water"]},
+         "tiers": [{"recipients": ["t-ana"], "channels": ["email"], "ack_timeout_s": 2},
+                   {"recipients": ["t-sup"], "channels": ["email", "webhook"], "ack_timeout_s": 5}]},
+        {"name": "failing-webhook", "match": {"domains": ["weather"]}, "repeat_until_ack": False,
+         "tiers": [{"recipients": ["t-fail"], "channels": ["webhook"], "ack_timeout_s": 3600}]},
+        {"name": "rest", "match": {}, "repeat_until_ack": False,
+         "tiers": [{"recipients": ["t-ben"], "channels": ["email"], "ack_timeout_s": 3600}]},
+    ],
+    "tasks": {"channels": ["mqtt", "email"], "unassigned_to": ["t-ben"], "deadline_escalate_to": ["t-sup"],
+              "deadline_channels": ["email"]},
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(db_url, stack_env, tmp_path_factory):
+    from aiosmtpd.controller import Controller
+
+    from shared.notify.app import provision_mqtt_users
+    from shared.notify.domain.config import load_roster, load_routing
+    from shared.notify.settings import NotifySettings
+    from shared.notify.testing import HttpReceiver, create_topics, delete_topics
+
+    tag = secrets.token_hex(4)
+    topics = {k: f"test.notify.{tag}.{k}" for k in ("alerts", "tasks", "updates", "deliveries")}
+    bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
+    await create_topics(bootstrap, list(topics.values()))
+    hook, hook_fail, sms = HttpReceiver(), HttpReceiver(status=503), HttpReceiver()
+    for r in (hook, hook_fail, sms):
+        await r.start()
+    mailbox = Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
+    smtp.start()
+    d = tmp_path_factory.mktemp("notify")
+    (d / "roster.yaml").write_text(yaml.safe_dump(_roster(hook.url, hook_fail.url), allow_unicode=True))
+    (d / "routing.yaml").write_text(yaml.safe_dump(ROUTING))
+    settings = NotifySettings(
+        db_url=db_url, notify_routing=d / "routing.yaml", notify_roster=d / "roster.yaml",
+        notify_group=f"test-notify-{tag}", notify_alerts_topic=topics["alerts"], notify_tasks_topic=topics["tasks"],
+        notify_task_updates_topic=topics["updates"], notify_deliveries_topic=topics["deliveries"],
+        notify_webhook_url=hook.url, notify_webhook_secret="s3cret-" + tag, notify_smtp_host="127.0.0.1",
+        notify_smtp_port=smtp.port, notify_sms_url=sms.url, notify_sms_token="tok", notify_poll_s=0.2,
+    )
+    roster = load_roster(settings.notify_roster)
+    load_routing(settings.notify_routing, roster)
+    provision_mqtt_users(roster)
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    yield {"settings": settings, "hook": hook, "hook_fail": hook_fail, "sms": sms, "mailbox": mailbox,
+           "producer": producer, "topics": topics, "db_url": db_url, "bootstrap": bootstrap}
+    await producer.stop()
+    smtp.stop()
+    for r in (hook, hook_fail, sms):
+        await r.close()
+    await delete_topics(bootstrap, list(topics.values()))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(env):
+    from shared.notify.handlers import NotifyService
+    from shared.notify.testing import ServiceRunner
+
+    runner = await ServiceRunner(NotifyService(env["settings"])).start()
+    yield runner
+    if not runner.stop_event.is_set():
+        await runner.stop()
+
+
+def _alert(domain: str, dedup_key: str, *, severity="major", kind="test_kind", alert_id=None) -> Alert:
+    return Alert(
+        alert_id=alert_id or f"al-{secrets.token_hex(5)}", domain=domain, kind=kind, severity=severity,
+        title_zh="测试告警：河水污染", title_en="Test alert: river pollution", message_zh="请立即处理。",
+        message_en="Please act now.", location=GeoPoint(lat=30.26, lon=120.16), district="d05", dedup_key=dedup_key,
+        raised_at=datetime.now(UTC),
+    )
+
+
+async def _publish(env, alert: Alert, event_id: str | None = None) -> str:
+    from shared.notify.testing import encode_event
+
+    event_id = event_id or f"ev-{secrets.token_hex(6)}"
+    await env["producer"].send_and_wait(env["topics"]["alerts"], encode_event("alert", alert, event_id=event_id),
+                                        key=alert.dedup_key.encode())
+    return event_id
+
+
+def _rows(db_url: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(db_url) as c:
+        return c.execute(sql, args).fetchall()
+
+
+def _mqtt_listener(settings, person: str, topic: str):
+    """Subscribe as `person` (their own broker login); returns (messages, suback codes, client)."""
+    import paho.mqtt.client as mqtt
+
+    got, suback, ready = [], [], threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{person}-{secrets.token_hex(3)}",
+                    protocol=mqtt.MQTTv5)
+    c.username_pw_set(person, settings.mqtt_password("people", person))
+
+    def on_connect(cl, ud, flags, rc, props):
+        cl.subscribe(topic, qos=1)
+
+    def on_subscribe(cl, ud, mid, rcs, props):
+        suback.extend(rcs)
+        ready.set()
+
+    c.on_connect = on_connect
+    c.on_subscribe = on_subscribe
+    c.on_message = lambda cl, ud, m: got.append(m)
+    c.connect(settings.mqtt_host, settings.mqtt_port)
+    c.loop_start()
+    assert ready.wait(30), f"no SUBACK for {person} on {topic}"
+    return got, suback, c
+
+
+async def test_alert_reaches_every_real_channel_in_each_recipients_language(env, service):
+    settings = env["settings"]
+    got, suback, client = _mqtt_listener(settings, "t-ana", "field/t-ana/#")
+    from aiokafka import AIOKafkaConsumer
+
+    deliveries_log = AIOKafkaConsumer(env["topics"]["deliveries"], bootstrap_servers=env["bootstrap"],
+                                      auto_offset_reset="earliest", group_id=None)
+    await deliveries_log.start()
+    try:
+        alert = _alert("air", f"air:aqi:{secrets.token_hex(3)}")
+        await _publish(env, alert)
+
+        async def all_sent():
+            rows = _rows(env["db_url"], "SELECT channel, recipient, status FROM deliveries WHERE subject_id = %s",
+                         alert.alert_id)
+            return rows if len(rows) == 10 and all(r[2] == "sent" for r in rows) else None
+
+        rows = await async_wait_for(all_sent, 60, what="10 sent deliveries (2 people × 5 channels)")
+        assert {(r[0], r[1]) for r in rows} == {(c, p) for c in ("webhook", "email", "mqtt", "kafka", "sms")
+                                                for p in ("t-ana", "t-ben")}
+        # webhook: signed with HMAC over timestamp.body, carrying the language of each recipient
+        hooks = [r for r in env["hook"].requests if r.json()["subject_id"] == alert.alert_id]
+        assert len(hooks) == 2
+        for r in hooks:
+            want = webhook_signature(settings.notify_webhook_secret, r.headers["x-cityops-timestamp"], r.body)
+            assert hmac.compare_digest(r.headers["x-cityops-signature"], want)
+            assert r.headers["idempotency-key"]
+        by_lang = {r.json()["language"]: r.json() for r in hooks}
+        assert "测试告警" in by_lang["zh"]["subject"] and "Test alert" in by_lang["en"]["subject"]
+        # email: real SMTP server, Chinese to Ana, English to Ben
+        mails = {tuple(rcpt): m for rcpt, m in env["mailbox"].messages if alert.alert_id in m.get_content()}
+        assert "测试告警" in mails[("ana@test.example",)]["Subject"]
+        assert "Test alert" in mails[("ben@test.example",)]["Subject"]
+        assert "Acknowledge alert" in mails[("ben@test.example",)].get_content()
+        # SMS stand-in got both numbers with the bearer token
+        sms = [r for r in env["sms"].requests if r.json()["reference"] in
+               {x[0] for x in _rows(env["db_url"], "SELECT idempotency_key FROM deliveries WHERE subject_id = %s"
+                                    " AND channel = 'sms'", alert.alert_id)}]
+        assert {r.json()["to"] for r in sms} == {"+8613000000001", "+8613000000002"}
+        assert all(r.headers["authorization"] == "Bearer tok" for r in sms)
+        # MQTT: Ana's own phone topic, QoS 1
+        await async_wait_for(lambda: _async([m for m in got if alert.alert_id in m.payload.decode()]), 30,
+                             what="MQTT push to t-ana")
+        push = next(json.loads(m.payload) for m in got if alert.alert_id in m.payload.decode())
+        assert push["language"] == "zh" and push["data"]["alert_id"] == alert.alert_id
+        # Kafka: the delivery records for other city systems
+        seen = set()
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            for recs in (await deliveries_log.getmany(timeout_ms=500)).values():
+                for rec in recs:
+                    p = json.loads(rec.value)["payload"]
+                    if p["subject_id"] == alert.alert_id:
+                        seen.add(p["recipient"])
+        assert seen == {"t-ana", "t-ben"}
+    finally:
+        await deliveries_log.stop()
+        client.loop_stop()
+        client.disconnect()
+
+
+async def _async(v):
+    return v
+
+
+async def test_duplicates_yield_one_notification_and_redelivery_none(env, service):
+    key = f"air:dup:{secrets.token_hex(3)}"
+    first = _alert("air", key)
+    ev = await _publish(env, first)
+    await _publish(env, first, event_id=ev)  # Kafka redelivery of the very same event
+    for _ in range(3):
+        await _publish(env, _alert("air", key))  # the condition reported again by its source
+
+    async def settled():
+        r = _rows(env["db_url"], "SELECT repeat_count FROM alerts WHERE dedup_key = %s", key)
+        return r if r and r[0][0] == 3 else None
+
+    rows = await async_wait_for(settled, 60, what="3 repeats counted on one alert")
+    assert len(rows) == 1
+    n = _rows(env["db_url"], "SELECT count(*) FROM deliveries d JOIN alerts a ON a.alert_id = d.subject_id "
+              "WHERE a.dedup_key = %s", key)[0][0]
+    assert n == 10  # one notification per person and channel, not 50
+    hooks = [r for r in env["hook"].requests if r.json()["data"].get("dedup_key") == key]
+    assert len(hooks) == 2
+
+
+async def test_failing_channel_retries_with_backoff_then_dead_letters(env, service):
+    alert = _alert("weather", f"weather:x:{secrets.token_hex(3)}")
+    await _publish(env, alert)
+
+    async def dead():
+        r = _rows(env["db_url"], "SELECT status, attempts, error FROM deliveries WHERE subject_id = %s", alert.alert_id)
+        return r if r and r[0][0] == "dead" else None
+
+    (status, attempts, error), = await async_wait_for(dead, 60, what="the delivery to be dead")
+    assert attempts == 3 and "503" in error and "after 3 attempt" in error
+    tries = [r for r in env["hook_fail"].requests if r.json()["subject_id"] == alert.alert_id]
+    assert len(tries) == 3
+    gaps = [b.at - a.at for a, b in zip(tries, tries[1:], strict=False)]
+    assert gaps[1] > gaps[0] * 1.2, f"backoff should grow: {gaps}"
+    dl = _rows(env["db_url"], "SELECT reason_code, reason FROM dead_letters WHERE origin = %s",
+               f"delivery:{_rows(env['db_url'], 'SELECT delivery_id FROM deliveries WHERE subject_id = %s', alert.alert_id)[0][0]}")
+    assert dl and dl[0][0] == "processing_error" and "503" in dl[0][1]
+
+
+async def test_poison_record_is_dead_lettered_and_service_keeps_going(env, service):
+    await env["producer"].send_and_wait(env["topics"]["alerts"], b"{not json", key=b"x")
+    bad = {"event_id": "ev-bad-" + secrets.token_hex(3), "type": "alert", "payload": {"alert_id": "x"}}
+    await env["producer"].send_and_wait(env["topics"]["alerts"], json.dumps(bad).encode(), key=b"x")
+    good = _alert("platform", f"p:{secrets.token_hex(3)}")
+    await _publish(env, good)
+
+    async def done():
+        return _rows(env["db_url"], "SELECT status FROM deliveries WHERE subject_id = %s AND status = 'sent'",
+                     good.alert_id)
+
+    await async_wait_for(done, 60, what="the good alert after two poison records")
+    reasons = _rows(env["db_url"], "SELECT reason_code, reason FROM dead_letters WHERE stage = 'notify'"
+                    " AND origin LIKE %s", f"kafka:{env['topics']['alerts']}%")
+    codes = {r[0] for r in reasons}
+    assert {"malformed_json", "schema_violation"} <= codes
+    assert any("fix the producer" in r[1] for r in reasons)
+
+
+async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
+    from shared.notify.handlers import NotifyService
+    from shared.notify.testing import ServiceRunner
+
+    alert = _alert("water", f"water:leak:{secrets.token_hex(3)}", kind="leak")
+    await _publish(env, alert)
+
+    async def tier0():
+        return _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND tier = 0 AND status = 'sent'",
+                     alert.alert_id)
+
+    await async_wait_for(tier0, 60, what="tier-0 notification")
+    await service.stop()  # the process goes away before the escalation is due
+    due = _rows(env["db_url"], "SELECT next_due_at, state FROM notify_escalations WHERE alert_id = %s",
+                alert.alert_id)[0]
+    assert due[1] == "active"
+
+    async def past_due():
+        return datetime.now(UTC) > due[0] + timedelta(seconds=0.5)
+
+    await async_wait_for(past_due, 10, what="the escalation time to pass while the service is down")
+    assert not _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND tier = 1", alert.alert_id)
+
+    restarted = await ServiceRunner(NotifyService(env["settings"])).start()
+    try:
+        async def tier1():
+            r = _rows(env["db_url"], "SELECT recipient, channel, status FROM deliveries WHERE subject_id = %s"
+                      " AND tier = 1 AND round = 0", alert.alert_id)
+            return r if len(r) == 2 and all(x[2] == "sent" for x in r) else None
+
+        rows = await async_wait_for(tier1, 30, what="tier-1 escalation after the restart")
+        assert {(r[0], r[1]) for r in rows} == {("t-sup", "email"), ("t-sup", "webhook")}
+        mail = [m for rcpt, m in env["mailbox"].messages if rcpt == ["sup@test.example"] and alert.alert_id in m.get_content()]
+        assert mail and "ESCALATED" in mail[0]["Subject"]
+
+        async with await psycopg.AsyncConnection.connect(env["db_url"]) as conn:
+            from shared.notify import repository
+
+            acked = await repository.acknowledge_alert(conn, alert.alert_id, "t-ben", "dispatcher")
+        assert acked["escalation_state"] == "acknowledged" and acked["status"] == "acknowledged"
+        after = _rows(env["db_url"], "SELECT next_due_at FROM notify_escalations WHERE alert_id = %s", alert.alert_id)[0][0]
+
+        async def quiet_period():
+            return datetime.now(UTC) > after + timedelta(seconds=1)
+
+        await async_wait_for(quiet_period, 10, what="past the next escalation time")
+        await restarted.svc.run_timers_once()
+        assert not _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND round > 0", alert.alert_id)
+        audit = _rows(env["db_url"], "SELECT actor, action FROM audit_log WHERE subject = %s", f"alert:{alert.alert_id}")
+        assert audit == [("t-ben", "acknowledge")]
+    finally:
+        await restarted.stop()
