@@ -45,7 +45,7 @@ class MqttTopic:
 
 def _obs(domain: str, access: Access, partitions: int, note: str) -> KafkaTopic:
     return KafkaTopic(
-        name=f"cityops.observations.{domain}.v1" if access != "restricted" else f"cityops.observations.{domain}.restricted.v1",
+        name=f"cityops.observations.{domain}.v1",
         event_type=f"observation.{domain}", payload=Observation, key="sensor_id",
         partitions=partitions, retention_ms=7 * DAY_MS, access=access,
         description=f"Validated, unit-normalised, QARTOD-flagged {domain} observations. {note}",
@@ -57,7 +57,11 @@ KAFKA_TOPICS: list[KafkaTopic] = [
     _obs("water", "public", 6, "Network pressure, flow, tank and drain levels, rain gauges."),
     _obs("weather", "public", 3, "Automatic weather stations."),
     _obs("equipment", "internal", 3, "Machine condition channels (pumps, fans)."),
-    _obs("safety", "restricted", 3, "Worker wearables: positions and health readings. PERSONAL DATA."),
+    _obs("safety", "internal", 3, "Fixed safety sensors: gas detectors, zone access points."),
+    KafkaTopic("cityops.observations.personal.restricted.v1", "observation.personal", Observation, "sensor_id", 3,
+               7 * DAY_MS, "restricted",
+               "Readings of personal sensors (worker wearables: position, gases, heart rate, falls) of any domain. "
+               "PERSONAL DATA: only the emergency service and the sink may read it; kept 7 days."),
     KafkaTopic("cityops.deadletter.v1", "dead_letter", DeadLetter, "sensor_id or origin", 3, 14 * DAY_MS, "internal",
                "Everything refused anywhere in the platform, with the reason and the original bytes."),
     KafkaTopic("cityops.alerts.v1", "alert", Alert, "dedup_key", 6, 30 * DAY_MS, "public",
@@ -90,7 +94,10 @@ MQTT_TOPICS: list[MqttTopic] = [
               "Task and alert pushes to one field worker's phone. Only that person may subscribe (broker ACL)."),
 ]
 
-OBSERVATION_TOPIC = {t.event_type.split(".", 1)[1]: t.name for t in KAFKA_TOPICS if t.event_type.startswith("observation.")}
+OBSERVATION_TOPIC = {t.event_type.split(".", 1)[1]: t.name for t in KAFKA_TOPICS
+                     if t.event_type.startswith("observation.") and t.access != "restricted"}
+# personal sensors' readings, whatever their domain
+PERSONAL_OBSERVATIONS = "cityops.observations.personal.restricted.v1"
 BY_NAME = {t.name: t for t in KAFKA_TOPICS}
 
 DEADLETTER = "cityops.deadletter.v1"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from schemas.topics import DEADLETTER, OBSERVATION_TOPIC
+from schemas.topics import DEADLETTER, OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
 from services.ingest import repository
 from services.ingest.settings import IngestSettings
 from shared import kafka
@@ -25,7 +25,7 @@ from shared.service import Readiness
 
 logger = logging.getLogger("cityops.sink")
 SERVICE = "sink"
-RESTRICTED = OBSERVATION_TOPIC["safety"]
+RESTRICTED = PERSONAL_OBSERVATIONS
 
 
 def _ts(s: str) -> datetime:
@@ -73,7 +73,7 @@ class ObservationSink:
         return rows, worker_rows, dls
 
     async def run(self, stop: asyncio.Event) -> None:
-        topics = [*OBSERVATION_TOPIC.values(), DEADLETTER]
+        topics = [*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS, DEADLETTER]
         consumer = kafka.consumer(self.s.kafka_bootstrap, self.s.sink_group, *topics,
                                   max_poll_records=self.s.sink_batch_max)
         await consumer.start()

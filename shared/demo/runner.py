@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from schemas.topics import DEADLETTER, OBSERVATION_TOPIC
+from schemas.topics import DEADLETTER, OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
 from shared.demo.services import suite, wait_ready
 from shared.simulator.city import DOMAIN_GENERATORS
 
@@ -166,7 +166,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         took = wait_ready(procs)
         for p in procs:
             print(f"    {p.name:<15} ready in {took[p.name]:.0f} s (:{p.port})", flush=True)
-        topics = [*OBSERVATION_TOPIC.values(), DEADLETTER]
+        topics = [*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS, DEADLETTER]
         offsets = OffsetReader(s.kafka_bootstrap)
         before = offsets.ends(topics)
         since = datetime.now(UTC)
@@ -179,7 +179,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         last = -1
         while time.monotonic() < deadline:
             after = offsets.ends(topics)
-            accepted = sum(after[t] - before[t] for t in OBSERVATION_TOPIC.values())
+            accepted = sum(after[t] - before[t] for t in [*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS])
             dead = after[DEADLETTER] - before[DEADLETTER]
             db = _db_counts(s.db_url, sensor_ids, since)
             stored = db["observation_rows"] + db["worker_rows"]

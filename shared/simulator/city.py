@@ -9,6 +9,7 @@ real publish time in an MQTT v5 user property for latency measurement.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import logging
@@ -59,19 +60,22 @@ class SimulatedCity:
     def messages(self) -> pd.DataFrame:
         """One row per MQTT message: time, sensor_id, gateway_id, values (dict). Readings of one sensor at one
         time travel together, as a real device sends them."""
-        frames = []
         gw = {s.sensor_id: s.gateway_id for s in self.sensors}
-        for sc in self.scenarios:
-            r = sc.readings
-            if r.empty:
-                continue
-            g = r.groupby(["time", "sensor_id"], sort=False)
-            msgs = g.apply(lambda d: dict(zip(d["quantity"], d["value"].astype(float), strict=True)),
-                           include_groups=False).rename("values").reset_index()
-            frames.append(msgs)
-        out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["time", "sensor_id", "values"])
+        frames = [sc.readings[["time", "sensor_id", "quantity", "value"]] for sc in self.scenarios if len(sc.readings)]
+        if not frames:
+            return pd.DataFrame(columns=["time", "sensor_id", "values", "gateway_id"])
+        r = pd.concat(frames, ignore_index=True).sort_values(["time", "sensor_id"], kind="stable")
+        t = r["time"].to_numpy()
+        sid = r["sensor_id"].to_numpy()
+        q = r["quantity"].to_numpy()
+        v = r["value"].to_numpy(dtype=float)
+        starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (sid[1:] != sid[:-1])])
+        ends = np.r_[starts[1:], len(r)]
+        values = [dict(zip(q[a:b], v[a:b].tolist(), strict=True)) for a, b in zip(starts, ends, strict=True)]
+        out = pd.DataFrame({"time": t[starts], "sensor_id": sid[starts], "values": values})
+        out["time"] = pd.to_datetime(out["time"], utc=True)
         out["gateway_id"] = out["sensor_id"].map(gw)
-        return out.sort_values(["time", "sensor_id"], kind="stable").reset_index(drop=True)
+        return out.reset_index(drop=True)
 
     def write(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,7 @@ class Publisher:
             c.connect(host, port, keepalive=60)
             c.loop_start()
             self.clients[gw] = c
-        self._pending: list = []
+        self._pending: collections.deque = collections.deque()
 
     def publish(self, gateway_id: str, topic: str, payload: bytes) -> None:
         from paho.mqtt.packettypes import PacketTypes
@@ -173,7 +177,7 @@ class Publisher:
 
     def _drain(self, keep: int = 0) -> None:
         while len(self._pending) > keep:
-            self._pending.pop(0).wait_for_publish(timeout=60)
+            self._pending.popleft().wait_for_publish(timeout=60)
 
     def close(self) -> None:
         self._drain()
@@ -195,7 +199,7 @@ def publish(sim: SimulatedCity, *, minutes: float, host: str, port: int, passwor
     wall0 = time.monotonic()
     bad = list(sim.bad_messages)
     bad_at = len(msgs) // 2
-    times = (msgs["time"].astype("int64").to_numpy() / 1e9) if len(msgs) else np.array([])
+    times = (msgs["time"].dt.as_unit("ns").astype("int64").to_numpy() / 1e9) if len(msgs) else np.array([])
     last_report = 0.0
     for i, (sid, gw, vals) in enumerate(zip(msgs["sensor_id"], msgs["gateway_id"], msgs["values"], strict=True)):
         due = (times[i] - t_sim0) / speed

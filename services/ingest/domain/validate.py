@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from schemas.observations import SensorMessage, WireValue
 from schemas.registry import SensorSpec
-from schemas.topics import OBSERVATION_TOPIC
+from schemas.topics import OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
 from services.ingest.domain.qc import QcConfig, StreamQc
 from shared.units import UnitError, convert
 
@@ -173,7 +173,8 @@ class Validator:
             },
         }
         return Accepted(
-            topic=OBSERVATION_TOPIC[spec.domain],
+            # personal data goes only to the restricted topic
+            topic=PERSONAL_OBSERVATIONS if spec.personal else OBSERVATION_TOPIC[spec.domain],
             key=spec.sensor_id.encode(),
             value=json.dumps(envelope, separators=(",", ":")).encode(),
             event_id=event_id,
