@@ -17,7 +17,6 @@ DeadLetterReason = Literal[
     "topic_mismatch",
     "unknown_quantity",
     "unknown_unit",
-    "out_of_physical_range",
     "timestamp_in_future",
     "timestamp_too_old",
     "duplicate",

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.deadletter import DeadLetterReason
 from schemas.topics import BY_NAME, DEADLETTER
 
 DLQ_NAMESPACE = uuid.UUID("0b8f8f4e-1a7e-4d0a-8f4c-7d9b1c2e3f40")
@@ -67,7 +68,7 @@ def event_for_topic(topic: str, source: str, payload: BaseModel, *, occurred_at:
     return encode(envelope(t.event_type, source, payload, occurred_at=occurred_at, event_id=event_id))
 
 
-def dead_letter(*, stage: str, reason_code: str, reason: str, origin: str, original: bytes,
+def dead_letter(*, stage: str, reason_code: DeadLetterReason, reason: str, origin: str, original: bytes,
                 gateway_id: str | None = None, sensor_id: str | None = None,
                 received_at: datetime | None = None) -> tuple[bytes, bytes, str]:
     """(key, value, event_id) of a dead letter. The event id depends only on where the bytes came

@@ -11,8 +11,16 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from ingest_corpus import cases
-from ingest_harness import (air_sensor, collect, gateway_client, kafka_tail, publish_all, register, running,
-                            settings_for)
+from ingest_harness import (
+    air_sensor,
+    collect,
+    gateway_client,
+    kafka_tail,
+    publish_all,
+    register,
+    running,
+    settings_for,
+)
 
 from schemas.topics import DEADLETTER, OBSERVATION_TOPIC
 
@@ -45,7 +53,8 @@ async def test_every_bad_input_ends_in_dead_letters_and_gateway_stays_alive(stac
             await asyncio.to_thread(publish_all, ca, [(f"city/{GA}/{A}", good), (f"city/{GA}/{A}", good)])
             expected = len(corpus) + 1
             letters = await collect(dlq, lambda e: e["payload"].get("gateway_id") in (GA, GB), expected, timeout=90)
-            ca.disconnect(); cb.disconnect()
+            ca.disconnect()
+            cb.disconnect()
 
             got = {base64.b64decode(e["payload"]["original_b64"]): e["payload"]["reason_code"] for e in letters}
             assert len(letters) == expected, f"{len(letters)} dead letters for {expected} bad messages"
