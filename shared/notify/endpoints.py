@@ -69,8 +69,38 @@ def _j(data, status: int = 200) -> Response:
     return Response(json.dumps(data, default=_jsonable, ensure_ascii=False), status_code=status,
                     media_type="application/json")
 
+def current_user(request: Request) -> User:
+    svc: NotifyService = request.app.state.notify
+    token = None
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    token = token or request.cookies.get(COOKIE)
+    claims = read_token(svc.session_secret, token) if token else None
+    if claims is None or claims["sub"] not in svc.people:
+        raise NotifyError(401, "not_logged_in", "log in first: POST /api/login with username and password, then "
+                          "send the token as 'Authorization: Bearer <token>'")
+    p = svc.people[claims["sub"]]
+    return User(id=p.id, name=p.name, role=claims["role"], language=p.language)
+
+
+def need(min_role: str):
+    def dep(user: Annotated[User, Depends(current_user)]) -> User:
+        if user.role != "admin" and RANK.get(user.role, -1) < RANK[min_role]:
+            raise NotifyError(403, "forbidden", f"role {user.role!r} may not do this; it needs {min_role!r} or admin")
+        return user
+
+    return dep
+
+
+AnyUser = Annotated[User, Depends(current_user)]
+Viewer = Annotated[User, Depends(need("viewer"))]
+Dispatcher = Annotated[User, Depends(need("dispatcher"))]
+
+
 def build(svc: NotifyService, app: FastAPI) -> FastAPI:
     """Add the API and the console to `app` (the service's health app)."""
+    app.state.notify = svc
 
     @app.exception_handler(NotifyError)
     async def _domain_error(request: Request, exc: NotifyError) -> JSONResponse:
@@ -81,31 +111,6 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
         problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"error": "invalid_request", "message": "the request body or parameters are invalid; "
                              "fix: " + "; ".join(problems), "problems": problems}, status_code=422)
-
-    def current_user(request: Request) -> User:
-        token = None
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-        token = token or request.cookies.get(COOKIE)
-        claims = read_token(svc.session_secret, token) if token else None
-        if claims is None or claims["sub"] not in svc.people:
-            raise NotifyError(401, "not_logged_in", "log in first: POST /api/login with username and password, then "
-                              "send the token as 'Authorization: Bearer <token>'")
-        p = svc.people[claims["sub"]]
-        return User(id=p.id, name=p.name, role=claims["role"], language=p.language)
-
-    def need(min_role: str):
-        def dep(user: Annotated[User, Depends(current_user)]) -> User:
-            if user.role != "admin" and RANK.get(user.role, -1) < RANK[min_role]:
-                raise NotifyError(403, "forbidden", f"role {user.role!r} may not do this; it needs {min_role!r} or admin")
-            return user
-
-        return dep
-
-    AnyUser = Annotated[User, Depends(current_user)]
-    Viewer = Annotated[User, Depends(need("viewer"))]
-    Dispatcher = Annotated[User, Depends(need("dispatcher"))]
 
     api = APIRouter(prefix="/api")
 
