@@ -18,7 +18,7 @@ TRAIN = 1440  # one day of one-minute samples: the whole daily load cycle
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("model", ["mset", "pca"])
+@pytest.mark.parametrize("model", ["mset", "hybrid", "pca"])
 def test_developing_bearing_fault_is_detected_and_named(seed: int, model: str) -> None:
     data = pump_series(TRAIN + 800, np.random.default_rng(seed), fault_start=TRAIN + 400)
     det = fit_detector(data.iloc[:TRAIN], model=model)
@@ -33,10 +33,26 @@ def test_developing_bearing_fault_is_detected_and_named(seed: int, model: str) -
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_normal_operation_rarely_alarms(seed: int) -> None:
+@pytest.mark.parametrize("model", ["mset", "hybrid"])
+def test_normal_operation_rarely_alarms(seed: int, model: str) -> None:
     data = pump_series(TRAIN + 600, np.random.default_rng(seed))
-    scores = fit_detector(data.iloc[:TRAIN]).score(data.iloc[TRAIN:])
+    scores = fit_detector(data.iloc[:TRAIN], model=model).score(data.iloc[TRAIN:])
     assert scores.is_anomaly.mean() < 0.1
+
+
+def test_hybrid_accepts_a_load_beyond_training_when_channels_still_agree() -> None:
+    # trained at 60-80 % load, run at 95 %: flow, current and vibration rise together
+    rng = np.random.default_rng(5)
+    n = 1500
+    load = np.r_[0.7 + 0.1 * np.sin(np.arange(1000) / 50.0), np.full(n - 1000, 0.95)]
+    frame = pd.DataFrame({"flow": 800 * load + rng.normal(0, 4, n), "current": 120 * load + rng.normal(0, 0.8, n),
+                          "vibration": 2 + 0.8 * load + rng.normal(0, 0.02, n)})
+    hybrid = fit_detector(frame.iloc[:1000], model="hybrid").score(frame.iloc[1000:])
+    mset = fit_detector(frame.iloc[:1000], model="mset").score(frame.iloc[1000:])
+    assert hybrid.is_anomaly.mean() < 0.1 < 0.9 < mset.is_anomaly.mean()
+    broken = frame.iloc[1000:].copy()
+    broken["vibration"] += 0.3  # same load, more vibration: a fault either way
+    assert fit_detector(frame.iloc[:1000], model="hybrid").score(broken).is_anomaly[20:].mean() > 0.9
 
 
 def test_a_single_channel_drifting_is_detected_and_it_is_the_one_named() -> None:

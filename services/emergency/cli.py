@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", required=True, help="CSV: time plus numeric channel columns")
     p.add_argument("--train-until", required=True, help="ISO 8601; rows up to it are normal operation")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", choices=["mset", "pca"], default="mset",
-                   help="mset: MSET state estimation (default); pca: the PCA T²+Q baseline")
+    p.add_argument("--model", choices=["mset", "hybrid", "pca"], default="mset",
+                   help="mset: MSET state estimation (default); hybrid: MSET or linear residuals, whichever "
+                        "explains the state (extrapolates proportional relations); pca: the PCA T²+Q baseline")
     p.set_defaults(func=_detect)
 
 

@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
-ModelName = Literal["mset", "pca"]
+ModelName = Literal["mset", "pca", "hybrid"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,65 @@ class MsetDetector:
         return smooth / self.limit, contrib
 
 
+class HybridDetector:
+    """MSET where the memory knows the state, linear regression residuals where it does not.
+
+    MSET cannot extrapolate: a pump pushed to a load it never ran at in training looks
+    abnormal to it even when flow, current and pressure still agree with each other. The
+    linear model (each channel regressed on the others) does extrapolate such proportional
+    relations. The row's score is the smaller of the two: the state is normal if either
+    model explains it. A fault that breaks the channels' relation (vibration up at the
+    same load) raises both.
+    """
+
+    def __init__(self, **mset_params: float):
+        self.mset = MsetDetector(**mset_params)
+        self.window = self.mset.window
+
+    def fit(self, x: np.ndarray) -> HybridDetector:
+        self.mset.fit(x)
+        self.scale = self.mset.scale
+        z = self.scale(x)
+        p = z.shape[1]
+        self.coef = np.zeros((p, p))
+        self.icpt = np.zeros(p)
+        lam = 1e-2 * len(z)
+        n = len(z)
+        half = n // 2
+        resid = np.empty_like(z)
+        for j in range(p):
+            others = np.delete(np.arange(p), j)
+            for tr, te in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
+                b, c = _ridge(z[tr][:, others], z[tr][:, j], lam)
+                resid[te, j] = z[te, j] - z[te][:, others] @ b - c
+            b, c = _ridge(z[:, others], z[:, j], lam)
+            self.coef[others, j] = b
+            self.icpt[j] = c
+        cov = np.atleast_2d(np.cov(resid, rowvar=False))
+        cov = 0.9 * cov + 0.1 * np.diag(np.diag(cov)) + 1e-6 * np.eye(p)
+        self.prec = np.linalg.inv(cov)
+        d2 = np.einsum("ij,jk,ik->i", resid, self.prec, resid)
+        self.limit = max(float(np.quantile(_causal_mean(d2, self.window), self.mset.quantile)), 1e-12)
+        return self
+
+    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s_m, c_m = self.mset.raw(x)
+        z = self.scale(x)
+        resid = z - (z @ self.coef + self.icpt)
+        d2 = np.einsum("ij,jk,ik->i", resid, self.prec, resid)
+        s_l = _causal_mean(d2, self.window) / self.limit
+        c_l = np.apply_along_axis(_causal_mean, 0, np.maximum(resid * (resid @ self.prec), 0.0), self.window)
+        use_l = s_l < s_m
+        return np.where(use_l, s_l, s_m), np.where(use_l[:, None], c_l, c_m)
+
+
+def _ridge(a: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    am, ym = a.mean(axis=0), y.mean()
+    ac = a - am
+    b = np.linalg.solve(ac.T @ ac + lam * np.eye(a.shape[1]), ac.T @ (y - ym))
+    return b, float(ym - am @ b)
+
+
 def _causal_mean(v: np.ndarray, window: int) -> np.ndarray:
     if window <= 1:
         return np.asarray(v, dtype=float)
@@ -323,7 +382,7 @@ def fit_detector(
         # The textbook baseline judges every channel on its level.
         slow = constant.copy()
         k, n = persist_k or 1, persist_n or 1
-    elif model == "mset":
+    elif model in ("mset", "hybrid"):
         # Channels that mostly drifted during training (thermal channels, levels) cannot be
         # judged on their level an hour later; they are reported but left out of the test.
         slow = slow_channels(x, share=slow_share) if slow_share < 1 else np.zeros(x.shape[1], dtype=bool)
@@ -334,7 +393,13 @@ def fit_detector(
     else:
         raise ValueError(f"unknown model {model!r}")
     feats = x[:, ~slow]
-    scorer: _Scorer = PcaT2Q(**params).fit(feats) if model == "pca" else MsetDetector(**params).fit(feats)  # type: ignore[arg-type]
+    scorer: _Scorer
+    if model == "pca":
+        scorer = PcaT2Q(**params).fit(feats)  # type: ignore[arg-type]
+    elif model == "hybrid":
+        scorer = HybridDetector(**params).fit(feats)
+    else:
+        scorer = MsetDetector(**params).fit(feats)  # type: ignore[arg-type]
     keep = max(int(getattr(scorer, "window", 1)), n)
     return FaultDetector(list(channels), model, scorer, k, n, slow, x[-keep:].copy(), x.mean(axis=0))
 

@@ -31,6 +31,10 @@ def pump_series(
     fault_start: int | None = None,
     fault_ramp: int = 240,
     fault_severity: float = 1.0,
+    daily_amplitude: float = 0.15,
+    wander: float = 0.02,
+    ambient_drift: float = 0.03,
+    cycle_min: float = 1440.0,
 ) -> pd.DataFrame:
     """`n` samples (one a minute) of one pump's channels; a bearing fault from `fault_start` on.
 
@@ -38,18 +42,18 @@ def pump_series(
     +4 mm/s, bearing temperature +12 °C, flow -6 %, current +4 %.
     """
     t = np.arange(n)
-    # demand: a daily cycle (1440 samples) plus slow AR(1) wander
+    # demand: a cycle (a day by default) plus slow AR(1) wander
     ar = np.zeros(n)
-    e = rng.normal(0, 0.02, n)
+    e = rng.normal(0, wander, n)
     for i in range(1, n):
         ar[i] = 0.98 * ar[i - 1] + e[i]
-    load = np.clip(0.75 + 0.15 * np.sin(2 * np.pi * (t / 1440.0 - 0.3)) + ar, 0.3, 1.1)
+    load = np.clip(0.75 + daily_amplitude * np.sin(2 * np.pi * (t / cycle_min - 0.3)) + ar, 0.3, 1.1)
     volt = 400.0 + rng.normal(0, 3.0, n)
     flow = rated_flow_m3h * load * (1 + rng.normal(0, 0.01, n))
     pressure = 6.0 - 2.0 * (load - 0.75) ** 2 + 0.8 * (load - 0.75) + rng.normal(0, 0.05, n)
     current = 120.0 * load * (400.0 / volt) + rng.normal(0, 1.5, n)
     vibration = 2.0 + 0.8 * load + rng.normal(0, 0.12, n)
-    ambient = 25.0 + np.cumsum(rng.normal(0, 0.03, n))
+    ambient = 25.0 + np.cumsum(rng.normal(0, ambient_drift, n))
     motor_temp = ambient + 30.0 * load + rng.normal(0, 0.2, n)
     bearing_temp = ambient + 15.0 + 10.0 * load + rng.normal(0, 0.3, n)
     if fault_start is not None and fault_start < n:

@@ -186,6 +186,26 @@ class SafetyMonitor:
         )
 
 
+_VALUE_FIELDS = ("lat", "lon", "h2s_ppm", "co_ppm", "o2_pct", "lel_pct", "heart_rate_bpm")
+
+
+def reading_from_message(time: pd.Timestamp, worker_id: str, values: dict[str, float]) -> WearableReading:
+    """One wearable message (quantity -> value, as the gateway publishes it) as a reading."""
+    kw = {f: float(values[f]) for f in _VALUE_FIELDS if f in values and values[f] is not None}
+    return WearableReading(pd.Timestamp(time), worker_id, **kw,
+                           fall=bool(values.get("fall", 0) >= 0.5), sos=bool(values.get("sos", 0) >= 0.5))
+
+
+def readings_from_long(readings: pd.DataFrame, worker_of: dict[str, str] | None = None) -> list[WearableReading]:
+    """Long readings (time, sensor_id, quantity, value) of wearables -> readings, one per message."""
+    wide = readings.pivot_table(index=["time", "sensor_id"], columns="quantity", values="value", aggfunc="last")
+    out = []
+    for (t, sid), row in zip(wide.index, wide.to_dict("records"), strict=True):
+        vals = {k: v for k, v in row.items() if not pd.isna(v)}
+        out.append(reading_from_message(t, (worker_of or {}).get(sid, sid), vals))
+    return out
+
+
 def readings_from_frame(wide: pd.DataFrame) -> list[WearableReading]:
     """Rows with `time, worker_id` and any of the reading fields -> readings in time order."""
     fields = ["lat", "lon", "h2s_ppm", "co_ppm", "o2_pct", "lel_pct", "heart_rate_bpm"]
