@@ -71,7 +71,7 @@ def test_shipped_config_is_valid_and_routes_every_domain_to_webhook_email_mqtt()
      "no person 'nobody' in the roster"),
     ({"rules": [{"name": "x", "tiers": [{"recipients": ["group:ops"], "channels": ["email"]}]}]}, "no group 'ops'"),
     ({"rules": [{"name": "x", "match": {"hours": "8-18"}, "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]},
-     "write 'HH:MM-HH:MM'"),
+     "'8' is not a time of day: write HH:MM"),
     ({"rules": [{"name": "x", "match": {"severity": "major"}, "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]},
      "rules.0.match.severity: unknown key"),
     ({"timezone": "Mars/Olympus", "rules": [{"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]},
