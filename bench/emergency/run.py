@@ -36,6 +36,7 @@ TRAIN_ROWS = 400
 MODELS = {
     "pca": "PCA T²+Q (baseline)",
     "mset": "MSET state estimation + 3-of-5 persistence",
+    "hybrid": "MSET or linear residuals (smaller score) + 3-of-5 persistence",
 }
 
 
@@ -111,11 +112,14 @@ def main() -> int:
                        "seconds": round(seconds[m], 2), "per_experiment": per_exp[m]} for m in MODELS},
         "anomaly_free_far_train_400": free_far,
         "notes": [
-            "Hyper-parameters of the MSET detector (smoothing window 10 samples, 3-of-5 persistence, "
-            "99.5 % threshold quantile, left-out lone drifting channels) were chosen on these same "
-            "valve1 experiments; there is no separate held-out SKAB split here.",
+            "The MSET settings (smoothing window 10 samples, 3-of-5 persistence, 99.5 % threshold "
+            "quantile) and the rule that leaves lone drifting channels (here temperature and "
+            "thermocouple) out of the test were chosen while looking at these same valve1 "
+            "experiments; there is no separate held-out SKAB split, so the figures are optimistic.",
+            "The hybrid trades missed alarms for false ones on SKAB; it is the one that stays quiet "
+            "when a pump runs at a load it never ran at in training (see the tests and the simulator).",
             "The anomaly-free recording shows the limit of 400 training rows: hours later the pump "
-            "runs at another operating point and both models flag most rows.",
+            "runs at another operating point and every model flags most rows.",
         ],
     }
     out_dir = ROOT / "bench" / "results"
