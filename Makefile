@@ -1,7 +1,6 @@
 # CityOps — the two commands of the README are `make demo` and `make test`.
 SHELL := /bin/bash
 VENV := .venv/bin
-export XDG_RUNTIME_DIR ?= /tmp
 
 .PHONY: setup up down demo test test-fast lint bench schemas clean-state
 

