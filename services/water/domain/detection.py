@@ -1,0 +1,504 @@
+"""Leak detection: learned sensor expectations, residual CUSUM per sensor and per DMA.
+
+1. :func:`fit_expectation` learns, on leak-free history, what every pressure and flow sensor
+   should read given what a leak does not change: metered demand (smart meters), tank levels,
+   the on/off state of pumps and valves (operations), and the time of day and week. A ridge
+   regression per sensor; blocked cross-validation over the history gives out-of-sample residuals
+   that set each sensor's residual scale and the alarm thresholds, then the model is fitted on all of it.
+2. :class:`LeakMonitor` turns new readings into residuals, orients them so that a leak pushes
+   them up (pressure falls, inflow rises — the sign comes from the leak signatures), and runs
+   one-sided CUSUMs on each flow sensor, on each DMA's mean pressure residual and on the whole
+   network. An alarm opens a leak; the residual pattern over the following `localise_hours`
+   locates it (see localisation.py) and becomes the new baseline, so a second leak is a second
+   change. A later alarm whose pattern matches a known leak (a slowly growing leak getting
+   bigger) updates that leak instead of opening another one.
+
+Known operations (tank filling, valve changes) enter as features when they are measured, and
+as explicit suppression windows when they come from config (`suppress`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from services.water.domain.localisation import LeakCandidate, SensitivityMatrix, Sensor, localise
+from services.water.domain.network import WaterNetwork
+
+
+@dataclass
+class ExpectationModel:
+    sensors: list[Sensor]  # all sensors of the SCADA data
+    targets: list[str]  # sensor ids with a learned expectation (pressure, flow)
+    feature_sources: dict[str, list[str]]  # demand / level / status sensor ids used as inputs
+    status_threshold: dict[str, float]
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    coef: np.ndarray  # (n_features, n_targets)
+    intercept: np.ndarray
+    sigma: np.ndarray  # residual scale per target, from held-out history
+    train_fill: dict[str, float]
+    # a weekend term needs at least two weeks of history to be learned rather than guessed
+    weekly: bool = False
+
+    def features(self, values: pd.DataFrame) -> np.ndarray:
+        idx = pd.DatetimeIndex(values.index)
+        hour = (idx.hour + idx.minute / 60.0).to_numpy(dtype=float)
+        cols = []
+        for k in (1, 2, 3, 4):
+            cols += [np.sin(2 * np.pi * k * hour / 24), np.cos(2 * np.pi * k * hour / 24)]
+        if self.weekly:
+            cols.append(np.asarray(idx.day_of_week >= 5, dtype=float))
+        dem = self.feature_sources["demand"]
+        if dem:
+            d = self._col(values, dem).sum(axis=1)
+            cols += [d, d * d]
+        for sid in self.feature_sources["level"]:
+            cols.append(self._col(values, [sid])[:, 0])
+        for sid in self.feature_sources["status"]:
+            on = (np.abs(self._col(values, [sid])[:, 0]) > self.status_threshold[sid]).astype(float)
+            cols.append(on)
+            if dem:
+                cols.append(on * d)
+        return np.column_stack(cols)
+
+    def _col(self, values: pd.DataFrame, ids: list[str]) -> np.ndarray:
+        out = np.empty((len(values), len(ids)))
+        for i, sid in enumerate(ids):
+            v = values[sid].to_numpy(dtype=float) if sid in values else np.full(len(values), np.nan)
+            out[:, i] = np.where(np.isfinite(v), v, self.train_fill.get(sid, 0.0))
+        return out
+
+    def expected(self, values: pd.DataFrame) -> np.ndarray:
+        x = (self.features(values) - self.x_mean) / self.x_std
+        return x @ self.coef + self.intercept
+
+    def residuals(self, values: pd.DataFrame) -> np.ndarray:
+        """Observed minus expected, (n_rows, n_targets); NaN where a target has no reading."""
+        obs = np.column_stack([values[t].to_numpy(dtype=float) if t in values else np.full(len(values), np.nan)
+                               for t in self.targets])
+        return obs - self.expected(values)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge on standardised x, per target column, ignoring NaN targets by filling with the column mean."""
+    ym = np.nanmean(y, axis=0)
+    yc = np.where(np.isfinite(y), y, ym) - ym
+    a = x.T @ x + alpha * np.eye(x.shape[1])
+    coef = np.linalg.solve(a, x.T @ yc)
+    return coef, ym
+
+
+def fit_expectation(
+    values: pd.DataFrame,
+    sensors: list[Sensor],
+    net: WaterNetwork | None = None,
+    *,
+    alpha: float = 1.0,
+    n_folds: int = 4,
+) -> tuple[ExpectationModel, np.ndarray]:
+    """Fit on leak-free `values` (time index, one column per sensor id).
+
+    Returns the model fitted on all rows and out-of-sample residuals over the history (for calibration).
+    """
+    if len(values) < 48:
+        raise ValueError("need at least 48 leak-free time steps to learn sensor expectations")
+    kinds = {s.sensor_id: s for s in sensors}
+    targets = [s.sensor_id for s in sensors if s.kind in ("pressure", "flow", "balance")]
+    if not targets:
+        raise ValueError("no pressure or flow sensors to watch")
+    active_links = set()
+    if net is not None:
+        active_links = set(net.wn.pump_name_list) | set(net.wn.valve_name_list)
+    status = [s.sensor_id for s in sensors if s.kind == "flow" and s.element in active_links]
+    sources = {
+        "demand": [s.sensor_id for s in sensors if s.kind == "demand"],
+        "level": [s.sensor_id for s in sensors if s.kind == "level"],
+        "status": status,
+    }
+    thr = {sid: 0.02 * float(np.nanmax(np.abs(values[sid].to_numpy(dtype=float))) or 1.0) for sid in status}
+    fill = {sid: float(np.nanmean(values[sid].to_numpy(dtype=float))) for sid in kinds if sid in values}
+    fill = {k: (v if np.isfinite(v) else 0.0) for k, v in fill.items()}
+    model = ExpectationModel(sensors, targets, sources, thr, np.zeros(1), np.ones(1), np.zeros((1, 1)),
+                             np.zeros(1), np.ones(len(targets)), fill,
+                             weekly=bool(values.index[-1] - values.index[0] >= pd.Timedelta(days=14)))
+    x_all = model.features(values)
+    y_all = np.column_stack([values[t].to_numpy(dtype=float) if t in values else np.full(len(values), np.nan)
+                             for t in targets])
+    def fit(rows: np.ndarray) -> None:
+        x = x_all[rows]
+        mu, sd = x.mean(axis=0), x.std(axis=0)
+        sd[sd < 1e-9] = 1.0
+        model.x_mean, model.x_std = mu, sd
+        model.coef, model.intercept = _ridge((x - mu) / sd, y_all[rows], alpha)
+
+    # out-of-sample residuals over the whole history: contiguous blocks, each predicted by a
+    # model fitted on the others, so the thresholds see the model's real error
+    n = len(values)
+    blocks = np.array_split(np.arange(n), n_folds)
+    held = np.empty((n, len(targets)))
+    for b in blocks:
+        fit(np.setdiff1d(np.arange(n), b))
+        held[b] = model.residuals(values.iloc[b])
+    sigma = np.nanstd(held, axis=0)
+    fallback = np.nanmedian(sigma[np.isfinite(sigma) & (sigma > 0)]) if np.any(sigma > 0) else 1.0
+    model.sigma = np.where(np.isfinite(sigma) & (sigma > 1e-6), sigma, fallback)
+    fit(np.arange(n))
+    return model, held
+
+
+@dataclass
+class LeakEvent:
+    """A detected leak. `candidates` ranked best first; `flow_m3h` estimated from the signature fit."""
+
+    leak_id: str
+    detected_at: pd.Timestamp
+    statistic: str  # which CUSUM raised it, e.g. "dma:dma-2", "flow:P-1", "network"
+    dma: str
+    candidates: list[LeakCandidate] = field(default_factory=list)
+    flow_m3h: float = float("nan")
+    onset_at: pd.Timestamp | None = None
+    localised_at: pd.Timestamp | None = None
+    updates: int = 0
+
+    @property
+    def pipe_id(self) -> str:
+        return self.candidates[0].pipe_id if self.candidates else ""
+
+
+@dataclass
+class _Pending:
+    event: LeakEvent
+    onset_row: int
+    alarm_row: int
+
+
+class LeakMonitor:
+    """Stateful detector: feed it readings in time order with :meth:`update`; it returns leaks as they are localised."""
+
+    def __init__(
+        self,
+        model: ExpectationModel,
+        matrix: SensitivityMatrix | None,
+        net: WaterNetwork,
+        calibration_residuals: np.ndarray,
+        *,
+        step: pd.Timedelta,
+        drift_k: float = 1.0,
+        threshold_margin: float = 2.0,
+        min_threshold: float = 5.0,
+        localise_hours: float = 24.0,
+        smooth_hours: float = 12.0,
+        merge_correlation: float = 0.9,
+        suppress: list[tuple[pd.Timestamp, pd.Timestamp]] | None = None,
+    ):
+        self.model, self.matrix, self.net = model, matrix, net
+        self.step = step
+        self.k = drift_k
+        self.localise_steps = max(1, int(pd.Timedelta(hours=localise_hours) / step))
+        # residuals carry the daily cycle's model error; a running mean over half a day
+        # averages it out before the CUSUM sees it
+        self.smooth_steps = max(1, int(pd.Timedelta(hours=smooth_hours) / step))
+        self.merge_correlation = merge_correlation
+        self.suppress = suppress or []
+        by_id = {s.sensor_id: s for s in model.sensors}
+        self.target_sensors = [by_id[t] for t in model.targets]
+        self.orientation = self._orientation()
+        self.stats = self._statistics()
+        # calibrate each statistic's scale and CUSUM threshold on held-out leak-free residuals
+        # the first day of a history often holds start-up transients (tanks settling)
+        skip = min(len(calibration_residuals) // 4, int(pd.Timedelta(days=1) / step))
+        zc = self._oriented(calibration_residuals[skip:])
+        xs = _running_mean(self._stat_values(zc), self.smooth_steps)[self.smooth_steps - 1:]
+        self.stat_sd = np.nanstd(xs, axis=0)
+        self.stat_sd[~np.isfinite(self.stat_sd) | (self.stat_sd < 1e-9)] = 1.0
+        self.stat_mu = np.nanmean(xs, axis=0)
+        self.stat_mu[~np.isfinite(self.stat_mu)] = 0.0
+        smax = self._cusum_max((xs - self.stat_mu) / self.stat_sd)
+        self.h = np.maximum(min_threshold, threshold_margin * smax)
+        self.reset()
+
+    # ---- setup -------------------------------------------------------------------------
+    def _orientation(self) -> np.ndarray:
+        """+1 where a leak raises the reading, -1 where it lowers it."""
+        out = np.ones(len(self.target_sensors))
+        for i, s in enumerate(self.target_sensors):
+            if self.matrix is not None and s.sensor_id in [m.sensor_id for m in self.matrix.sensors]:
+                j = [m.sensor_id for m in self.matrix.sensors].index(s.sensor_id)
+                col = self.matrix.per_m3h[:, j]
+                med = np.median(col[np.abs(col) > 0]) if np.any(np.abs(col) > 0) else 0.0
+                out[i] = -1.0 if med < 0 else 1.0
+            elif s.kind == "pressure":
+                out[i] = -1.0
+        return out
+
+    def _statistics(self) -> list[tuple[str, str, np.ndarray]]:
+        """(name, dma, weights over targets) for each CUSUM."""
+        stats = []
+        n = len(self.target_sensors)
+        dmas: dict[str, list[int]] = {}
+        for i, s in enumerate(self.target_sensors):
+            if s.kind == "pressure":
+                dmas.setdefault(self.net.dma_of_node.get(s.element, "dma-1"), []).append(i)
+            elif s.kind == "balance":
+                # the water balance: supply minus storage change, i.e. consumption plus leakage
+                w = np.zeros(n)
+                w[i] = 1.0
+                stats.append(("water_balance", "all", w))
+        if any(s[0] == "water_balance" for s in stats):
+            # with a metered water balance, DMA mean pressures swing with pump and tank cycles more
+            # than with a leak; they still locate it (see localisation), they no longer raise alarms
+            return stats
+        for d, idx in sorted(dmas.items()):
+            w = np.zeros(n)
+            w[idx] = 1.0 / len(idx)
+            stats.append((f"dma:{d}", d, w))
+        pressure = [i for i, s in enumerate(self.target_sensors) if s.kind == "pressure"]
+        if len(dmas) > 1:
+            w = np.zeros(n)
+            w[pressure] = 1.0 / len(pressure)
+            stats.append(("network", "all", w))
+        return stats
+
+    def _is_supply_link(self, link: str) -> bool:
+        if not self.net.has_link(link):
+            return False
+        a, b = self.net.link_nodes[link]
+        res = set(self.net.reservoirs)
+        return a in res or b in res or link in set(self.net.wn.pump_name_list)
+
+    def _oriented(self, residuals: np.ndarray) -> np.ndarray:
+        return residuals / self.model.sigma * self.orientation
+
+    def _stat_values(self, z: np.ndarray) -> np.ndarray:
+        w = np.array([s[2] for s in self.stats])  # (n_stats, n_targets)
+        zf = np.where(np.isfinite(z), z, 0.0)
+        return zf @ w.T
+
+    def _cusum_max(self, x: np.ndarray) -> np.ndarray:
+        s = np.zeros(x.shape[1])
+        best = np.zeros(x.shape[1])
+        for row in x:
+            s = np.maximum(0.0, s + np.nan_to_num(row) - self.k)
+            best = np.maximum(best, s)
+        return best
+
+    def reset(self) -> None:
+        self.offset = np.zeros(len(self.target_sensors))
+        self.cusum = np.zeros(len(self.stats))
+        self.last_zero = np.zeros(len(self.stats), dtype=int)
+        self.row = 0
+        self.times: list[pd.Timestamp] = []
+        self.resid: list[np.ndarray] = []
+        self.blind_until = -1
+        self.pending: list[_Pending] = []
+        self.xbuf: list[np.ndarray] = []
+        self.leaks: list[LeakEvent] = []
+
+    # ---- streaming ---------------------------------------------------------------------
+    def update(self, values: pd.DataFrame) -> list[LeakEvent]:
+        """Process new rows (time index, sensor columns). Returns leaks localised during this call
+        (new ones, and known ones that grew), each at most once per call."""
+        out: list[LeakEvent] = []
+        if values.empty:
+            return out
+        res = self.model.residuals(values)
+        times = list(pd.DatetimeIndex(values.index))
+        for t, r in zip(times, res, strict=True):
+            self.times.append(t)
+            self.resid.append(r)
+            i = self.row
+            self.row += 1
+            self.xbuf.append(self._stat_values(self._oriented(r - self.offset)[None, :])[0])
+            if len(self.xbuf) > self.smooth_steps:
+                self.xbuf.pop(0)
+            x = (np.mean(self.xbuf, axis=0) - self.stat_mu) / self.stat_sd
+            if i <= self.blind_until or self._suppressed(t):
+                self.cusum[:] = 0.0
+                self.last_zero[:] = i
+            else:
+                self.cusum = np.maximum(0.0, self.cusum + x - self.k)
+                self.last_zero[self.cusum == 0.0] = i
+                over = self.cusum > self.h
+                if over.any():
+                    j = int(np.argmax(self.cusum / self.h))
+                    name, dma, _ = self.stats[j]
+                    ev = LeakEvent("", t, name, dma, onset_at=self.times[self.last_zero[j]])
+                    self.pending.append(_Pending(ev, int(self.last_zero[j]), i))
+                    self.blind_until = i + self.localise_steps
+            for p in list(self.pending):
+                if i - p.alarm_row >= self.localise_steps:
+                    self.pending.remove(p)
+                    done = self._localise(p)
+                    if done is not None and all(done is not o for o in out):
+                        out.append(done)
+        return out
+
+    def flush(self) -> list[LeakEvent]:
+        """Localise alarms still waiting for their full window (end of a batch)."""
+        out = []
+        for p in list(self.pending):
+            self.pending.remove(p)
+            done = self._localise(p)
+            if done is not None and all(done is not o for o in out):
+                out.append(done)
+        return out
+
+    def _suppressed(self, t: pd.Timestamp) -> bool:
+        return any(a <= t <= b for a, b in self.suppress)
+
+    def _localise(self, p: _Pending) -> LeakEvent | None:
+        window = np.array(self.resid[p.alarm_row:])
+        after = np.nanmean(window, axis=0) if len(window) else np.zeros_like(self.offset)
+        change = after - self.offset
+        ev = p.event
+        ev.localised_at = self.times[-1]
+        # the leak's pattern becomes the new normal: the next alarm must be a new change
+        self.offset = after
+        self.cusum[:] = 0.0
+        self.xbuf = []
+        for known in self.leaks:
+            if _corr(change * self.orientation / self.model.sigma, known._pattern) >= self.merge_correlation:
+                known._pattern = known._pattern + change * self.orientation / self.model.sigma
+                self._fill_candidates(known, self._cumulative(known, change))
+                known.updates += 1
+                return known
+        ev._pattern = change * self.orientation / self.model.sigma
+        ev._change = change
+        ev.leak_id = f"leak-{len(self.leaks) + 1:03d}"
+        self._fill_candidates(ev, change)
+        self.leaks.append(ev)
+        return ev
+
+    def _cumulative(self, known: LeakEvent, change: np.ndarray) -> np.ndarray:
+        known._change = known._change + change
+        return known._change
+
+    def _fill_candidates(self, ev: LeakEvent, change: np.ndarray) -> None:
+        if self.matrix is None:
+            return
+        col = {m.sensor_id: j for j, m in enumerate(self.matrix.sensors)}
+        r = np.full(len(self.matrix.sensors), np.nan)
+        sig = np.full(len(self.matrix.sensors), np.nan)
+        for i, s in enumerate(self.target_sensors):
+            if s.sensor_id in col:
+                r[col[s.sensor_id]] = change[i]
+                sig[col[s.sensor_id]] = self.model.sigma[i]
+        ev.candidates = localise(self.matrix, r, sig, self.net)
+        bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
+        if bal and change[bal[0]] > 0:
+            ev.flow_m3h = float(change[bal[0]])
+        elif ev.candidates:
+            ev.flow_m3h = ev.candidates[0].flow_m3h
+        if ev.candidates:
+            ev.dma = self.net.dma_of_link(ev.candidates[0].pipe_id)
+
+
+def _running_mean(x: np.ndarray, n: int) -> np.ndarray:
+    c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        lo = max(0, i + 1 - n)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 2:
+        return 0.0
+    na, nb = np.linalg.norm(a[ok]), np.linalg.norm(b[ok])
+    return float(a[ok] @ b[ok] / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+KINDS = ("pressure", "flow", "level", "demand")
+
+
+def scada_to_wide(scada: pd.DataFrame) -> tuple[pd.DataFrame, list[Sensor], pd.Timedelta]:
+    """Long SCADA (time, sensor_id, kind, value) to a regular grid, one column per `kind:sensor_id`.
+
+    The step is the median spacing of the timestamps; gaps of up to an hour are interpolated.
+    """
+    df = scada[["time", "sensor_id", "kind", "value"]].copy()
+    df["key"] = df["kind"] + ":" + df["sensor_id"]
+    wide = df.pivot_table(index="time", columns="key", values="value", aggfunc="mean").sort_index()
+    times = wide.index
+    step = pd.Series(times).diff().median() if len(times) > 1 else pd.Timedelta(minutes=15)
+    if pd.isna(step) or step <= pd.Timedelta(0):
+        step = pd.Timedelta(minutes=15)
+    step = pd.Timedelta(step).round("1s")
+    grid = pd.date_range(times[0], times[-1], freq=step)
+    wide = wide.reindex(wide.index.union(grid)).interpolate(method="time", limit=max(1, int(pd.Timedelta(hours=1) / step)),
+                                                             limit_area="inside").reindex(grid)
+    pairs = df[["key", "kind", "sensor_id"]].drop_duplicates("key")
+    sensors = [Sensor(k, kind, sid) for k, kind, sid in pairs.itertuples(index=False)]
+    sensors.sort(key=lambda s: s.sensor_id)
+    return wide, sensors, step
+
+
+def add_water_balance(wide: pd.DataFrame, sensors: list[Sensor], net: WaterNetwork, step: pd.Timedelta) -> list[Sensor]:
+    """Add `balance:network` = inflow from reservoirs minus tank storage change (m³/h), when every
+    reservoir pipe is metered. Pump cycles and tank filling cancel out of it; a leak does not."""
+    flows = {s.element: s.sensor_id for s in sensors if s.kind == "flow"}
+    levels = {s.element: s.sensor_id for s in sensors if s.kind == "level"}
+    res = set(net.reservoirs)
+    supply = [(link, a in res) for link, (a, b) in net.link_nodes.items() if a in res or b in res]
+    if not supply or any(link not in flows for link, _ in supply):
+        return sensors
+    total = np.zeros(len(wide))
+    for link, outward in supply:
+        q = wide[flows[link]].to_numpy(dtype=float)
+        total += q if outward else -q
+    hours = step / pd.Timedelta(hours=1)
+    for tank in net.tanks:
+        if tank not in levels:
+            continue
+        d = float(net.wn.get_node(tank).diameter)
+        h = wide[levels[tank]].to_numpy(dtype=float)
+        dh = np.empty_like(h)
+        dh[1:] = np.diff(h) / hours
+        dh[0] = dh[1] if len(h) > 1 else 0.0
+        total -= np.pi * d * d / 4.0 * dh
+    wide["balance:network"] = total
+    return [*sensors, Sensor("balance:network", "balance", "network")]
+
+
+def build_monitor(
+    net: WaterNetwork,
+    train: pd.DataFrame,
+    sensors: list[Sensor],
+    step: pd.Timedelta,
+    *,
+    cache_dir=None,
+    **monitor_options,
+) -> LeakMonitor:
+    """Everything learned from leak-free history: expectations, thresholds, leak signatures."""
+    from services.water.domain.localisation import sensitivity_matrix
+
+    model, held = fit_expectation(train, sensors, net)
+    watched = [s for s in sensors if s.sensor_id in model.targets]
+    matrix = sensitivity_matrix(net, watched, cache_dir=cache_dir)
+    return LeakMonitor(model, matrix, net, held, step=step, **monitor_options)
+
+
+def detect_leaks(
+    net: WaterNetwork,
+    scada: pd.DataFrame,
+    train_until: pd.Timestamp,
+    *,
+    cache_dir=None,
+    **monitor_options,
+) -> list[LeakEvent]:
+    """Batch detection: learn on rows up to `train_until`, then replay the rest in time order."""
+    wide, sensors, step = scada_to_wide(scada)
+    sensors = add_water_balance(wide, sensors, net, step)
+    train = wide.loc[wide.index <= train_until]
+    test = wide.loc[wide.index > train_until]
+    monitor = build_monitor(net, train, sensors, step, cache_dir=cache_dir, **monitor_options)
+    if test.empty:
+        return []
+    monitor.update(test)
+    monitor.flush()
+    return monitor.leaks

@@ -1,0 +1,167 @@
+"""The distribution network: an EPANET `.inp` file loaded with wntr, plus the topology the models need.
+
+- district metered areas (DMAs): from the city config when given, else a compact partition of
+  the junctions by position (k-means on coordinates), so every model has a DMA to report;
+- pipe lengths and shortest pipe distance (metres along pipes) between nodes and between pipes;
+- a content hash of the file, the key under which simulated leak signatures are cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+
+class NetworkError(ValueError):
+    """The `.inp` file cannot be used (unreadable, or an EPANET/wntr parse error)."""
+
+
+@dataclass
+class WaterNetwork:
+    """A loaded network. `wn` is the wntr model (SI units: m, m³/s)."""
+
+    path: Path
+    file_hash: str
+    wn: object
+    graph: nx.Graph  # undirected, edge attribute `length_m`, one edge per link (parallel links merged)
+    node_xy: dict[str, tuple[float, float]]
+    pipe_length_m: dict[str, float]
+    link_nodes: dict[str, tuple[str, str]]
+    dma_of_node: dict[str, str]
+    _dist_cache: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def junctions(self) -> list[str]:
+        return list(self.wn.junction_name_list)
+
+    @property
+    def pipes(self) -> list[str]:
+        return list(self.wn.pipe_name_list)
+
+    @property
+    def tanks(self) -> list[str]:
+        return list(self.wn.tank_name_list)
+
+    @property
+    def reservoirs(self) -> list[str]:
+        return list(self.wn.reservoir_name_list)
+
+    def has_node(self, name: str) -> bool:
+        return name in self.node_xy
+
+    def has_link(self, name: str) -> bool:
+        return name in self.link_nodes
+
+    def dmas(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for n, d in self.dma_of_node.items():
+            out.setdefault(d, []).append(n)
+        return out
+
+    def dma_of_link(self, link: str) -> str:
+        a, _ = self.link_nodes[link]
+        return self.dma_of_node.get(a, "dma-1")
+
+    def node_distances_m(self, source: str) -> dict[str, float]:
+        """Shortest pipe distance from `source` to every reachable node, in metres."""
+        if source not in self._dist_cache:
+            self._dist_cache[source] = nx.single_source_dijkstra_path_length(self.graph, source, weight="length_m")
+        return self._dist_cache[source]
+
+    def node_distance_m(self, a: str, b: str) -> float:
+        return float(self.node_distances_m(a).get(b, math.inf))
+
+    def pipe_distance_m(self, pipe_a: str, pipe_b: str) -> float:
+        """Pipe distance between the midpoints of two links (0 for the same link)."""
+        if pipe_a == pipe_b:
+            return 0.0
+        a1, a2 = self.link_nodes[pipe_a]
+        b1, b2 = self.link_nodes[pipe_b]
+        la = self.pipe_length_m.get(pipe_a, 0.0) / 2
+        lb = self.pipe_length_m.get(pipe_b, 0.0) / 2
+        best = math.inf
+        for u in (a1, a2):
+            d = self.node_distances_m(u)
+            for v in (b1, b2):
+                best = min(best, d.get(v, math.inf))
+        return float(best + la + lb)
+
+    def link_midpoint_xy(self, link: str) -> tuple[float, float]:
+        a, b = self.link_nodes[link]
+        (xa, ya), (xb, yb) = self.node_xy[a], self.node_xy[b]
+        return (xa + xb) / 2, (ya + yb) / 2
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def load_network(path: str | Path, *, dma_of_node: dict[str, str] | None = None, n_dmas: int | None = None) -> WaterNetwork:
+    """Load an EPANET file. Raises :class:`NetworkError` with a one-line reason if it is broken."""
+    import wntr
+
+    p = Path(path)
+    if not p.exists():
+        raise NetworkError("file not found")
+    if p.is_dir():
+        raise NetworkError("is a directory, expected an EPANET .inp file")
+    # wntr logs parse problems itself before raising; the caller reports one line instead
+    logging.getLogger("wntr").setLevel(logging.CRITICAL)
+    try:
+        wn = wntr.network.WaterNetworkModel(str(p))
+    except Exception as exc:  # wntr raises many types (ENValueError, KeyError, ValueError, RuntimeError …)
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise NetworkError(f"not a valid EPANET network ({msg})") from None
+    if wn.num_junctions == 0 or wn.num_links == 0:
+        raise NetworkError("not a valid EPANET network (no junctions or no links)")
+    if wn.num_reservoirs + wn.num_tanks == 0:
+        raise NetworkError("not a valid EPANET network (no reservoir or tank supplies it)")
+
+    node_xy = {}
+    for name, node in wn.nodes():
+        c = node.coordinates
+        node_xy[name] = (float(c[0]), float(c[1])) if c is not None else (0.0, 0.0)
+    link_nodes: dict[str, tuple[str, str]] = {}
+    pipe_length_m: dict[str, float] = {}
+    g = nx.Graph()
+    g.add_nodes_from(node_xy)
+    for name, link in wn.links():
+        a, b = link.start_node_name, link.end_node_name
+        link_nodes[name] = (a, b)
+        length = float(getattr(link, "length", 0.0) or 0.0)
+        if name in wn.pipe_name_list:
+            pipe_length_m[name] = length
+        # pumps and valves have no length; they join their nodes at (almost) no distance
+        w = max(length, 1.0)
+        if g.has_edge(a, b):
+            w = min(w, g[a][b]["length_m"])
+        g.add_edge(a, b, length_m=w)
+    if dma_of_node is None:
+        dma_of_node = partition_dmas(wn.junction_name_list, node_xy, n_dmas)
+    # tanks and reservoirs sit in the DMA of their nearest junction
+    for n in node_xy:
+        if n not in dma_of_node:
+            nbrs = list(g.neighbors(n))
+            dma_of_node[n] = next((dma_of_node[m] for m in nbrs if m in dma_of_node), "dma-1")
+    return WaterNetwork(p, file_hash(p), wn, g, node_xy, pipe_length_m, link_nodes, dict(dma_of_node))
+
+
+def partition_dmas(junctions: list[str], node_xy: dict[str, tuple[float, float]], n_dmas: int | None) -> dict[str, str]:
+    """Compact DMAs by position: about one DMA per 300 junctions unless told otherwise."""
+    from sklearn.cluster import KMeans
+
+    k = n_dmas or max(1, round(len(junctions) / 300))
+    if k <= 1 or len(junctions) < 2 * k:
+        return {j: "dma-1" for j in junctions}
+    xy = np.array([node_xy[j] for j in junctions])
+    labels = KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(xy)
+    # name DMAs by the order of their centroid west->east so names are stable across runs
+    centres = [xy[labels == i, 0].mean() for i in range(k)]
+    rank = {int(c): r for r, c in enumerate(np.argsort(centres))}
+    return {j: f"dma-{rank[int(lab)] + 1}" for j, lab in zip(junctions, labels, strict=True)}

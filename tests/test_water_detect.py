@@ -1,0 +1,182 @@
+"""Water leak detection and localisation on simulated SCADA data, and batch command 6 end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.water.domain.detection import detect_leaks
+from services.water.domain.hydraulics import LeakSpec, choose_sensors, simulate_scada, total_base_demand_m3h
+from services.water.domain.localisation import Sensor, localise, sensitivity_matrix
+from services.water.domain.network import NetworkError, load_network
+
+CITYOPS = Path(sys.executable).parent / "cityops"
+START = pd.Timestamp("2026-03-02", tz="UTC")
+TRAIN_DAYS = 10
+
+
+def _lib(name: str) -> Path:
+    import wntr
+
+    return Path(wntr.__file__).parent / "library" / "networks" / name
+
+
+@pytest.fixture(scope="module")
+def net3():
+    return load_network(_lib("Net3.inp"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("water-cache")
+
+
+@pytest.fixture(scope="module")
+def net3_sensors(net3):
+    return choose_sensors(net3, n_pressure=12, n_meters=30, seed=7)
+
+
+def _scenario(net, sensors, leaks, seed, days=TRAIN_DAYS + 6):
+    return simulate_scada(net, sensors, START, days, leaks, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_no_alarm_on_leak_free_data_with_noise(net3, net3_sensors, cache, seed):
+    scada = _scenario(net3, net3_sensors, [], seed)
+    leaks = detect_leaks(net3, scada, START + pd.Timedelta(days=TRAIN_DAYS), cache_dir=cache)
+    assert leaks == []
+
+
+@pytest.mark.parametrize("pipe_index, kind", [(20, "abrupt"), (90, "incipient")])
+def test_leak_at_known_pipe_is_detected_and_ranked_near_top(net3, net3_sensors, cache, pipe_index, kind):
+    pipe = net3.pipes[pipe_index]
+    start = START + pd.Timedelta(days=TRAIN_DAYS + 1)
+    flow = 0.10 * total_base_demand_m3h(net3)
+    spec = LeakSpec(pipe, start, flow, kind, ramp_hours=24.0 if kind == "incipient" else 0.0)
+    scada = _scenario(net3, net3_sensors, [spec], seed=pipe_index)
+    leaks = detect_leaks(net3, scada, START + pd.Timedelta(days=TRAIN_DAYS), cache_dir=cache)
+    assert leaks, "leak not detected"
+    first = leaks[0]
+    assert start <= first.detected_at <= start + pd.Timedelta(days=3)
+    ranked = [c.pipe_id for c in first.candidates]
+    dist = min(net3.pipe_distance_m(pipe, p) for p in ranked[:10])
+    assert dist <= 1500.0, f"true pipe {pipe} far from candidates {ranked[:5]}"
+    assert 0.3 * flow <= first.flow_m3h <= 3.0 * flow
+
+
+def test_localise_recovers_noise_free_signature(net3, net3_sensors, cache):
+    watched = [Sensor(f"{s.kind}:{s.sensor_id}", s.kind, s.element) for s in net3_sensors if s.kind in ("pressure", "flow")]
+    m = sensitivity_matrix(net3, watched, cache_dir=cache)
+    hits = 0
+    for k in range(0, len(m.pipes), 9):
+        cands = localise(m, m.per_m3h[k] * 30.0, np.ones(len(watched)), net3)
+        hits += m.pipes[k] in [c.pipe_id for c in cands[:10]]
+        assert cands[0].flow_m3h > 0
+    assert hits >= 0.6 * len(range(0, len(m.pipes), 9))
+
+
+def test_sensitivity_matrix_is_cached_by_network_hash(net3, tmp_path):
+    sensors = [Sensor("p:" + j, "pressure", j) for j in net3.junctions[:5]]
+    a = sensitivity_matrix(net3, sensors, cache_dir=tmp_path)
+    files = list(tmp_path.glob(f"sens-{net3.file_hash}-*.npz"))
+    assert len(files) == 1
+    b = sensitivity_matrix(net3, sensors, cache_dir=tmp_path)
+    np.testing.assert_array_equal(a.per_m3h, b.per_m3h)
+    assert np.abs(a.per_m3h).max() > 0
+
+
+def test_broken_network_raises(tmp_path):
+    bad = tmp_path / "bad.inp"
+    bad.write_text("[JUNCTIONS]\nJ1 10 abc\n[PIPES]\nP1 J1 J9 100 200 100 0 Open\n[END]\n")
+    with pytest.raises(NetworkError):
+        load_network(bad)
+
+
+# ---- batch command 6 through the real console script --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_files(tmp_path_factory, net3, net3_sensors):
+    d = tmp_path_factory.mktemp("water-batch")
+    pipe = net3.pipes[40]
+    spec = LeakSpec(pipe, START + pd.Timedelta(days=TRAIN_DAYS + 1), 0.12 * total_base_demand_m3h(net3))
+    scada = _scenario(net3, net3_sensors, [spec], seed=11)
+    scada["time"] = scada["time"].dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    path = d / "scada.csv.gz"
+    scada.to_csv(path, index=False)
+    return d, path, pipe
+
+
+def _run(*args, env_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CITYOPS_CACHE_DIR=str(env_dir))
+    return subprocess.run([str(CITYOPS), "water", "detect", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_batch_detect_writes_contract_rows(batch_files):
+    d, scada, pipe = batch_files
+    out = d / "out.csv"
+    until = (START + pd.Timedelta(days=TRAIN_DAYS)).isoformat()
+    r = _run("--network", str(_lib("Net3.inp")), "--scada", str(scada), "--train-until", until, "--out", str(out), env_dir=d)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(out, dtype=str)
+    assert list(got.columns) == ["leak_id", "detected_at", "pipe_id", "candidates", "estimated_flow_m3h"]
+    assert len(got) >= 1
+    assert pd.to_datetime(got["detected_at"]).min() >= pd.Timestamp(until)
+    assert all(len(c.split(";")) <= 10 for c in got["candidates"])
+    assert got["pipe_id"].iloc[0] == got["candidates"].iloc[0].split(";")[0]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing_file", "missing_column", "bad_value", "bad_time", "empty",
+                                  "broken_inp", "unknown_sensor", "unknown_kind"])
+def test_batch_bad_input_exits_2_with_one_line(batch_files, tmp_path, case):
+    d, scada, _ = batch_files
+    net = str(_lib("Net3.inp"))
+    src = str(scada)
+    head = "time,sensor_id,kind,value\n"
+    ok_row = "2026-03-02T00:00:00Z,10,pressure,40.0\n"
+    expect = "scada" if case != "missing_file" else "nope.csv"
+    if case == "missing_file":
+        src = str(tmp_path / "nope.csv")
+    elif case == "missing_column":
+        src = str(_write(tmp_path / "s.csv", "time,sensor_id,value\n2026-03-02T00:00:00Z,10,40\n"))
+        expect = "column 'kind'"
+    elif case == "bad_value":
+        src = str(_write(tmp_path / "s.csv", head + ok_row + "2026-03-02T00:15:00Z,10,pressure,abc\n"))
+        expect = "row 3, column 'value'"
+    elif case == "bad_time":
+        src = str(_write(tmp_path / "s.csv", head + "yesterday,10,pressure,40\n"))
+        expect = "row 2, column 'time'"
+    elif case == "empty":
+        src = str(_write(tmp_path / "s.csv", head))
+        expect = "no data rows"
+    elif case == "broken_inp":
+        net = str(_write(tmp_path / "bad.inp", "[JUNCTIONS]\nJ1 10 abc\n[END]\n"))
+        expect = "bad.inp"
+    elif case == "unknown_sensor":
+        src = str(_write(tmp_path / "s.csv", head + ok_row + "2026-03-02T00:00:00Z,NOT-A-NODE,pressure,40\n"))
+        expect = "row 3, column 'sensor_id'"
+    elif case == "unknown_kind":
+        src = str(_write(tmp_path / "s.csv", head + "2026-03-02T00:00:00Z,10,temperature,40\n"))
+        expect = "row 2, column 'kind'"
+    if case in ("broken_inp", "unknown_sensor"):
+        pass
+    elif case != "missing_file" and src == str(scada):
+        pytest.fail("case not set up")
+    r = _run("--network", net, "--scada", src, "--train-until", "2026-03-05", "--out", str(tmp_path / "o.csv"), env_dir=d)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert expect in lines[0]
+    assert not (tmp_path / "o.csv").exists()
