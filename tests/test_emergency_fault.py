@@ -10,7 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.emergency.domain.fault import alerts_from, fit_detector, persistence, slow_channels
+from services.emergency.domain.fault import (
+    OnlineFaultMonitor,
+    alerts_from,
+    fit_detector,
+    persistence,
+    slow_channels,
+)
 from services.emergency.domain.machines import pump_series
 
 CITYOPS = str(Path(sys.executable).with_name("cityops"))
@@ -67,6 +73,28 @@ def test_a_single_channel_drifting_is_detected_and_it_is_the_one_named() -> None
     assert scores.is_anomaly[:200].mean() < 0.1
     assert scores.is_anomaly[500:].mean() > 0.9
     assert scores.deviating_channels(650)[0] == "c"
+
+
+@pytest.mark.parametrize("model", ["mset", "hybrid", "pca"])
+def test_streaming_one_sample_at_a_time_equals_the_batch_scores(model: str) -> None:
+    data = pump_series(TRAIN + 200, np.random.default_rng(8), fault_start=TRAIN + 60)
+    det = fit_detector(data.iloc[:TRAIN], model=model)
+    batch = det.score(data.iloc[TRAIN:])
+    mon = OnlineFaultMonitor(det)
+    online = [mon.update(r) for r in data.iloc[TRAIN:].to_dict("records")]
+    np.testing.assert_allclose([o[0] for o in online], batch.score, rtol=1e-6, atol=1e-9)
+    assert [o[1] for o in online] == batch.is_anomaly.tolist()
+    assert sum(o[3] for o in online) == len(alerts_from(batch))
+
+
+@pytest.mark.parametrize("model", ["mset", "hybrid", "pca"])
+def test_one_channel_is_a_control_chart(model: str) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, 600)
+    x[500:] += 4
+    frame = pd.DataFrame({"level": x, "stuck": 1.0})  # a constant channel is left out, not divided by zero
+    scores = fit_detector(frame.iloc[:400], model=model).score(frame.iloc[400:])
+    assert scores.is_anomaly[:100].mean() < 0.1 and scores.is_anomaly[110:].mean() > 0.9
 
 
 def test_persistence_needs_k_of_n() -> None:

@@ -170,6 +170,13 @@ class MsetDetector:
         w = np.where(np.abs(s) > 1e-9, w / np.where(np.abs(s) > 1e-9, s, 1.0), 1.0 / len(d))
         return w @ d
 
+    def _expected(self, mem: tuple[np.ndarray, np.ndarray], z: np.ndarray) -> np.ndarray:
+        # With one channel there is nothing to estimate it from: expect the training mean,
+        # which makes the test a smoothed univariate control chart.
+        if z.shape[1] == 1:
+            return np.zeros_like(z)
+        return self._estimate(mem, self._kernel, z)
+
     def fit(self, x: np.ndarray) -> MsetDetector:
         self.scale = _Standardiser().fit(x)
         z = self.scale(x)
@@ -187,7 +194,7 @@ class MsetDetector:
                 resid[te] = 0.0
                 continue
             mem = self._memory(self._select_memory(z[tr]))
-            resid[te] = z[te] - self._estimate(mem, self._kernel, z[te])
+            resid[te] = z[te] - self._expected(mem, z[te])
         self.mem = self._memory(self._select_memory(z))
         cov = np.cov(resid, rowvar=False) if n > 2 else np.eye(z.shape[1])
         cov = np.atleast_2d(cov)
@@ -204,7 +211,7 @@ class MsetDetector:
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = self.scale(x)
-        resid = z - self._estimate(self.mem, self._kernel, z)
+        resid = z - self._expected(self.mem, z)
         d2 = self._d2(resid)
         # Each channel's part of d²: r_j (P r)_j, clipped at 0 so shares stay readable.
         contrib = np.maximum(resid * (resid @ self.prec), 0.0)
@@ -431,3 +438,43 @@ def _fill_missing(x: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         return x
     filled = pd.DataFrame(x).ffill().to_numpy()
     return np.where(np.isnan(filled), fallback[None, :], filled)
+
+
+class OnlineFaultMonitor:
+    """One machine in a stream: feed one sample at a time, get its score, flag and channels.
+
+    Keeps just enough recent samples for the smoothing window and the persistence rule,
+    so the result for each sample equals what :meth:`FaultDetector.score` gives on the
+    whole series. Raises an alert once per alarm episode (when the flag turns on).
+    """
+
+    def __init__(self, detector: FaultDetector):
+        self.detector = detector
+        self._rows: list[np.ndarray] = [r for r in detector.context]
+        self._keep = len(detector.context)
+        self._above: list[bool] = []
+        self._in_alarm = False
+
+    def update(self, sample: dict[str, float] | Sequence[float]) -> tuple[float, bool, list[str], bool]:
+        """Returns (score, is_anomaly, deviating channels, alarm just started)."""
+        if isinstance(sample, dict):
+            row = np.array([sample.get(c, np.nan) for c in self.detector.channels], dtype=float)
+        else:
+            row = np.asarray(sample, dtype=float)
+        if np.isnan(row).any():
+            row = np.where(np.isnan(row), self._rows[-1] if self._rows else self.detector.fill, row)
+        self._rows.append(row)
+        self._rows = self._rows[-self._keep - 1:]
+        hist = np.vstack(self._rows)
+        s, contrib = self.detector.scorer.raw(hist[:, self.detector.used])
+        # only the newest score is complete (its window is full); earlier flags are remembered
+        self._above = [*self._above, bool(s[-1] >= 1.0)][-self.detector.persist_n:]
+        flag = sum(self._above) >= self.detector.persist_k
+        share = np.zeros(len(self.detector.channels))
+        share[self.detector.used] = contrib[-1]
+        tot = share.sum()
+        order = np.argsort(-share)
+        channels = [self.detector.channels[i] for i in order[:3] if tot > 0 and share[i] / tot >= 0.15]
+        started = flag and not self._in_alarm
+        self._in_alarm = flag
+        return float(s[-1]), flag, channels, started
