@@ -1,0 +1,47 @@
+"""Source attribution over an observation table: the glue between long data and plume.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from services.air_quality.domain.plume import Attribution, attribute_exceedances
+from shared.city import to_local_xy_m
+
+
+def network_wind(obs: pd.DataFrame, times: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Vector-mean wind over stations per hour: (direction it comes from in degrees, speed m/s)."""
+    rad = np.radians(obs["wind_dir"].astype(float))
+    ws = obs["wind_speed"].astype(float)
+    t = pd.DataFrame({"time": obs["time"], "u": np.sin(rad) * ws, "v": np.cos(rad) * ws, "ws": ws})
+    m = t.groupby("time")[["u", "v", "ws"]].mean().reindex(times).interpolate(limit_direction="both")
+    wd = np.degrees(np.arctan2(m["u"], m["v"])) % 360
+    return wd.to_numpy(), m["ws"].fillna(1.0).to_numpy()
+
+
+def attribute_observations(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: str, threshold: float,
+                           progress=None) -> list[Attribution]:
+    """Attribute every station-hour of `obs` above `threshold` to `sources` (source_id, lat, lon[, height_m])."""
+    times = pd.DatetimeIndex(np.sort(obs["time"].unique()))
+    st = obs.groupby("station_id", sort=True)[["lat", "lon"]].median()
+    lat0 = float(np.mean(np.r_[st["lat"], sources["lat"]]))
+    lon0 = float(np.mean(np.r_[st["lon"], sources["lon"]]))
+    sx, sy = to_local_xy_m(st["lat"].to_numpy(), st["lon"].to_numpy(), lat0, lon0)
+    qx, qy = to_local_xy_m(sources["lat"].to_numpy(float), sources["lon"].to_numpy(float), lat0, lon0)
+    wide = obs.pivot_table(index="time", columns="station_id", values=pollutant, aggfunc="mean", dropna=False)
+    values = wide.reindex(index=times, columns=st.index).to_numpy(float)
+    wd, ws = network_wind(obs, times)
+    local_hour = ((times.hour + times.minute / 60 + lon0 / 15.0) % 24).to_numpy()
+    return attribute_exceedances(times, list(st.index), sx, sy, values, wd, ws, local_hour,
+                                 sources.reset_index(drop=True), qx, qy, threshold, progress=progress)
+
+
+def attribute_table(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: str, threshold: float) -> pd.DataFrame:
+    """The rows of CONTRACTS.md §3 (plus confidence)."""
+    from shared.batch_io import progress
+
+    res = attribute_observations(obs, sources, pollutant, threshold, progress=progress)
+    cols = ["time", "station_id", "source_id", "contribution", "rank", "confidence"]
+    if not res:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame([r.__dict__ for r in res])[cols]
