@@ -36,6 +36,7 @@ class NotifySettings(PlatformSettings):
     notify_mqtt_user: str = "svc-notify"
     notify_http_timeout_s: float = 5.0
     notify_send_concurrency: int = 64
+    notify_webhook_connections: int = 8
     # Timers. Multiplies every ack_timeout_s of the routing file: 0.01 turns 5 min into 3 s for a demo.
     notify_escalation_scale: float = 1.0
     notify_poll_s: float = 0.5
