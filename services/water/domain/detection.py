@@ -191,7 +191,8 @@ class LeakMonitor:
         min_threshold: float = 5.0,
         localise_hours: float = 24.0,
         smooth_hours: float = 12.0,
-        merge_correlation: float = 0.9,
+        merge_correlation: float = 0.8,
+        merge_distance_m: float = 1000.0,
         suppress: list[tuple[pd.Timestamp, pd.Timestamp]] | None = None,
     ):
         self.model, self.matrix, self.net = model, matrix, net
@@ -202,6 +203,7 @@ class LeakMonitor:
         # averages it out before the CUSUM sees it
         self.smooth_steps = max(1, int(pd.Timedelta(hours=smooth_hours) / step))
         self.merge_correlation = merge_correlation
+        self.merge_distance_m = merge_distance_m
         self.suppress = suppress or []
         by_id = {s.sensor_id: s for s in model.sensors}
         self.target_sensors = [by_id[t] for t in model.targets]
@@ -359,18 +361,31 @@ class LeakMonitor:
         self.offset = after
         self.cusum[:] = 0.0
         self.xbuf = []
+        # a growing leak repeats its own pressure pattern; the water balance moves with every leak,
+        # so only the pressure pattern's shape (centred) tells whether this is a known leak
+        pattern = self._pressure_shape(change)
+        self._fill_candidates(ev, change)
         for known in self.leaks:
-            if _corr(change * self.orientation / self.model.sigma, known._pattern) >= self.merge_correlation:
-                known._pattern = known._pattern + change * self.orientation / self.model.sigma
-                self._fill_candidates(known, self._cumulative(known, change))
+            near = (not ev.candidates or not known.candidates
+                    or self.net.pipe_distance_m(ev.pipe_id, known.pipe_id) <= self.merge_distance_m)
+            if near and _corr(pattern, known._pattern) >= self.merge_correlation:
+                known._pattern = self._pressure_shape(self._cumulative(known, change))
+                self._fill_candidates(known, known._change)
                 known.updates += 1
                 return known
-        ev._pattern = change * self.orientation / self.model.sigma
+        ev._pattern = pattern
         ev._change = change
         ev.leak_id = f"leak-{len(self.leaks) + 1:03d}"
-        self._fill_candidates(ev, change)
         self.leaks.append(ev)
         return ev
+
+    def _pressure_shape(self, change: np.ndarray) -> np.ndarray:
+        z = change / self.model.sigma
+        p = np.array([s.kind == "pressure" for s in self.target_sensors])
+        if not p.any():
+            return z
+        zp = z[p]
+        return zp - np.nanmean(zp)
 
     def _cumulative(self, known: LeakEvent, change: np.ndarray) -> np.ndarray:
         known._change = known._change + change

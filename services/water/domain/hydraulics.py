@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +152,10 @@ def simulate_scada(
         wn.add_pattern(f"lp{i}", list(ramp))
         wn.get_node(node).add_demand(leak.peak_flow_m3h / 3600.0, f"lp{i}")
 
-    res = wntr.sim.EpanetSimulator(wn).run_sim()
+    # wntr writes temp.inp/.bin/.rpt into the working directory unless told otherwise; parallel
+    # runs would overwrite each other's files
+    with tempfile.TemporaryDirectory(prefix="cityops-epanet-") as tmp:
+        res = wntr.sim.EpanetSimulator(wn).run_sim(file_prefix=os.path.join(tmp, "sim"))
     times = t0 + pd.to_timedelta(res.node["pressure"].index.to_numpy(dtype=float), unit="s")
     parts = []
     for s in sensors:

@@ -1,0 +1,209 @@
+"""Water scenario for the city simulator: a distribution network with a burst and a growing leak,
+and drainage catchments with a rainstorm flood.
+
+- Network: wntr's Net3 (97 nodes) stretched over the city's bounding box; pressure loggers,
+  flow meters on pumps and reservoir/tank pipes, tank levels and smart meters, every 15 minutes,
+  simulated with EPANET (pressure-dependent demand) including both leaks.
+- Drainage: one catchment per low-lying district (at least two), each with a drain level, a
+  river level and a rain gauge every 5 minutes; a linear-reservoir level driven by the rain.
+- Timing (deterministic, documented in `config["timing"]`): first 40 % of the period normal;
+  the growing leak starts at start + 0.45 × hours and ramps over 12 h; the burst at
+  start + 0.55 × hours; the storm's rain peaks at start + 0.8 × hours — the same rule the
+  weather domain's generator uses for its stations — with a peak intensity from the seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from schemas.registry import QuantitySpec, SensorSpec
+from services.water.domain.flood import Catchment
+from services.water.domain.hydraulics import LeakSpec, choose_sensors, simulate_scada, total_base_demand_m3h
+from services.water.domain.network import load_network
+from shared.city import City
+from shared.simulator.scenario import DomainScenario
+
+NETWORK = "Net3.inp"
+_QTY = {
+    "pressure": ("pressure", QuantitySpec(unit="m", valid_min=-5, valid_max=200, max_rate_per_h=60)),
+    "flow": ("flow", QuantitySpec(unit="m3/h", valid_min=-20000, valid_max=20000, accepts=["L/s"])),
+    "level": ("level", QuantitySpec(unit="m", valid_min=0, valid_max=50, max_rate_per_h=10)),
+    "demand": ("demand", QuantitySpec(unit="m3/h", valid_min=0, valid_max=5000)),
+}
+_PREFIX = {"pressure": "wp", "flow": "wf", "level": "wl", "demand": "wm"}
+
+
+def network_path() -> str:
+    import wntr
+
+    from pathlib import Path
+
+    return str(Path(wntr.__file__).parent / "library" / "networks" / NETWORK)
+
+
+def storm_peak(start: pd.Timestamp, hours: float) -> pd.Timestamp:
+    """When the storm's rain peaks: start + 0.8 × hours, floored to 5 minutes."""
+    return (pd.Timestamp(start) + pd.Timedelta(hours=0.8 * hours)).floor("5min")
+
+
+def storm_peak_mm_per_h(seed: int) -> float:
+    """Peak rain intensity of the storm, 40-80 mm/h, from the seed alone."""
+    return 40.0 + 40.0 * np.random.default_rng([seed, 4]).random()
+
+
+def storm_rain_mm_per_h(times: pd.DatetimeIndex, start: pd.Timestamp, hours: float, seed: int) -> np.ndarray:
+    """Rain intensity of the storm: a Gaussian pulse of 1.5 h sd around the peak."""
+    peak = storm_peak(start, hours)
+    dt = (times - peak) / pd.Timedelta(hours=1)
+    return storm_peak_mm_per_h(seed) * np.exp(-0.5 * (np.asarray(dt, dtype=float) / 1.5) ** 2)
+
+
+def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> DomainScenario:
+    start = pd.Timestamp(start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    rng = np.random.default_rng(seed)
+    net = load_network(network_path())
+    sensors = choose_sensors(net, n_pressure=12, n_meters=20, seed=seed)
+    lat_lon = _placement(net, city)
+
+    pipes = [p for p in net.pipes if net.pipe_length_m[p] > 50]
+    burst_pipe, leak_pipe = (str(p) for p in rng.choice(pipes, size=2, replace=False))
+    mean_demand = total_base_demand_m3h(net)
+    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.55 * hours)).floor("15min"), 0.12 * mean_demand, "abrupt")
+    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.45 * hours)).floor("15min"), 0.08 * mean_demand,
+                       "incipient", ramp_hours=12.0)
+    scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed)
+
+    specs: list[SensorSpec] = []
+    id_of: dict[tuple[str, str], str] = {}
+    for i, s in enumerate(sensors):
+        sid = f"{_PREFIX[s.kind]}-{s.element}"
+        id_of[(s.kind, s.sensor_id)] = sid
+        node = s.element if s.kind != "flow" else net.link_nodes[s.element][0]
+        lat, lon = lat_lon[node]
+        qname, q = _QTY[s.kind]
+        specs.append(SensorSpec(sensor_id=sid, domain="water", kind=s.kind, gateway_id=f"gw-water-{1 + i % 3}",
+                                lat=lat, lon=lon, district=city.district_of(lat, lon), quantities={qname: q},
+                                meta={"link" if s.kind == "flow" else "node": s.element}))
+    readings = pd.DataFrame({
+        "time": scada["time"],
+        "sensor_id": [id_of[(k, s)] for k, s in zip(scada["kind"], scada["sensor_id"], strict=True)],
+        "quantity": scada["kind"].map(lambda k: _QTY[k][0]),
+        "value": scada["value"].astype(float),
+    })
+
+    catchments, drain_specs, drain_readings, flood_truth = _drainage(city, start, hours, seed)
+    specs += drain_specs
+    readings = pd.concat([readings, drain_readings], ignore_index=True).sort_values(["time", "sensor_id"], kind="stable")
+    readings = readings.reset_index(drop=True)
+
+    truth = [
+        {"scenario": "pipe_burst", "start": burst.start.isoformat(), "end": None, "pipe_id": burst.pipe_id,
+         "flow_m3h": round(burst.peak_flow_m3h, 2), "dma": net.dma_of_link(burst.pipe_id)},
+        {"scenario": "incipient_leak", "start": growing.start.isoformat(), "end": None, "pipe_id": growing.pipe_id,
+         "flow_m3h": round(growing.peak_flow_m3h, 2), "ramp_hours": growing.ramp_hours,
+         "dma": net.dma_of_link(growing.pipe_id)},
+        *flood_truth,
+    ]
+    config = {
+        "network_file": NETWORK,
+        "network_source": "wntr.library.networks",
+        "step_minutes": {"scada": 15, "drainage": 5},
+        "sensors": {id_of[(s.kind, s.sensor_id)]: {"kind": s.kind, "element": s.element} for s in sensors},
+        "dmas": net.dmas(),
+        "catchments": [{**c.__dict__, "thresholds_m": list(c.thresholds_m),
+                        "sensors": {"drain_level": f"dl-{c.catchment_id}", "river_level": f"rl-{c.catchment_id}",
+                                    "rain": f"rg-{c.catchment_id}"}} for c in catchments],
+        "operations": [],
+        "training": {"leak_free_until": (start + pd.Timedelta(hours=0.4 * hours)).isoformat(),
+                     "history": "services.water.domain.simulate.leak_free_history(config, start, days, seed)"},
+        "timing": {"incipient_leak_start": "start + 0.45*hours (ramp 12 h)", "pipe_burst_start": "start + 0.55*hours",
+                   "storm_peak": "start + 0.8*hours, floored to 5 min",
+                   "storm_peak_mm_per_h": "40 + 40*U, U = numpy.random.default_rng([seed, 4]).random()",
+                   "storm_shape": "Gaussian pulse, sd 1.5 h"},
+        "seed": seed,
+    }
+    return DomainScenario("water", specs, readings, truth, config)
+
+
+def leak_free_history(config: dict, start: pd.Timestamp, days: float, seed: int) -> pd.DataFrame:
+    """Leak-free SCADA (contract long format, sensor ids of the scenario) for training a monitor
+    before the demo starts — the city has years of history, the demo has hours."""
+    from services.water.domain.localisation import Sensor
+
+    net = load_network(network_path())
+    sensors = [Sensor(v["element"] if v["kind"] != "demand" else v["element"], v["kind"], v["element"])
+               for v in config["sensors"].values()]
+    scada = simulate_scada(net, sensors, pd.Timestamp(start), days, [], seed=seed)
+    back = {(v["kind"], v["element"]): sid for sid, v in config["sensors"].items()}
+    scada["sensor_id"] = [back[(k, e)] for k, e in zip(scada["kind"], scada["sensor_id"], strict=True)]
+    return scada
+
+
+def _placement(net, city: City) -> dict[str, tuple[float, float]]:
+    """Stretch the network's coordinates over the middle 80 % of the city's bounding box."""
+    lon0, lat0, lon1, lat1 = city.bbox
+    xy = np.array(list(net.node_xy.values()))
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+    out = {}
+    for n, (x, y) in net.node_xy.items():
+        fx = 0.1 + 0.8 * (x - x0) / ((x1 - x0) or 1.0)
+        fy = 0.1 + 0.8 * (y - y0) / ((y1 - y0) or 1.0)
+        out[n] = (lat0 + fy * (lat1 - lat0), lon0 + fx * (lon1 - lon0))
+    return out
+
+
+def _drainage(city: City, start: pd.Timestamp, hours: float, seed: int):
+    rng = np.random.default_rng([seed, 7])
+    low = [d for d in city.districts if d.low_lying] or list(city.districts)
+    low = low[: max(2, min(4, len(low)))]
+    times = pd.date_range(start, start + pd.Timedelta(hours=hours), freq="5min", inclusive="left")
+    rain_rate = storm_rain_mm_per_h(times, start, hours, seed)
+    catchments, specs, parts, truth = [], [], [], []
+    for k, d in enumerate(low):
+        cid = f"c{k + 1:02d}"
+        base = 0.4 + 0.2 * k
+        # thresholds sized so the storm reaches orange or red in the lowest catchments
+        c = Catchment(cid, f"{d.name_zh}排水片区", f"{d.name_en} drainage catchment", d.district_id, base,
+                      (base + 0.6, base + 1.0, base + 1.4, base + 1.8))
+        catchments.append(c)
+        gain = 0.012 * (1.3 - 0.15 * k)  # m per mm
+        rec = 0.25
+        local_rain = rain_rate * float(rng.uniform(0.85, 1.15))
+        drizzle = np.where(rng.random(len(times)) < 0.01, rng.exponential(2.0, len(times)), 0.0)
+        rain_mm = (local_rain + drizzle) * (5 / 60)
+        level = np.empty(len(times))
+        lv = base
+        for i, r in enumerate(rain_mm):
+            lv = lv + gain * r - rec * (lv - base) * (5 / 60)
+            level[i] = lv
+        river = base + 1.0 + 0.6 * (pd.Series(level - base).rolling(18, min_periods=1).mean().to_numpy())
+        lat, lon = d.centre
+        for sid, kind, q, vals, noise in (
+            (f"dl-{cid}", "drain_level", "water_level", level, 0.01),
+            (f"rl-{cid}", "river_level", "water_level", river, 0.01),
+            (f"rg-{cid}", "rain_gauge", "rain", rain_mm, 0.0),
+        ):
+            spec = QuantitySpec(unit="mm", valid_min=0, valid_max=100) if q == "rain" else \
+                QuantitySpec(unit="m", valid_min=0, valid_max=20, max_rate_per_h=5)
+            specs.append(SensorSpec(sensor_id=sid, domain="water", kind=kind, gateway_id=f"gw-water-drain-{k % 2 + 1}",
+                                    lat=lat, lon=lon, district=d.district_id, quantities={q: spec},
+                                    meta={"catchment": cid}))
+            v = np.maximum(0.0, vals + rng.normal(0, noise, len(times))) if noise else np.round(vals, 2)
+            parts.append(pd.DataFrame({"time": times, "sensor_id": sid, "quantity": q, "value": v}))
+        over = [(g, thr) for g, thr in zip(("blue", "yellow", "orange", "red"), c.thresholds_m, strict=True)
+                if level.max() >= thr]
+        if over:
+            g, thr = over[-1]
+            first = times[int(np.argmax(level >= c.thresholds_m[0]))]
+            truth.append({"scenario": "rainstorm_flood", "start": first.isoformat(), "end": None,
+                          "catchment_id": cid, "district": d.district_id, "max_grade": g,
+                          "peak_level_m": round(float(level.max()), 2),
+                          "storm_peak": storm_peak(start, hours).isoformat()})
+    return catchments, specs, pd.concat(parts, ignore_index=True), truth
+
+
+__all__ = ["generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h", "math"]

@@ -1,0 +1,124 @@
+"""Water scenario generator, flood warning, minimum night flow, field tasks and the map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.water.domain.detection import LeakEvent
+from services.water.domain.flood import Catchment, assess_flood, fit_catchment, flood_alert_text
+from services.water.domain.localisation import LeakCandidate
+from services.water.domain.mnf import detect_night_flow
+from services.water.domain.network import load_network
+from services.water.domain.simulate import generate, network_path, storm_peak
+from services.water.domain.tasks import leak_alert_text, repair_task
+from shared.city import default_city
+
+START = pd.Timestamp("2026-07-01T00:00Z")
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return generate(default_city(), START, 24.0, seed=5)
+
+
+def test_scenario_fits_registry_and_is_deterministic(scenario):
+    scenario.check()
+    again = generate(default_city(), START, 24.0, seed=5)
+    pd.testing.assert_frame_equal(scenario.readings, again.readings)
+    assert scenario.truth == again.truth
+    other = generate(default_city(), START, 24.0, seed=6)
+    assert not scenario.readings["value"].equals(other.readings["value"])
+
+
+def test_scenario_injects_burst_leak_and_flood_in_last_60_percent(scenario):
+    kinds = {t["scenario"] for t in scenario.truth}
+    assert {"pipe_burst", "incipient_leak", "rainstorm_flood"} <= kinds
+    cut = START + pd.Timedelta(hours=0.4 * 24)
+    for t in scenario.truth:
+        assert pd.Timestamp(t["start"]) >= cut, t
+    assert len(scenario.readings) < 150_000 / 2  # 24 h here; the limit is for 48 h
+    bbox = default_city().bbox
+    for s in scenario.sensors:
+        assert bbox[1] <= s.lat <= bbox[3] and bbox[0] <= s.lon <= bbox[2]
+        assert s.domain == "water" and not s.personal and s.gateway_id.startswith("gw-water")
+    assert scenario.config["network_file"] == "Net3.inp"
+
+
+def test_burst_visible_in_simulated_inflow(scenario):
+    net = load_network(network_path())
+    burst = next(t for t in scenario.truth if t["scenario"] == "pipe_burst")
+    assert burst["pipe_id"] in net.pipes
+    r = scenario.readings
+    press = r[r["quantity"] == "pressure"].pivot_table(index="time", columns="sensor_id", values="value")
+    t0 = pd.Timestamp(burst["start"])
+    # the incipient leak also lowers pressure; the burst must add a visible step of its own
+    before = press[(press.index >= t0 - pd.Timedelta(hours=1)) & (press.index < t0)].mean().mean()
+    after = press[(press.index > t0) & (press.index <= t0 + pd.Timedelta(hours=1))].mean().mean()
+    assert after < before
+
+
+def _catchment():
+    return Catchment("c1", "测试片区", "Test catchment", "d01", 0.5, (1.0, 1.4, 1.8, 2.2))
+
+
+@pytest.mark.parametrize("peak_mm_h, expected", [(0.0, "none"), (60.0, "red")])
+def test_flood_grade_follows_rain(peak_mm_h, expected):
+    c = _catchment()
+    times = pd.date_range("2026-07-01", periods=72 * 12, freq="5min", tz="UTC")
+    rng = np.random.default_rng(0)
+    # history: showers the model can learn gain and recession from
+    rain_rate = np.where(rng.random(len(times)) < 0.02, 20.0, 0.0)
+    rain_rate[-36:] = peak_mm_h
+    rain = pd.Series(rain_rate * 5 / 60, index=times)
+    lv, level = c.base_level_m, []
+    for r in rain.to_numpy():
+        lv = lv + 0.015 * r - 0.3 * (lv - c.base_level_m) * 5 / 60
+        level.append(lv)
+    level = pd.Series(level, index=times)
+    model = fit_catchment(c, level.iloc[:-36], rain.iloc[:-36])
+    assert 0.005 < model.gain_m_per_mm < 0.05
+    risk = assess_flood(model, level, rain, nowcast_mm_per_h=[peak_mm_h] * 3)
+    assert risk.grade == expected
+    if expected != "none":
+        assert risk.lead_time_h is not None and risk.projected_peak_m >= c.thresholds_m[3]
+        text = flood_alert_text(risk, c)
+        assert "红色" in text["zh"] and "RED" in text["en"]
+
+
+@pytest.mark.parametrize("leak_m3h, expect_alarm", [(0.0, False), (30.0, True)])
+def test_minimum_night_flow(leak_m3h, expect_alarm):
+    times = pd.date_range("2026-01-01", periods=28 * 96, freq="15min", tz="UTC")
+    hour = times.hour + times.minute / 60
+    rng = np.random.default_rng(1)
+    flow = 100 + 60 * np.sin(2 * np.pi * (hour - 9) / 24) + rng.normal(0, 3, len(times))
+    until = times[0] + pd.Timedelta(days=14)
+    leak_start = until + pd.Timedelta(days=3)
+    flow = flow + np.where(times >= leak_start, leak_m3h, 0.0)
+    alarms = detect_night_flow(pd.Series(flow, index=times), until)
+    assert bool(alarms) == expect_alarm
+    if expect_alarm:
+        assert leak_start <= alarms[0].detected_at <= leak_start + pd.Timedelta(days=1)
+
+
+def test_repair_task_and_map(tmp_path):
+    from services.water.domain.mapping import network_map_png
+
+    net = load_network(network_path())
+    cands = [LeakCandidate(p, 0.9 - 0.1 * i, 12.0, net.pipe_distance_m(net.pipes[10], p))
+             for i, p in enumerate(net.pipes[10:14])]
+    ev = LeakEvent("leak-001", pd.Timestamp("2026-07-01T03:00Z"), "water_balance", "dma-1", cands, 12.0)
+    png = network_map_png(net, cands, tmp_path / "m.png", sensor_nodes=net.junctions[:5], true_pipe=net.pipes[11])
+    assert png.stat().st_size > 5000
+    task = repair_task(ev, net, map_png=str(png))
+    assert task.pipe_ids == [c.pipe_id for c in cands]
+    assert "漏" in task.title_zh and "leak" in task.title_en.lower()
+    assert net.pipes[10] in task.body_zh and net.pipes[10] in task.body_en
+    assert task.priority == "medium"
+    alert = leak_alert_text(ev)
+    assert net.pipes[10] in alert["zh"] and net.pipes[10] in alert["en"]
+
+
+def test_storm_timing_rule():
+    assert storm_peak(START, 48) == START + pd.Timedelta(hours=38.4).floor("5min")
