@@ -185,3 +185,53 @@ def test_passwords_and_tokens():
     body, sig = tok.split(".")
     assert auth.read_token("k", body[:-2] + "xx." + sig) is None
     assert auth.read_token("k", auth.sign_token("k", sub="ann", role="admin", ttl_s=-1)) is None
+
+
+def _planner(tmp_path, roster_data, routing_data, now):
+    from shared.notify.handlers import NotifyService, Planner
+    from shared.notify.settings import NotifySettings
+
+    s = NotifySettings(kafka_bootstrap="unused:9092", db_url="postgresql://unused/x",
+                       notify_roster=_write(tmp_path, "roster.yaml", roster_data),
+                       notify_routing=_write(tmp_path, "routing.yaml", routing_data),
+                       notify_webhook_url="http://hooks.example/in")
+    return Planner(NotifyService(s), {}, {}, now)
+
+
+def _plan(planner, subject, severity, group="air:aqi:d05", tier=0):
+    planner.add(purpose="alert", kind="alert", subject_id=subject, severity=severity, people=["ann"],
+                channels=["email", "webhook"], tier=tier, round_=0, data={},
+                render_for=lambda lang: {"subject": subject, "body": ""}, source_event_id=None, group_key=group)
+    return {r["channel"]: r for r in planner.rows if r["subject_id"] == subject}
+
+
+def test_planner_groups_bursts_rate_limits_and_respects_quiet_hours(tmp_path):
+    routing = _routing(group_window_s=60, rate_limit_per_minute=3)
+    day = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)  # 20:00 in Shanghai: not quiet
+    p = _planner(tmp_path, ROSTER, routing, day)
+    first = _plan(p, "a1", "major")
+    assert first["email"]["status"] == "sending" and first["email"]["hold_reason"] is None
+    second = _plan(p, "a2", "major")  # same group within the window: waits for the digest
+    assert second["email"]["hold_reason"] == "grouped"
+    assert second["email"]["next_attempt_at"] == day + timedelta(seconds=60)
+    assert _plan(p, "a3", "critical")["email"]["hold_reason"] is None  # critical never waits
+    _plan(p, "a4", "major", group="water:leak:d01")
+    limited = _plan(p, "a5", "major", group="weather:rain:d02")  # 4th sent to ann this minute > 3
+    assert limited["email"]["hold_reason"] == "rate_limit"
+    assert _plan(p, "a6", "critical", group="x")["email"]["hold_reason"] is None
+    assert len({r["idempotency_key"] for r in p.rows}) == len(p.rows)
+
+    night = datetime(2026, 11, 27, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai
+    q = _planner(tmp_path, ROSTER, routing, night)
+    held = _plan(q, "b1", "minor")
+    assert held["email"]["hold_reason"] == "quiet_hours" and held["email"]["next_attempt_at"].hour == 7
+    assert _plan(q, "b2", "major", group="g2")["email"]["hold_reason"] is None
+
+
+def test_planner_records_a_missing_address_as_dead_with_the_fix(tmp_path):
+    roster = {"people": [{"id": "ann", "name": "Ann", "roles": ["dispatcher"]}]}  # no e-mail
+    p = _planner(tmp_path, roster, _routing(rules=[{"name": "r", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]),
+                 datetime(2026, 11, 27, 12, tzinfo=UTC))
+    row = _plan(p, "a1", "major")["email"]
+    assert row["status"] == "dead" and "no address for ann" in row["error"]
+    assert row["next_attempt_at"] is None

@@ -62,7 +62,7 @@ def _roster(hook_ok: str, hook_fail: str) -> dict:
 
 
 ROUTING = {
-    "timezone": "UTC", "dedup_window_s": 600, "group_window_s": 0, "rate_limit_per_minute": 1000,
+    "timezone": "UTC", "dedup_window_s": 600, "group_window_s": 2, "rate_limit_per_minute": 1000,
     "max_attempts": 3, "retry_backoff_s": 1.0,
     "rules": [
         {"name": "all-channels", "match": {"domains": ["air"]}, "repeat_until_ack": False,
@@ -137,7 +137,8 @@ async def service(env):
         await runner.stop()
 
 
-def _alert(domain: str, dedup_key: str, *, severity="major", kind="test_kind", alert_id=None) -> Alert:
+def _alert(domain: str, dedup_key: str, *, severity="major", kind=None, alert_id=None) -> Alert:
+    kind = kind or f"kind_{secrets.token_hex(3)}"  # a group of its own unless a test wants a burst
     return Alert(
         alert_id=alert_id or f"al-{secrets.token_hex(5)}", domain=domain, kind=kind, severity=severity,
         title_zh="测试告警：河水污染", title_en="Test alert: river pollution", message_zh="请立即处理。",
@@ -307,6 +308,31 @@ async def test_poison_record_is_dead_lettered_and_service_keeps_going(env, servi
     codes = {r[0] for r in reasons}
     assert {"malformed_json", "schema_violation"} <= codes
     assert any("fix the producer" in r[1] for r in reasons)
+
+
+async def test_a_burst_of_one_group_goes_out_as_one_digest(env, service):
+    kind = f"burst_{secrets.token_hex(3)}"
+    burst = [_alert("platform", f"p:{kind}:{i}", kind=kind) for i in range(3)]
+    for a in burst:
+        await _publish(env, a)
+    ids = [a.alert_id for a in burst]
+
+    async def all_sent():
+        r = _rows(env["db_url"], "SELECT subject_id, hold_reason, grouped_into, status FROM deliveries"
+                  " WHERE subject_id = ANY(%s) ORDER BY created_at, subject_id", ids)
+        return r if len(r) == 3 and all(x[3] == "sent" for x in r) else None
+
+    rows = await async_wait_for(all_sent, 30, what="the burst to be sent")
+    held = [r for r in rows if r[1] == "grouped"]
+    assert len(held) >= 1 and len([r for r in rows if r[1] is None]) >= 1
+    digests = [m for rcpt, m in env["mailbox"].messages if m["Subject"].startswith("[DIGEST]")
+               and any(i in m.get_content() for i in ids)]
+    mails = [m for rcpt, m in env["mailbox"].messages if any(i in m.get_content() for i in ids)]
+    # 3 alerts, fewer mails: the ones after the first arrived inside the window and were folded together
+    assert len(mails) == 1 + (1 if len(held) >= 1 else 0)
+    if len(held) >= 2:
+        assert digests and f"[DIGEST] {len(held)} related alerts" in digests[0]["Subject"]
+        assert len({r[2] for r in held if r[2]}) == 1
 
 
 async def test_unacknowledged_alert_escalates_across_a_restart(env, service):

@@ -82,15 +82,15 @@ class Planner:
                     "subject_id": subject_id, "recipient": pid, "channel": ch, "language": person.language,
                     "tier": tier, "round": round_, "address": None, "severity": severity, "group_key": None,
                     "message": {**message, "data": data}, "source_event_id": source_event_id, "hold_reason": None,
-                    "created_at": now, "status": "sending",
+                    "created_at": now, "status": "sending", "error": None,
                     "next_attempt_at": now + timedelta(seconds=svc.s.notify_lease_s),
                 }
                 channel = svc.channels.get(ch)
                 address = channel.address(person) if channel is not None else None
                 if address is None:
                     row.update(status="dead", next_attempt_at=None, hold_reason="no_address")
-                    row["message"]["error"] = (f"{ch}: no address for {pid} in the roster; add it to "
-                                               f"{svc.s.notify_roster} or remove {ch} from the rule")
+                    row["error"] = (f"{ch}: no address for {pid} in the roster; add it to "
+                                    f"{svc.s.notify_roster} or remove {ch} from the rule")
                     self.rows.append(row)
                     continue
                 row["address"] = address

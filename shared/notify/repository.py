@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 DELIVERY_COLUMNS = ("delivery_id", "idempotency_key", "subject_kind", "subject_id", "recipient", "channel",
                     "language", "tier", "round", "status", "next_attempt_at", "address", "severity", "group_key",
-                    "message", "source_event_id", "hold_reason", "created_at")
+                    "message", "source_event_id", "hold_reason", "created_at", "error")
 ALERT_COLUMNS = ("alert_id", "domain", "kind", "severity", "level", "status", "title_zh", "title_en", "message_zh",
                  "message_en", "lat", "lon", "district", "dedup_key", "raised_at", "evidence", "repeat_count",
                  "last_seen_at", "rule", "updated_at")
