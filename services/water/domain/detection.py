@@ -397,11 +397,15 @@ class LeakMonitor:
         col = {m.sensor_id: j for j, m in enumerate(self.matrix.sensors)}
         r = np.full(len(self.matrix.sensors), np.nan)
         sig = np.full(len(self.matrix.sensors), np.nan)
+        # pressures locate the leak; flows to and from tanks respond over hours in ways a
+        # steady-state signature does not capture, and the model's residual scale reflects
+        # pump-cycle error rather than information about where the leak is, so pressures are
+        # matched by their spatial shape with equal weights
         for i, s in enumerate(self.target_sensors):
-            if s.sensor_id in col:
+            if s.sensor_id in col and s.kind == "pressure":
                 r[col[s.sensor_id]] = change[i]
-                sig[col[s.sensor_id]] = self.model.sigma[i]
-        ev.candidates = localise(self.matrix, r, sig, self.net)
+                sig[col[s.sensor_id]] = 1.0
+        ev.candidates = localise(self.matrix, r, sig, self.net, centre=True)
         bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
         if bal and change[bal[0]] > 0:
             ev.flow_m3h = float(change[bal[0]])

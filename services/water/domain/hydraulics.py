@@ -80,12 +80,18 @@ def simulate_scada(
     step_min: int = 15,
     uncertainty: Uncertainty = Uncertainty(),
     n_demand_groups: int = 12,
+    network_seed: int | None = None,
 ) -> pd.DataFrame:
-    """Run one scenario; return SCADA in the contract's long format: time, sensor_id, kind, value."""
+    """Run one scenario; return SCADA in the contract's long format: time, sensor_id, kind, value.
+
+    `network_seed` fixes the network's realisation (base demands, roughness, demand groups) apart
+    from the day-to-day noise, so a leak-free history and a later period can share one city.
+    """
     import wntr
 
     logging.getLogger("wntr").setLevel(logging.ERROR)
     rng = np.random.default_rng(seed)
+    rng_net = np.random.default_rng([seed if network_seed is None else network_seed, 17])
     wn = copy.deepcopy(net.wn)
     step = step_min * 60
     n_steps = int(round(days * 86400 / step))
@@ -121,7 +127,7 @@ def simulate_scada(
             continue
         base = sum(float(d.base_value) for d in dl)
         pat = dl[0].pattern_name if dl[0].pattern else wn.options.hydraulic.pattern
-        g = int(rng.integers(n_demand_groups))
+        g = int(rng_net.integers(n_demand_groups))
         key = (pat, g)
         if key not in new_patterns:
             noise = np.empty_like(t_h)
@@ -135,10 +141,10 @@ def simulate_scada(
             new_patterns[key] = name
         while len(dl) > 0:
             del dl[0]
-        node.add_demand(max(0.0, base * (1 + uncertainty.base_demand * rng.normal())), new_patterns[key])
+        node.add_demand(max(0.0, base * (1 + uncertainty.base_demand * rng_net.normal())), new_patterns[key])
     for p in wn.pipe_name_list:
         pipe = wn.get_link(p)
-        pipe.roughness = float(pipe.roughness) * float(np.clip(1 + uncertainty.roughness * rng.normal(), 0.7, 1.3))
+        pipe.roughness = float(pipe.roughness) * float(np.clip(1 + uncertainty.roughness * rng_net.normal(), 0.7, 1.3))
 
     t0 = pd.Timestamp(start)
     for i, leak in enumerate(leaks):

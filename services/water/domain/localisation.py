@@ -178,18 +178,27 @@ def localise(
     net: WaterNetwork | None = None,
     *,
     top: int = 10,
+    centre: bool = False,
 ) -> list[LeakCandidate]:
     """Rank pipes by how well a leak there explains `residual` (observed minus expected, per sensor).
 
-    NaN residuals (sensors without data) are left out. Returns up to `top` candidates, best first.
+    NaN residuals (sensors without data) are left out. With `centre`, the mean over the sensors is
+    removed from the residual and from every signature first: over hours, a leak also drains the
+    tanks and lowers every pressure alike, which a steady-state signature does not contain, so
+    only the spatial shape is matched. Returns up to `top` candidates, best first.
     """
     r = np.asarray(residual, dtype=float)
     ok = np.isfinite(r) & np.isfinite(sigma) & (sigma > 0)
     if not ok.any() or matrix.per_m3h.shape[0] == 0:
         return []
     w = 1.0 / sigma[ok]
-    rw = r[ok] * w
-    S = matrix.per_m3h[:, ok] * w
+    rr = r[ok]
+    S0 = matrix.per_m3h[:, ok]
+    if centre and ok.sum() > 2:
+        rr = rr - rr.mean()
+        S0 = S0 - S0.mean(axis=1, keepdims=True)
+    rw = rr * w
+    S = S0 * w
     ss = np.einsum("ij,ij->i", S, S)
     sr = S @ rw
     with np.errstate(divide="ignore", invalid="ignore"):

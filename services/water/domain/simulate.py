@@ -7,7 +7,7 @@ and drainage catchments with a rainstorm flood.
 - Drainage: one catchment per low-lying district (at least two), each with a drain level, a
   river level and a rain gauge every 5 minutes; a linear-reservoir level driven by the rain.
 - Timing (deterministic, documented in `config["timing"]`): first 40 % of the period normal;
-  the growing leak starts at start + 0.45 × hours and ramps over 12 h; the burst at
+  the growing leak starts at start + 0.42 × hours and ramps over 12 h; the burst at
   start + 0.55 × hours; the storm's rain peaks at start + 0.8 × hours — the same rule the
   weather domain's generator uses for its stations — with a peak intensity from the seed.
 """
@@ -72,10 +72,10 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
     pipes = [p for p in net.pipes if net.pipe_length_m[p] > 50]
     burst_pipe, leak_pipe = (str(p) for p in rng.choice(pipes, size=2, replace=False))
     mean_demand = total_base_demand_m3h(net)
-    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.55 * hours)).floor("15min"), 0.12 * mean_demand, "abrupt")
-    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.45 * hours)).floor("15min"), 0.08 * mean_demand,
+    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.62 * hours)).floor("15min"), 0.12 * mean_demand, "abrupt")
+    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.08 * mean_demand,
                        "incipient", ramp_hours=12.0)
-    scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed)
+    scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed, network_seed=seed)
 
     specs: list[SensorSpec] = []
     id_of: dict[tuple[str, str], str] = {}
@@ -120,7 +120,7 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
         "operations": [],
         "training": {"leak_free_until": (start + pd.Timedelta(hours=0.4 * hours)).isoformat(),
                      "history": "services.water.domain.simulate.leak_free_history(config, start, days, seed)"},
-        "timing": {"incipient_leak_start": "start + 0.45*hours (ramp 12 h)", "pipe_burst_start": "start + 0.55*hours",
+        "timing": {"incipient_leak_start": "start + 0.42*hours (ramp 12 h)", "pipe_burst_start": "start + 0.62*hours",
                    "storm_peak": "start + 0.8*hours, floored to 5 min",
                    "storm_peak_mm_per_h": "40 + 40*U, U = numpy.random.default_rng([seed, 4]).random()",
                    "storm_shape": "Gaussian pulse, sd 1.5 h"},
@@ -137,7 +137,8 @@ def leak_free_history(config: dict, start: pd.Timestamp, days: float, seed: int)
     net = load_network(network_path())
     sensors = [Sensor(v["element"] if v["kind"] != "demand" else v["element"], v["kind"], v["element"])
                for v in config["sensors"].values()]
-    scada = simulate_scada(net, sensors, pd.Timestamp(start), days, [], seed=seed)
+    scada = simulate_scada(net, sensors, pd.Timestamp(start), days, [], seed=seed,
+                           network_seed=int(config["seed"]))
     back = {(v["kind"], v["element"]): sid for sid, v in config["sensors"].items()}
     scada["sensor_id"] = [back[(k, e)] for k, e in zip(scada["kind"], scada["sensor_id"], strict=True)]
     return scada
