@@ -104,9 +104,10 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
     wd[ep_start:ep_end] = (wd_ep + np.linspace(-8, 8, ep_len) + rng.normal(0, 2, ep_len)) % 360
     ws[ep_start:ep_end] = np.clip(ws[ep_start:ep_end], 1.5, 3.5)
     cls = stability_class(ws, hod)
-    k_target = plume_kernel(qx[j:j + 1], qy[j:j + 1], sources["height_m"].to_numpy()[j:j + 1], rx[target:target + 1],
-                            ry[target:target + 1], wd_ep, float(ws[ep_start]), cls[ep_start])[0, 0]
-    rate = 110.0 / max(k_target, 1e-9)  # g/s that lifts the target station ~110 µg/m³
+    k_target = max(plume_kernel(qx[j:j + 1], qy[j:j + 1], sources["height_m"].to_numpy()[j:j + 1],
+                                rx[target:target + 1], ry[target:target + 1], wd[t], float(ws[t]), cls[t],
+                                spread_deg=6.0)[0, 0] for t in range(ep_start, ep_end))
+    rate = 110.0 / max(k_target, 1e-9)  # g/s that lifts the target station ~110 µg/m³ at the plume's peak
 
     def field(lat: np.ndarray, lon: np.ndarray, wd_noise: float) -> tuple[np.ndarray, np.ndarray]:
         """True pm25 (hours × places) and the episode's part of it."""
