@@ -142,6 +142,11 @@ class NotifyService:
             return
         self.pool = AsyncConnectionPool(self.s.db_url, min_size=2, max_size=8, open=False)
         await self.pool.open(wait=True, timeout=60)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT to_regclass('notify_escalations') IS NOT NULL")
+            if not (await cur.fetchone())[0]:
+                raise RuntimeError("the database has no notification tables (migration 0004_notify): "
+                                   "run `cityops db migrate` first")
         self.readiness.set("db")
         self.producer = kafka.producer(self.s.kafka_bootstrap)
         await self.producer.start()
@@ -183,7 +188,16 @@ class NotifyService:
     async def consume(self, stop: asyncio.Event) -> None:
         topics = (self.s.notify_alerts_topic, self.s.notify_tasks_topic)
         consumer = kafka.consumer(self.s.kafka_bootstrap, self.s.notify_group, *topics, max_poll_records=1000)
-        await consumer.start()
+        try:
+            await consumer.start()
+        except Exception as exc:
+            await consumer.stop()
+            from aiokafka.errors import UnknownTopicOrPartitionError
+
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                raise RuntimeError(f"Kafka topic {' or '.join(topics)} does not exist: run `cityops stack up` "
+                                   "(it creates the platform topics) or check CITYOPS_NOTIFY_*_TOPIC") from exc
+            raise
         self.readiness.set("kafka")
         try:
             while not stop.is_set():
