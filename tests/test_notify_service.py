@@ -385,5 +385,16 @@ async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
         assert not _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND round > 0", alert.alert_id)
         audit = _rows(env["db_url"], "SELECT actor, action FROM audit_log WHERE subject = %s", f"alert:{alert.alert_id}")
         assert audit == [("t-ben", "acknowledge")]
+
+        from shared.notify.repository import delivery_summary
+
+        with psycopg.connect(env["db_url"]) as c:
+            summary = delivery_summary(c)
+        esc = [e for e in summary["escalations"] if e["alert_id"] == alert.alert_id]
+        assert esc and esc[0]["tier"] == 1 and esc[0]["state"] == "acknowledged" and esc[0]["escalated_deliveries"] == 2
+        by_channel = {c["channel"]: c for c in summary["channels"]}
+        assert set(by_channel) == {"webhook", "email", "mqtt", "kafka", "sms"}
+        assert by_channel["email"]["sent"] >= 4 and 0 < by_channel["email"]["p50_ms"] <= by_channel["email"]["p99_ms"]
+        assert by_channel["webhook"]["dead"] >= 1  # the failing receiver's delivery
     finally:
         await restarted.stop()

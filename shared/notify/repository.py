@@ -269,47 +269,66 @@ async def deliveries_for(conn: psycopg.AsyncConnection, subject_id: str) -> list
         return await cur.fetchall()
 
 
-async def delivery_summary(conn: psycopg.AsyncConnection) -> dict:
-    """Per-channel delivery counts by status with p50/p99 latency (created → sent, ms), and escalations."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT channel, count(*) AS total,"
-            " count(*) FILTER (WHERE status = 'sent') AS sent,"
-            " count(*) FILTER (WHERE status IN ('pending', 'sending')) AS pending,"
-            " count(*) FILTER (WHERE status = 'dead') AS dead,"
-            " count(*) FILTER (WHERE grouped_into IS NOT NULL) AS grouped,"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - created_at) * 1000)"
-            "   FILTER (WHERE status = 'sent') AS p50_ms,"
-            " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - created_at) * 1000)"
-            "   FILTER (WHERE status = 'sent') AS p99_ms "
-            "FROM deliveries GROUP BY channel ORDER BY channel"
-        )
-        channels = await cur.fetchall()
-        await cur.execute(
-            "SELECT e.alert_id, a.title_en, a.severity, e.tier, e.round, e.state, e.next_due_at,"
-            " (SELECT count(*) FROM deliveries d WHERE d.subject_id = e.alert_id AND d.tier > 0) AS escalated_deliveries"
-            " FROM notify_escalations e JOIN alerts a USING (alert_id) WHERE e.tier > 0 OR e.round > 0 "
-            "ORDER BY e.updated_at DESC LIMIT 50"
-        )
-        escalations = await cur.fetchall()
-        await cur.execute("SELECT count(*) AS alerts, coalesce(sum(repeat_count), 0) AS repeats FROM alerts")
-        totals = await cur.fetchone()
+_SUMMARY_CHANNELS = (
+    "SELECT channel, count(*) AS total,"
+    " count(*) FILTER (WHERE status = 'sent') AS sent,"
+    " count(*) FILTER (WHERE status IN ('pending', 'sending')) AS pending,"
+    " count(*) FILTER (WHERE status = 'dead') AS dead,"
+    " count(*) FILTER (WHERE grouped_into IS NOT NULL) AS grouped,"
+    " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - created_at) * 1000)"
+    "   FILTER (WHERE status = 'sent') AS p50_ms,"
+    " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - created_at) * 1000)"
+    "   FILTER (WHERE status = 'sent') AS p99_ms "
+    "FROM deliveries GROUP BY channel ORDER BY channel"
+)
+_SUMMARY_ESCALATIONS = (
+    "SELECT e.alert_id, a.title_en, a.title_zh, a.severity, e.rule, e.tier, e.round, e.state, e.next_due_at,"
+    " a.acknowledged_at, a.acknowledged_by,"
+    " (SELECT count(*) FROM deliveries d WHERE d.subject_id = e.alert_id AND (d.tier > 0 OR d.round > 0))"
+    "   AS escalated_deliveries"
+    " FROM notify_escalations e JOIN alerts a USING (alert_id) WHERE e.tier > 0 OR e.round > 0 "
+    "ORDER BY e.updated_at DESC LIMIT 50"
+)
+_SUMMARY_TOTALS = "SELECT count(*) AS alerts, coalesce(sum(repeat_count), 0) AS repeats FROM alerts"
+
+
+def _summary(channels: list[dict], escalations: list[dict], totals: dict) -> dict:
     for c in channels:
         for k in ("p50_ms", "p99_ms"):
-            c[k] = round(c[k], 1) if c[k] is not None else None
+            c[k] = round(float(c[k]), 1) if c[k] is not None else None
     return {"channels": channels, "escalations": escalations, "alerts": totals["alerts"],
             "deduplicated_repeats": int(totals["repeats"])}
 
 
+def delivery_summary(conn: psycopg.Connection | psycopg.AsyncConnection):
+    """Per-channel delivery counts by status with p50/p99 latency (row created → channel accepted, ms),
+    the escalated alerts, and alert/repeat totals.
+
+    With a plain `psycopg.Connection` it returns the dict; with an `AsyncConnection`, an awaitable of it."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return _delivery_summary_async(conn)
+    with conn.cursor(row_factory=dict_row) as cur:
+        channels = cur.execute(_SUMMARY_CHANNELS).fetchall()
+        escalations = cur.execute(_SUMMARY_ESCALATIONS).fetchall()
+        totals = cur.execute(_SUMMARY_TOTALS).fetchone()
+    return _summary(channels, escalations, totals)
+
+
+async def _delivery_summary_async(conn: psycopg.AsyncConnection) -> dict:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_SUMMARY_CHANNELS)
+        channels = await cur.fetchall()
+        await cur.execute(_SUMMARY_ESCALATIONS)
+        escalations = await cur.fetchall()
+        await cur.execute(_SUMMARY_TOTALS)
+        totals = await cur.fetchone()
+    return _summary(channels, escalations, totals)
+
+
 def delivery_summary_sync(db_url: str) -> dict:
-    """`delivery_summary` for scripts that are not async."""
-    import asyncio
-
-    async def go() -> dict:
-        async with await psycopg.AsyncConnection.connect(db_url) as conn:
-            return await delivery_summary(conn)
-
-    return asyncio.run(go())
+    """`delivery_summary` from a database URL."""
+    with psycopg.connect(db_url) as conn:
+        return delivery_summary(conn)
 
 
 # field tasks -----------------------------------------------------------------------------------
