@@ -13,7 +13,6 @@ from services.air_quality.domain.attribution import attribute_observations
 from services.air_quality.domain.spatial import SpatialEstimator, build_network, estimate_at
 from shared.city import default_city
 
-
 # --- AQI against HJ 633-2012 Table 1 -----------------------------------------------------------
 
 @pytest.mark.parametrize(

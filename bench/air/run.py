@@ -15,7 +15,7 @@ import os
 import resource
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,7 @@ def loso(obs: pd.DataFrame) -> dict:
            "ordinary_kriging": scores(cat(ok_all), cat(ok_truth))}
     per_station = {s: scores(e, t)["rmse"] / scores(i, t)["rmse"]
                    for s, e, i, t in zip(stations, est_all, idw_all, truth_all, strict=True)}
-    return {"all_hours": full, "kriging_subsample_every_%dh" % KRIGE_EVERY: sub,
+    return {"all_hours": full, f"kriging_subsample_every_{KRIGE_EVERY}h": sub,
             "rmse_ratio_vs_idw": full["air_estimate"]["rmse"] / full["idw_p2"]["rmse"],
             "rmse_ratio_vs_ok_subsample": sub["air_estimate"]["rmse"] / sub["ordinary_kriging"]["rmse"],
             "per_station_ratio_vs_idw": per_station, "every_hour_and_target_answered": answered,
@@ -169,7 +169,7 @@ def main() -> int:
     obs = pd.read_csv(OBS)
     obs["time"] = pd.to_datetime(obs["time"], utc=True)
     log(f"loaded {len(obs)} rows, {obs['station_id'].nunique()} stations")
-    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    result = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "machine_load_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
     result["grid_speed"] = grid_speed()
     result["attribution"] = attribution_eval(N_EPISODES)
