@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
 import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.abc import ConsumerRebalanceListener
 from pydantic import BaseModel
 
 from schemas.deadletter import DeadLetterReason
@@ -30,15 +32,45 @@ def producer(bootstrap: str, **kw: Any):
 
 
 def consumer(bootstrap: str, group_id: str, *topics: str, **kw: Any):
-    """Manual commits, from the earliest offset for a new group: nothing is skipped, commits follow the store."""
+    """Manual commits, from the earliest offset for a new group: nothing is skipped, commits follow the store.
+
+    `CITYOPS_KAFKA_GROUP_PREFIX` prefixes every group id (a demo run or a test gets groups of its own), and
+    `CITYOPS_KAFKA_START_AT_MS` makes a group with no committed offset start at that time instead of at the
+    start of retention (so a fresh run does not replay a week of history)."""
     from aiokafka import AIOKafkaConsumer
 
     opts = dict(
-        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+        bootstrap_servers=bootstrap, group_id=os.environ.get("CITYOPS_KAFKA_GROUP_PREFIX", "") + group_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
         max_poll_records=2000, fetch_max_wait_ms=200, isolation_level="read_committed",
     )
     opts.update(kw)
-    return AIOKafkaConsumer(*topics, **opts)
+    c = AIOKafkaConsumer(**opts)
+    start_at = os.environ.get("CITYOPS_KAFKA_START_AT_MS")
+    if topics:
+        c.subscribe(list(topics), listener=_StartAt(c, int(start_at)) if start_at else None)
+    return c
+
+
+class _StartAt(ConsumerRebalanceListener):
+    """On assignment, partitions without a committed offset start at a point in time."""
+
+    def __init__(self, consumer, start_ms: int):
+        self.c = consumer
+        self.start_ms = start_ms
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        fresh = [tp for tp in assigned if await self.c.committed(tp) is None]
+        if not fresh:
+            return
+        found = await self.c.offsets_for_times({tp: self.start_ms for tp in fresh})
+        ends = await self.c.end_offsets(fresh)
+        for tp in fresh:
+            hit = found.get(tp)
+            self.c.seek(tp, hit.offset if hit is not None else ends[tp])
 
 
 def envelope(event_type: str, source: str, payload: BaseModel | dict, *, occurred_at: datetime,

@@ -33,6 +33,9 @@ class PlatformSettings(BaseSettings):
     mqtt_credentials: Path | None = None
     state_dir: Path = state_dir()
     log_level: str = "INFO"
+    # read by shared.kafka.consumer(): isolate a run's consumer groups, and where fresh groups start
+    kafka_group_prefix: str = ""
+    kafka_start_at_ms: int | None = None
 
     def mqtt_password(self, group: str, user: str) -> str:
         """Password of an MQTT user from the credentials file the stack generated."""

@@ -138,7 +138,8 @@ def check_scenarios(sim, alerts: list[dict]) -> list[dict]:
     return out
 
 
-def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services: bool = False) -> dict[str, Any]:
+def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services: bool = False,
+        base_port: int = 8100) -> dict[str, Any]:
     from shared import settings
     from shared.simulator.city import publish
     from shared.simulator.cli import prepare
@@ -157,8 +158,17 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
     print(f"    {len(sim.sensors)} sensors on {len(sim.gateways)} gateways, {n_msgs:,} messages over {hours:g} "
           f"simulated hours, {len(sim.truth)} injected scenarios", flush=True)
     print("3/5 services", flush=True)
-    procs = suite(out_dir / "logs")
-    env = {"CITYOPS_CITY_CONFIG": str(out_dir / "city_config.json"), "CITYOPS_DEMO_DIR": str(out_dir)}
+    procs = suite(out_dir / "logs", base_port)
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    env = {
+        "CITYOPS_CITY_CONFIG": str(out_dir / "city_config.json"), "CITYOPS_DEMO_DIR": str(out_dir),
+        # this run's consumer groups start now: nothing of earlier runs or tests is replayed into it
+        "CITYOPS_KAFKA_GROUP_PREFIX": f"demo-{run_id}-",
+        "CITYOPS_KAFKA_START_AT_MS": str(int(time.time() * 1000)),
+        "CITYOPS_INGEST_SHARE_GROUP": f"demo-{run_id}",
+        "CITYOPS_INGEST_INSTANCE": f"demo-{run_id}",
+        "CITYOPS_INGEST_SESSION_EXPIRY_S": "600",
+    }
     for p in procs:
         p.env.update(env)
         p.start()
