@@ -19,8 +19,14 @@ from shared.notify.domain.auth import hash_password
 pytestmark = [pytest.mark.stack, pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 PW = "console-test-pw"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -42,15 +48,29 @@ async def console(db_url, stack_env, tmp_path_factory):
     from shared.service import Readiness, health_app
 
     h = hash_password(PW)
-    roster = {"people": [
-        {"id": "c-disp", "name": "调度员甲", "roles": ["dispatcher"], "password_hash": h},
-        {"id": "c-view", "name": "Viewer", "language": "en", "roles": ["viewer"], "password_hash": h},
-        {"id": "c-field", "name": "外勤乙", "roles": ["field_staff"], "skills": ["drain"], "lat": 30.25, "lon": 120.15,
-         "password_hash": h},
-    ]}
-    routing = {"timezone": "UTC", "group_window_s": 0,
-               "rules": [{"name": "all", "tiers": [{"recipients": ["c-disp"], "channels": ["mqtt"], "ack_timeout_s": 600}]}],
-               "tasks": {"channels": ["mqtt"], "deadline_channels": ["mqtt"]}}
+    roster = {
+        "people": [
+            {"id": "c-disp", "name": "调度员甲", "roles": ["dispatcher"], "password_hash": h},
+            {"id": "c-view", "name": "Viewer", "language": "en", "roles": ["viewer"], "password_hash": h},
+            {
+                "id": "c-field",
+                "name": "外勤乙",
+                "roles": ["field_staff"],
+                "skills": ["drain"],
+                "lat": 30.25,
+                "lon": 120.15,
+                "password_hash": h,
+            },
+        ]
+    }
+    routing = {
+        "timezone": "UTC",
+        "group_window_s": 0,
+        "rules": [
+            {"name": "all", "tiers": [{"recipients": ["c-disp"], "channels": ["mqtt"], "ack_timeout_s": 600}]}
+        ],
+        "tasks": {"channels": ["mqtt"], "deadline_channels": ["mqtt"]},
+    }
     d = tmp_path_factory.mktemp("console")
     (d / "roster.yaml").write_text(yaml.safe_dump(roster, allow_unicode=True))
     (d / "routing.yaml").write_text(yaml.safe_dump(routing))
@@ -58,15 +78,24 @@ async def console(db_url, stack_env, tmp_path_factory):
     topics = {k: f"test.notify.{tag}.{k}" for k in ("alerts", "tasks", "updates")}
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     await create_topics(bootstrap, list(topics.values()))
-    s = NotifySettings(db_url=db_url, notify_routing=d / "routing.yaml", notify_roster=d / "roster.yaml",
-                       notify_group=f"test-notify-{tag}", notify_alerts_topic=topics["alerts"],
-                       notify_tasks_topic=topics["tasks"], notify_task_updates_topic=topics["updates"],
-                       notify_poll_s=0.2, notify_session_secret="console-" + tag)
+    s = NotifySettings(
+        db_url=db_url,
+        notify_routing=d / "routing.yaml",
+        notify_roster=d / "roster.yaml",
+        notify_group=f"test-notify-{tag}",
+        notify_alerts_topic=topics["alerts"],
+        notify_tasks_topic=topics["tasks"],
+        notify_task_updates_topic=topics["updates"],
+        notify_poll_s=0.2,
+        notify_session_secret="console-" + tag,
+    )
     svc = NotifyService(s, Readiness("db", "kafka", "channels"))
     app = endpoints.build(svc, health_app("notify", svc.readiness, FastAPI()))
     runner = await ServiceRunner(svc).start()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     server.install_signal_handlers = lambda: None
     http_task = asyncio.create_task(server.serve())
     while not server.started:
@@ -98,14 +127,33 @@ async def _login(page, url, user):
 async def test_dispatcher_acknowledges_in_the_browser_and_it_is_audited(console):
     from playwright.async_api import async_playwright
 
-    alert = Alert(alert_id=f"al-{secrets.token_hex(4)}", domain="water", kind="flood_risk", severity="major",
-                  title_zh="低洼地区内涝风险", title_en="Flood risk in low-lying streets", message_zh="请派员巡查。",
-                  message_en="Send a patrol.", location=GeoPoint(lat=30.25, lon=120.16), district="d08",
-                  dedup_key=f"water:flood:{secrets.token_hex(3)}", raised_at=datetime.now(UTC))
-    task = FieldTask(task_id=f"task-{secrets.token_hex(4)}", kind="inspect_drain", domain="water", priority="normal",
-                     title_zh="检查排水口", title_en="Inspect the drain", description_zh="清理堵塞。",
-                     description_en="Clear the blockage.", location=GeoPoint(lat=30.24, lon=120.15),
-                     required_skills=["drain"], created_at=datetime.now(UTC))
+    alert = Alert(
+        alert_id=f"al-{secrets.token_hex(4)}",
+        domain="water",
+        kind="flood_risk",
+        severity="major",
+        title_zh="低洼地区内涝风险",
+        title_en="Flood risk in low-lying streets",
+        message_zh="请派员巡查。",
+        message_en="Send a patrol.",
+        location=GeoPoint(lat=30.25, lon=120.16),
+        district="d08",
+        dedup_key=f"water:flood:{secrets.token_hex(3)}",
+        raised_at=datetime.now(UTC),
+    )
+    task = FieldTask(
+        task_id=f"task-{secrets.token_hex(4)}",
+        kind="inspect_drain",
+        domain="water",
+        priority="normal",
+        title_zh="检查排水口",
+        title_en="Inspect the drain",
+        description_zh="清理堵塞。",
+        description_en="Clear the blockage.",
+        location=GeoPoint(lat=30.24, lon=120.15),
+        required_skills=["drain"],
+        created_at=datetime.now(UTC),
+    )
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
@@ -120,19 +168,28 @@ async def test_dispatcher_acknowledges_in_the_browser_and_it_is_audited(console)
             await _publish(console, "alerts", alert, "alert")
             await _publish(console, "tasks", task, "field_task")
             row = f"tr[data-alert='{alert.alert_id}']"
-            await page.wait_for_selector(f"{row} >> text=低洼地区内涝风险", timeout=60000)  # arrived live over SSE
+            await page.wait_for_selector(
+                f"{row} >> text=低洼地区内涝风险", timeout=60000
+            )  # arrived live over SSE
             await page.wait_for_selector(f".card[data-task='{task.task_id}']", timeout=60000)
-            assert await page.locator("#map circle").count() >= 1 and await page.locator("#map rect").count() >= 1
+            assert (
+                await page.locator("#map circle").count() >= 1
+                and await page.locator("#map rect").count() >= 1
+            )
             await page.click(f"{row} button.ack")
             await page.wait_for_selector(f"{row} td.status:has-text('acknowledged')", timeout=30000)
 
             with psycopg.connect(console["db_url"]) as c:
-                status, by = c.execute("SELECT status, acknowledged_by FROM alerts WHERE alert_id = %s",
-                                       (alert.alert_id,)).fetchone()
-                audit = c.execute("SELECT actor, role, action FROM audit_log WHERE subject = %s",
-                                  (f"alert:{alert.alert_id}",)).fetchall()
-                esc = c.execute("SELECT state FROM notify_escalations WHERE alert_id = %s",
-                                (alert.alert_id,)).fetchone()[0]
+                status, by = c.execute(
+                    "SELECT status, acknowledged_by FROM alerts WHERE alert_id = %s", (alert.alert_id,)
+                ).fetchone()
+                audit = c.execute(
+                    "SELECT actor, role, action FROM audit_log WHERE subject = %s",
+                    (f"alert:{alert.alert_id}",),
+                ).fetchall()
+                esc = c.execute(
+                    "SELECT state FROM notify_escalations WHERE alert_id = %s", (alert.alert_id,)
+                ).fetchone()[0]
             assert (status, by) == ("acknowledged", "c-disp")
             assert audit == [("c-disp", "dispatcher", "acknowledge")]
             assert esc == "acknowledged"

@@ -26,25 +26,54 @@ HASH = hash_password(PW)
 
 def _roster() -> dict:
     def fs(pid, lat, lon, skills, lang="zh"):
-        return {"id": pid, "name": pid, "language": lang, "roles": ["field_staff"], "email": f"{pid}@t.example",
-                "skills": skills, "lat": lat, "lon": lon, "password_hash": HASH}
+        return {
+            "id": pid,
+            "name": pid,
+            "language": lang,
+            "roles": ["field_staff"],
+            "email": f"{pid}@t.example",
+            "skills": skills,
+            "lat": lat,
+            "lon": lon,
+            "password_hash": HASH,
+        }
 
-    return {"people": [
-        fs("t-near", 30.251, 120.151, ["water_repair"]),
-        fs("t-far", 30.300, 120.300, ["water_repair"], "en"),
-        fs("t-air", 30.250, 120.150, ["air_inspection"]),
-        {"id": "t-disp", "name": "Dispatcher", "language": "en", "roles": ["dispatcher"], "email": "d@t.example",
-         "password_hash": HASH},
-        {"id": "t-view", "name": "Viewer", "language": "en", "roles": ["viewer"], "email": "v@t.example",
-         "password_hash": HASH},
-    ]}
+    return {
+        "people": [
+            fs("t-near", 30.251, 120.151, ["water_repair"]),
+            fs("t-far", 30.300, 120.300, ["water_repair"], "en"),
+            fs("t-air", 30.250, 120.150, ["air_inspection"]),
+            {
+                "id": "t-disp",
+                "name": "Dispatcher",
+                "language": "en",
+                "roles": ["dispatcher"],
+                "email": "d@t.example",
+                "password_hash": HASH,
+            },
+            {
+                "id": "t-view",
+                "name": "Viewer",
+                "language": "en",
+                "roles": ["viewer"],
+                "email": "v@t.example",
+                "password_hash": HASH,
+            },
+        ]
+    }
 
 
 ROUTING = {
-    "timezone": "UTC", "rate_limit_per_minute": 1000, "group_window_s": 0,
+    "timezone": "UTC",
+    "rate_limit_per_minute": 1000,
+    "group_window_s": 0,
     "rules": [{"name": "all", "tiers": [{"recipients": ["t-disp"], "channels": ["email"]}]}],
-    "tasks": {"channels": ["mqtt"], "unassigned_to": ["t-disp"], "deadline_escalate_to": ["t-disp"],
-              "deadline_channels": ["mqtt"]},
+    "tasks": {
+        "channels": ["mqtt"],
+        "unassigned_to": ["t-disp"],
+        "deadline_escalate_to": ["t-disp"],
+        "deadline_channels": ["mqtt"],
+    },
 }
 
 
@@ -67,10 +96,18 @@ async def env(db_url, stack_env, tmp_path_factory):
     d = tmp_path_factory.mktemp("notify-field")
     (d / "roster.yaml").write_text(yaml.safe_dump(_roster()))
     (d / "routing.yaml").write_text(yaml.safe_dump(ROUTING))
-    s = NotifySettings(db_url=db_url, notify_routing=d / "routing.yaml", notify_roster=d / "roster.yaml",
-                       notify_group=f"test-notify-{tag}", notify_alerts_topic=topics["alerts"],
-                       notify_tasks_topic=topics["tasks"], notify_task_updates_topic=topics["updates"],
-                       notify_smtp_port=1, notify_poll_s=0.2, notify_session_secret="test-" + tag)
+    s = NotifySettings(
+        db_url=db_url,
+        notify_routing=d / "routing.yaml",
+        notify_roster=d / "roster.yaml",
+        notify_group=f"test-notify-{tag}",
+        notify_alerts_topic=topics["alerts"],
+        notify_tasks_topic=topics["tasks"],
+        notify_task_updates_topic=topics["updates"],
+        notify_smtp_port=1,
+        notify_poll_s=0.2,
+        notify_session_secret="test-" + tag,
+    )
     svc = NotifyService(s, Readiness("db", "kafka", "channels"))
     provision_mqtt_users(svc.roster)
     app = endpoints.build(svc, health_app("notify", svc.readiness, FastAPI()))
@@ -88,17 +125,28 @@ async def env(db_url, stack_env, tmp_path_factory):
 def _task(skills, *, due_in_s: float | None = None, lat=30.25, lon=120.15) -> FieldTask:
     now = datetime.now(UTC)
     return FieldTask(
-        task_id=f"task-{secrets.token_hex(4)}", kind="repair_pipe", domain="water", priority="high",
-        title_zh="修复管道泄漏", title_en="Repair pipe leak", description_zh="D05 区主管泄漏。",
-        description_en="Main leaking in D05.", location=GeoPoint(lat=lat, lon=lon), district="d05",
-        required_skills=skills, due_at=now + timedelta(seconds=due_in_s) if due_in_s else None, created_at=now,
+        task_id=f"task-{secrets.token_hex(4)}",
+        kind="repair_pipe",
+        domain="water",
+        priority="high",
+        title_zh="修复管道泄漏",
+        title_en="Repair pipe leak",
+        description_zh="D05 区主管泄漏。",
+        description_en="Main leaking in D05.",
+        location=GeoPoint(lat=lat, lon=lon),
+        district="d05",
+        required_skills=skills,
+        due_at=now + timedelta(seconds=due_in_s) if due_in_s else None,
+        created_at=now,
     )
 
 
 async def _publish(env, task: FieldTask) -> None:
     from shared.notify.testing import encode_event
 
-    await env["producer"].send_and_wait(env["topics"]["tasks"], encode_event("field_task", task), key=task.task_id.encode())
+    await env["producer"].send_and_wait(
+        env["topics"]["tasks"], encode_event("field_task", task), key=task.task_id.encode()
+    )
 
 
 def _rows(db_url, sql, *args):
@@ -110,8 +158,9 @@ def _subscribe(settings, person, topic):
     import paho.mqtt.client as mqtt
 
     got, codes, ready = [], [], threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{person}-{secrets.token_hex(3)}",
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"{person}-{secrets.token_hex(3)}", protocol=mqtt.MQTTv5
+    )
     c.username_pw_set(person, settings.mqtt_password("people", person))
     c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(topic, qos=1)
 
@@ -157,7 +206,11 @@ async def test_worker_receives_own_task_over_mqtt_and_cannot_read_anothers(env):
 
         msgs = await async_wait_for(pushed, 30, what="the push on t-near's phone")
         body = json.loads(msgs[0].payload)
-        assert body["kind"] == "task" and body["data"]["assignee"] == "t-near" and "修复管道泄漏" in body["subject"]
+        assert (
+            body["kind"] == "task"
+            and body["data"]["assignee"] == "t-near"
+            and "修复管道泄漏" in body["subject"]
+        )
         assert own_codes[0].value < 0x80
         # the broker refuses the subscription (or at least never delivers): nothing leaks to t-far
         assert spy_codes[0].value >= 0x80 or not spy
@@ -181,8 +234,11 @@ async def test_lifecycle_through_the_mobile_api_with_evidence(env):
     for step in ("accept", "on_site"):
         r = await http.post(f"/api/tasks/{task.task_id}/{step}", headers=far, json={"note": step})
         assert r.status_code == 200, r.text
-    r = await http.post(f"/api/tasks/{task.task_id}/done", headers=far,
-                        json={"note": "valve replaced", "photo_urls": ["https://photos.city.example/p1.jpg"]})
+    r = await http.post(
+        f"/api/tasks/{task.task_id}/done",
+        headers=far,
+        json={"note": "valve replaced", "photo_urls": ["https://photos.city.example/p1.jpg"]},
+    )
     assert r.status_code == 200 and r.json()["status"] == "done"
     assert r.json()["evidence"]["photos"] == ["https://photos.city.example/p1.jpg"]
     r = await http.get(f"/api/tasks/{task.task_id}", headers=far)
@@ -212,7 +268,11 @@ async def test_reject_reassigns_to_next_best_and_staff_see_only_their_own(env):
     disp = await _login(env, "t-disp")
     r = await http.post(f"/api/tasks/{task.task_id}/assign", headers=disp, json={"person_id": "t-near"})
     assert r.status_code == 200 and r.json()["assignee"] == "t-near"
-    audit = _rows(env["db_url"], "SELECT actor, action FROM audit_log WHERE subject = %s ORDER BY id", f"task:{task.task_id}")
+    audit = _rows(
+        env["db_url"],
+        "SELECT actor, action FROM audit_log WHERE subject = %s ORDER BY id",
+        f"task:{task.task_id}",
+    )
     assert ("t-disp", "assign") in audit and ("t-near", "task_rejected") in audit
 
 
@@ -251,15 +311,23 @@ async def test_overdue_task_escalates_to_dispatch(env):
         await _publish(env, task)
 
         async def overdue():
-            return _rows(env["db_url"], "SELECT recipient FROM deliveries WHERE subject_id = %s AND tier = 1",
-                         task.task_id)
+            return _rows(
+                env["db_url"],
+                "SELECT recipient FROM deliveries WHERE subject_id = %s AND tier = 1",
+                task.task_id,
+            )
 
         rows = await async_wait_for(overdue, 30, what="deadline escalation")
         assert {r[0] for r in rows} == {"t-disp", "t-air"}
 
         async def pushed():
-            return [m for m in got if task.task_id in m.payload.decode() and "OVERDUE" not in m.payload.decode()
-                    and "逾期" in m.payload.decode()]
+            return [
+                m
+                for m in got
+                if task.task_id in m.payload.decode()
+                and "OVERDUE" not in m.payload.decode()
+                and "逾期" in m.payload.decode()
+            ]
 
         await async_wait_for(pushed, 30, what="overdue push to the assignee (zh)")
     finally:

@@ -35,10 +35,16 @@ def _routing(**over) -> dict:
         "timezone": "Asia/Shanghai",
         "quiet_hours": {"start": "22:00", "end": "07:00", "severities": ["info", "minor"]},
         "rules": [
-            {"name": "night-water", "match": {"domains": ["water"], "hours": "22:00-06:00", "min_severity": "major"},
-             "tiers": [{"recipients": ["rota:drain"], "channels": ["sms"]}]},
-            {"name": "water", "match": {"domains": ["water"], "districts": ["d05"]},
-             "tiers": [{"recipients": ["group:desk"], "channels": ["email"]}]},
+            {
+                "name": "night-water",
+                "match": {"domains": ["water"], "hours": "22:00-06:00", "min_severity": "major"},
+                "tiers": [{"recipients": ["rota:drain"], "channels": ["sms"]}],
+            },
+            {
+                "name": "water",
+                "match": {"domains": ["water"], "districts": ["d05"]},
+                "tiers": [{"recipients": ["group:desk"], "channels": ["email"]}],
+            },
             {"name": "fallback", "tiers": [{"recipients": ["ann"], "channels": ["webhook"]}]},
         ],
     }
@@ -64,23 +70,66 @@ def test_shipped_config_is_valid_and_routes_every_domain_to_webhook_email_mqtt()
     assert all(auth.verify_password(f"demo-{p.id}", p.password_hash) for p in r.people)
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    ({"rules": []}, "rules: List should have at least 1 item"),
-    ({"rules": [{"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["pigeon"]}]}]}, "got 'pigeon'"),
-    ({"rules": [{"name": "x", "tiers": [{"recipients": ["nobody"], "channels": ["email"]}]}]},
-     "no person 'nobody' in the roster"),
-    ({"rules": [{"name": "x", "tiers": [{"recipients": ["group:ops"], "channels": ["email"]}]}]}, "no group 'ops'"),
-    ({"rules": [{"name": "x", "match": {"hours": "8-18"}, "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]},
-     "'8' is not a time of day: write HH:MM"),
-    ({"rules": [{"name": "x", "match": {"severity": "major"}, "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]},
-     "rules.0.match.severity: unknown key"),
-    ({"timezone": "Mars/Olympus", "rules": [{"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]},
-     "unknown time zone 'Mars/Olympus'"),
-    ({"rules": [{"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]},
-                {"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]}, "rule name 'x' is used twice"),
-    ("rules: [unclosed", "not valid YAML"),
-    ("- just\n- a list\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"rules": []}, "rules: List should have at least 1 item"),
+        (
+            {"rules": [{"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["pigeon"]}]}]},
+            "got 'pigeon'",
+        ),
+        (
+            {"rules": [{"name": "x", "tiers": [{"recipients": ["nobody"], "channels": ["email"]}]}]},
+            "no person 'nobody' in the roster",
+        ),
+        (
+            {"rules": [{"name": "x", "tiers": [{"recipients": ["group:ops"], "channels": ["email"]}]}]},
+            "no group 'ops'",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "name": "x",
+                        "match": {"hours": "8-18"},
+                        "tiers": [{"recipients": ["ann"], "channels": ["email"]}],
+                    }
+                ]
+            },
+            "'8' is not a time of day: write HH:MM",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "name": "x",
+                        "match": {"severity": "major"},
+                        "tiers": [{"recipients": ["ann"], "channels": ["email"]}],
+                    }
+                ]
+            },
+            "rules.0.match.severity: unknown key",
+        ),
+        (
+            {
+                "timezone": "Mars/Olympus",
+                "rules": [{"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}],
+            },
+            "unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            {
+                "rules": [
+                    {"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]},
+                    {"name": "x", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]},
+                ]
+            },
+            "rule name 'x' is used twice",
+        ),
+        ("rules: [unclosed", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
 def test_invalid_routing_files_fail_at_start_with_a_clear_message(tmp_path, roster, data, expected):
     path = _write(tmp_path, "routing.yaml", data)
     with pytest.raises(ConfigError) as err:
@@ -99,18 +148,24 @@ def test_invalid_roster_names_the_problem(tmp_path):
         load_roster(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize(("domain", "severity", "district", "hour_local", "rule"), [
-    ("water", "major", "d05", 23, "night-water"),
-    ("water", "major", "d05", 12, "water"),
-    ("water", "minor", "d05", 23, "water"),  # below the night rule's min severity
-    ("water", "major", "d01", 12, "fallback"),
-    ("air", "critical", "d05", 23, "fallback"),
-])
-def test_rules_match_by_domain_severity_district_and_time_of_day(tmp_path, roster, domain, severity, district,
-                                                                 hour_local, rule):
+@pytest.mark.parametrize(
+    ("domain", "severity", "district", "hour_local", "rule"),
+    [
+        ("water", "major", "d05", 23, "night-water"),
+        ("water", "major", "d05", 12, "water"),
+        ("water", "minor", "d05", 23, "water"),  # below the night rule's min severity
+        ("water", "major", "d01", 12, "fallback"),
+        ("air", "critical", "d05", 23, "fallback"),
+    ],
+)
+def test_rules_match_by_domain_severity_district_and_time_of_day(
+    tmp_path, roster, domain, severity, district, hour_local, rule
+):
     routing = load_routing(_write(tmp_path, "routing.yaml", _routing()), roster)
     at = datetime(2026, 11, 27, hour_local, 30, tzinfo=routing.tz)
-    assert match_rule(routing, domain=domain, kind="k", severity=severity, district=district, at=at).name == rule
+    assert (
+        match_rule(routing, domain=domain, kind="k", severity=severity, district=district, at=at).name == rule
+    )
 
 
 def test_quiet_hours_hold_low_severities_until_morning(tmp_path, roster):
@@ -128,7 +183,13 @@ def test_rota_hands_over_each_shift(roster):
     tz = ZoneInfo("Asia/Shanghai")
     rota = roster.rotas["drain"]
     t0 = datetime(2026, 1, 1, 8, 0, tzinfo=tz)
-    assert [rota.on_call(t0 + timedelta(hours=h), tz) for h in (0, 23, 24, 47, 48)] == ["bo", "bo", "cy", "cy", "bo"]
+    assert [rota.on_call(t0 + timedelta(hours=h), tz) for h in (0, 23, 24, 47, 48)] == [
+        "bo",
+        "bo",
+        "cy",
+        "cy",
+        "bo",
+    ]
 
 
 def test_assignment_prefers_near_qualified_and_lightly_loaded():
@@ -143,16 +204,27 @@ def test_assignment_prefers_near_qualified_and_lightly_loaded():
     ]
     ranked = assign.rank(cands, lat=30.25, lon=120.15, required_skills=["drain"])
     assert [p for p, _ in ranked] == ["near-free", "far-free", "near-busy"]
-    assert [p for p, _ in assign.rank(cands, lat=30.25, lon=120.15, required_skills=["drain"],
-                                      exclude={"near-free"})][0] == "far-free"
+    assert [
+        p
+        for p, _ in assign.rank(
+            cands, lat=30.25, lon=120.15, required_skills=["drain"], exclude={"near-free"}
+        )
+    ][0] == "far-free"
     assert assign.rank(cands, lat=30.25, lon=120.15, required_skills=["welding"]) == []
 
 
-@pytest.mark.parametrize(("src", "dst", "ok"), [
-    ("assigned", "accepted", True), ("accepted", "on_site", True), ("on_site", "done", True),
-    ("assigned", "rejected", True), ("assigned", "done", False), ("done", "accepted", False),
-    ("open", "on_site", False),
-])
+@pytest.mark.parametrize(
+    ("src", "dst", "ok"),
+    [
+        ("assigned", "accepted", True),
+        ("accepted", "on_site", True),
+        ("on_site", "done", True),
+        ("assigned", "rejected", True),
+        ("assigned", "done", False),
+        ("done", "accepted", False),
+        ("open", "on_site", False),
+    ],
+)
 def test_task_lifecycle(src, dst, ok):
     assert assign.can_move(src, dst) is ok
 
@@ -160,14 +232,29 @@ def test_task_lifecycle(src, dst, ok):
 def test_templates_speak_each_recipients_language():
     from zoneinfo import ZoneInfo
 
-    alert = {"alert_id": "a1", "domain": "water", "kind": "leak", "severity": "critical", "title_zh": "主管爆裂",
-             "title_en": "Main burst", "message_zh": "立即关阀。", "message_en": "Close the valve now.",
-             "district": "d05", "raised_at": datetime(2026, 11, 27, 2, 0, tzinfo=UTC), "repeat_count": 2,
-             "lat": 30.25, "lon": 120.15}
+    alert = {
+        "alert_id": "a1",
+        "domain": "water",
+        "kind": "leak",
+        "severity": "critical",
+        "title_zh": "主管爆裂",
+        "title_en": "Main burst",
+        "message_zh": "立即关阀。",
+        "message_en": "Close the valve now.",
+        "district": "d05",
+        "raised_at": datetime(2026, 11, 27, 2, 0, tzinfo=UTC),
+        "repeat_count": 2,
+        "lat": 30.25,
+        "lon": 120.15,
+    }
     tz = ZoneInfo("Asia/Shanghai")
     zh = render.alert_message(alert, "zh", tier=0, round=0, tz=tz)
     en = render.alert_message(alert, "en", tier=2, round=1, tz=tz)
-    assert zh["subject"] == "【紧急】主管爆裂" and "2026-11-27 10:00" in zh["body"] and "重复：2 次" in zh["body"]
+    assert (
+        zh["subject"] == "【紧急】主管爆裂"
+        and "2026-11-27 10:00" in zh["body"]
+        and "重复：2 次" in zh["body"]
+    )
     assert en["subject"].startswith("[ESCALATED tier 2, round 2] NOT ACKNOWLEDGED. [CRITICAL] Main burst")
     assert "Acknowledge alert a1" in en["body"]
     digest = render.digest_message([zh, zh], "zh")
@@ -191,17 +278,31 @@ def _planner(tmp_path, roster_data, routing_data, now):
     from shared.notify.handlers import NotifyService, Planner
     from shared.notify.settings import NotifySettings
 
-    s = NotifySettings(kafka_bootstrap="unused:9092", db_url="postgresql://unused/x",
-                       notify_roster=_write(tmp_path, "roster.yaml", roster_data),
-                       notify_routing=_write(tmp_path, "routing.yaml", routing_data),
-                       notify_webhook_url="http://hooks.example/in")
+    s = NotifySettings(
+        kafka_bootstrap="unused:9092",
+        db_url="postgresql://unused/x",
+        notify_roster=_write(tmp_path, "roster.yaml", roster_data),
+        notify_routing=_write(tmp_path, "routing.yaml", routing_data),
+        notify_webhook_url="http://hooks.example/in",
+    )
     return Planner(NotifyService(s), {}, {}, now)
 
 
 def _plan(planner, subject, severity, group="air:aqi:d05", tier=0):
-    planner.add(purpose="alert", kind="alert", subject_id=subject, severity=severity, people=["ann"],
-                channels=["email", "webhook"], tier=tier, round_=0, data={},
-                render_for=lambda lang: {"subject": subject, "body": ""}, source_event_id=None, group_key=group)
+    planner.add(
+        purpose="alert",
+        kind="alert",
+        subject_id=subject,
+        severity=severity,
+        people=["ann"],
+        channels=["email", "webhook"],
+        tier=tier,
+        round_=0,
+        data={},
+        render_for=lambda lang: {"subject": subject, "body": ""},
+        source_event_id=None,
+        group_key=group,
+    )
     return {r["channel"]: r for r in planner.rows if r["subject_id"] == subject}
 
 
@@ -230,8 +331,12 @@ def test_planner_groups_bursts_rate_limits_and_respects_quiet_hours(tmp_path):
 
 def test_planner_records_a_missing_address_as_dead_with_the_fix(tmp_path):
     roster = {"people": [{"id": "ann", "name": "Ann", "roles": ["dispatcher"]}]}  # no e-mail
-    p = _planner(tmp_path, roster, _routing(rules=[{"name": "r", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]),
-                 datetime(2026, 11, 27, 12, tzinfo=UTC))
+    p = _planner(
+        tmp_path,
+        roster,
+        _routing(rules=[{"name": "r", "tiers": [{"recipients": ["ann"], "channels": ["email"]}]}]),
+        datetime(2026, 11, 27, 12, tzinfo=UTC),
+    )
     row = _plan(p, "a1", "major")["email"]
     assert row["status"] == "dead" and "no address for ann" in row["error"]
     assert row["next_attempt_at"] is None

@@ -7,7 +7,6 @@ module, the database is a throwaway one.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import secrets
@@ -50,34 +49,93 @@ def _free_port() -> int:
 
 
 def _roster(hook_ok: str, hook_fail: str) -> dict:
-    return {"people": [
-        {"id": "t-ana", "name": "安娜", "language": "zh", "roles": ["field_staff"], "email": "ana@test.example",
-         "phone": "+8613000000001", "skills": ["water_repair"], "lat": 30.25, "lon": 120.15},
-        {"id": "t-ben", "name": "Ben", "language": "en", "roles": ["dispatcher"], "email": "ben@test.example",
-         "phone": "+8613000000002"},
-        {"id": "t-sup", "name": "Supervisor", "language": "en", "roles": ["admin"], "email": "sup@test.example"},
-        {"id": "t-fail", "name": "Fails", "language": "en", "roles": ["viewer"], "email": "fail@test.example",
-         "webhook_url": hook_fail},
-    ]}
+    return {
+        "people": [
+            {
+                "id": "t-ana",
+                "name": "安娜",
+                "language": "zh",
+                "roles": ["field_staff"],
+                "email": "ana@test.example",
+                "phone": "+8613000000001",
+                "skills": ["water_repair"],
+                "lat": 30.25,
+                "lon": 120.15,
+            },
+            {
+                "id": "t-ben",
+                "name": "Ben",
+                "language": "en",
+                "roles": ["dispatcher"],
+                "email": "ben@test.example",
+                "phone": "+8613000000002",
+            },
+            {
+                "id": "t-sup",
+                "name": "Supervisor",
+                "language": "en",
+                "roles": ["admin"],
+                "email": "sup@test.example",
+            },
+            {
+                "id": "t-fail",
+                "name": "Fails",
+                "language": "en",
+                "roles": ["viewer"],
+                "email": "fail@test.example",
+                "webhook_url": hook_fail,
+            },
+        ]
+    }
 
 
 ROUTING = {
-    "timezone": "UTC", "dedup_window_s": 600, "group_window_s": 2, "rate_limit_per_minute": 1000,
-    "max_attempts": 3, "retry_backoff_s": 1.0,
+    "timezone": "UTC",
+    "dedup_window_s": 600,
+    "group_window_s": 2,
+    "rate_limit_per_minute": 1000,
+    "max_attempts": 3,
+    "retry_backoff_s": 1.0,
     "rules": [
-        {"name": "all-channels", "match": {"domains": ["air"]}, "repeat_until_ack": False,
-         "tiers": [{"recipients": ["t-ana", "t-ben"], "channels": ["webhook", "email", "mqtt", "kafka", "sms"],
-                    "ack_timeout_s": 3600}]},
-        {"name": "escalate", "match": {"domains": ["water"]},
-         "tiers": [{"recipients": ["t-ana"], "channels": ["email"], "ack_timeout_s": 2},
-                   {"recipients": ["t-sup"], "channels": ["email", "webhook"], "ack_timeout_s": 5}]},
-        {"name": "failing-webhook", "match": {"domains": ["weather"]}, "repeat_until_ack": False,
-         "tiers": [{"recipients": ["t-fail"], "channels": ["webhook"], "ack_timeout_s": 3600}]},
-        {"name": "rest", "match": {}, "repeat_until_ack": False,
-         "tiers": [{"recipients": ["t-ben"], "channels": ["email"], "ack_timeout_s": 3600}]},
+        {
+            "name": "all-channels",
+            "match": {"domains": ["air"]},
+            "repeat_until_ack": False,
+            "tiers": [
+                {
+                    "recipients": ["t-ana", "t-ben"],
+                    "channels": ["webhook", "email", "mqtt", "kafka", "sms"],
+                    "ack_timeout_s": 3600,
+                }
+            ],
+        },
+        {
+            "name": "escalate",
+            "match": {"domains": ["water"]},
+            "tiers": [
+                {"recipients": ["t-ana"], "channels": ["email"], "ack_timeout_s": 2},
+                {"recipients": ["t-sup"], "channels": ["email", "webhook"], "ack_timeout_s": 5},
+            ],
+        },
+        {
+            "name": "failing-webhook",
+            "match": {"domains": ["weather"]},
+            "repeat_until_ack": False,
+            "tiers": [{"recipients": ["t-fail"], "channels": ["webhook"], "ack_timeout_s": 3600}],
+        },
+        {
+            "name": "rest",
+            "match": {},
+            "repeat_until_ack": False,
+            "tiers": [{"recipients": ["t-ben"], "channels": ["email"], "ack_timeout_s": 3600}],
+        },
     ],
-    "tasks": {"channels": ["mqtt", "email"], "unassigned_to": ["t-ben"], "deadline_escalate_to": ["t-sup"],
-              "deadline_channels": ["email"]},
+    "tasks": {
+        "channels": ["mqtt", "email"],
+        "unassigned_to": ["t-ben"],
+        "deadline_escalate_to": ["t-sup"],
+        "deadline_channels": ["email"],
+    },
 }
 
 
@@ -104,11 +162,21 @@ async def env(db_url, stack_env, tmp_path_factory):
     (d / "roster.yaml").write_text(yaml.safe_dump(_roster(hook.url, hook_fail.url), allow_unicode=True))
     (d / "routing.yaml").write_text(yaml.safe_dump(ROUTING))
     settings = NotifySettings(
-        db_url=db_url, notify_routing=d / "routing.yaml", notify_roster=d / "roster.yaml",
-        notify_group=f"test-notify-{tag}", notify_alerts_topic=topics["alerts"], notify_tasks_topic=topics["tasks"],
-        notify_task_updates_topic=topics["updates"], notify_deliveries_topic=topics["deliveries"],
-        notify_webhook_url=hook.url, notify_webhook_secret="s3cret-" + tag, notify_smtp_host="127.0.0.1",
-        notify_smtp_port=smtp.port, notify_sms_url=sms.url, notify_sms_token="tok", notify_poll_s=0.2,
+        db_url=db_url,
+        notify_routing=d / "routing.yaml",
+        notify_roster=d / "roster.yaml",
+        notify_group=f"test-notify-{tag}",
+        notify_alerts_topic=topics["alerts"],
+        notify_tasks_topic=topics["tasks"],
+        notify_task_updates_topic=topics["updates"],
+        notify_deliveries_topic=topics["deliveries"],
+        notify_webhook_url=hook.url,
+        notify_webhook_secret="s3cret-" + tag,
+        notify_smtp_host="127.0.0.1",
+        notify_smtp_port=smtp.port,
+        notify_sms_url=sms.url,
+        notify_sms_token="tok",
+        notify_poll_s=0.2,
     )
     roster = load_roster(settings.notify_roster)
     load_routing(settings.notify_routing, roster)
@@ -117,8 +185,17 @@ async def env(db_url, stack_env, tmp_path_factory):
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
-    yield {"settings": settings, "hook": hook, "hook_fail": hook_fail, "sms": sms, "mailbox": mailbox,
-           "producer": producer, "topics": topics, "db_url": db_url, "bootstrap": bootstrap}
+    yield {
+        "settings": settings,
+        "hook": hook,
+        "hook_fail": hook_fail,
+        "sms": sms,
+        "mailbox": mailbox,
+        "producer": producer,
+        "topics": topics,
+        "db_url": db_url,
+        "bootstrap": bootstrap,
+    }
     await producer.stop()
     smtp.stop()
     for r in (hook, hook_fail, sms):
@@ -140,9 +217,17 @@ async def service(env):
 def _alert(domain: str, dedup_key: str, *, severity="major", kind=None, alert_id=None) -> Alert:
     kind = kind or f"kind_{secrets.token_hex(3)}"  # a group of its own unless a test wants a burst
     return Alert(
-        alert_id=alert_id or f"al-{secrets.token_hex(5)}", domain=domain, kind=kind, severity=severity,
-        title_zh="测试告警：河水污染", title_en="Test alert: river pollution", message_zh="请立即处理。",
-        message_en="Please act now.", location=GeoPoint(lat=30.26, lon=120.16), district="d05", dedup_key=dedup_key,
+        alert_id=alert_id or f"al-{secrets.token_hex(5)}",
+        domain=domain,
+        kind=kind,
+        severity=severity,
+        title_zh="测试告警：河水污染",
+        title_en="Test alert: river pollution",
+        message_zh="请立即处理。",
+        message_en="Please act now.",
+        location=GeoPoint(lat=30.26, lon=120.16),
+        district="d05",
+        dedup_key=dedup_key,
         raised_at=datetime.now(UTC),
     )
 
@@ -151,8 +236,9 @@ async def _publish(env, alert: Alert, event_id: str | None = None) -> str:
     from shared.notify.testing import encode_event
 
     event_id = event_id or f"ev-{secrets.token_hex(6)}"
-    await env["producer"].send_and_wait(env["topics"]["alerts"], encode_event("alert", alert, event_id=event_id),
-                                        key=alert.dedup_key.encode())
+    await env["producer"].send_and_wait(
+        env["topics"]["alerts"], encode_event("alert", alert, event_id=event_id), key=alert.dedup_key.encode()
+    )
     return event_id
 
 
@@ -166,8 +252,9 @@ def _mqtt_listener(settings, person: str, topic: str):
     import paho.mqtt.client as mqtt
 
     got, suback, ready = [], [], threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{person}-{secrets.token_hex(3)}",
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"{person}-{secrets.token_hex(3)}", protocol=mqtt.MQTTv5
+    )
     c.username_pw_set(person, settings.mqtt_password("people", person))
 
     def on_connect(cl, ud, flags, rc, props):
@@ -191,21 +278,29 @@ async def test_alert_reaches_every_real_channel_in_each_recipients_language(env,
     got, suback, client = _mqtt_listener(settings, "t-ana", "field/t-ana/#")
     from aiokafka import AIOKafkaConsumer
 
-    deliveries_log = AIOKafkaConsumer(env["topics"]["deliveries"], bootstrap_servers=env["bootstrap"],
-                                      auto_offset_reset="earliest", group_id=None)
+    deliveries_log = AIOKafkaConsumer(
+        env["topics"]["deliveries"],
+        bootstrap_servers=env["bootstrap"],
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
     await deliveries_log.start()
     try:
         alert = _alert("air", f"air:aqi:{secrets.token_hex(3)}")
         await _publish(env, alert)
 
         async def all_sent():
-            rows = _rows(env["db_url"], "SELECT channel, recipient, status FROM deliveries WHERE subject_id = %s",
-                         alert.alert_id)
+            rows = _rows(
+                env["db_url"],
+                "SELECT channel, recipient, status FROM deliveries WHERE subject_id = %s",
+                alert.alert_id,
+            )
             return rows if len(rows) == 10 and all(r[2] == "sent" for r in rows) else None
 
         rows = await async_wait_for(all_sent, 60, what="10 sent deliveries (2 people × 5 channels)")
-        assert {(r[0], r[1]) for r in rows} == {(c, p) for c in ("webhook", "email", "mqtt", "kafka", "sms")
-                                                for p in ("t-ana", "t-ben")}
+        assert {(r[0], r[1]) for r in rows} == {
+            (c, p) for c in ("webhook", "email", "mqtt", "kafka", "sms") for p in ("t-ana", "t-ben")
+        }
         # webhook: signed with HMAC over timestamp.body, carrying the language of each recipient
         hooks = [r for r in env["hook"].requests if r.json()["subject_id"] == alert.alert_id]
         assert len(hooks) == 2
@@ -221,14 +316,27 @@ async def test_alert_reaches_every_real_channel_in_each_recipients_language(env,
         assert "Test alert" in mails[("ben@test.example",)]["Subject"]
         assert "Acknowledge alert" in mails[("ben@test.example",)].get_content()
         # SMS stand-in got both numbers with the bearer token
-        sms = [r for r in env["sms"].requests if r.json()["reference"] in
-               {x[0] for x in _rows(env["db_url"], "SELECT idempotency_key FROM deliveries WHERE subject_id = %s"
-                                    " AND channel = 'sms'", alert.alert_id)}]
+        sms = [
+            r
+            for r in env["sms"].requests
+            if r.json()["reference"]
+            in {
+                x[0]
+                for x in _rows(
+                    env["db_url"],
+                    "SELECT idempotency_key FROM deliveries WHERE subject_id = %s AND channel = 'sms'",
+                    alert.alert_id,
+                )
+            }
+        ]
         assert {r.json()["to"] for r in sms} == {"+8613000000001", "+8613000000002"}
         assert all(r.headers["authorization"] == "Bearer tok" for r in sms)
         # MQTT: Ana's own phone topic, QoS 1
-        await async_wait_for(lambda: _async([m for m in got if alert.alert_id in m.payload.decode()]), 30,
-                             what="MQTT push to t-ana")
+        await async_wait_for(
+            lambda: _async([m for m in got if alert.alert_id in m.payload.decode()]),
+            30,
+            what="MQTT push to t-ana",
+        )
         push = next(json.loads(m.payload) for m in got if alert.alert_id in m.payload.decode())
         assert push["language"] == "zh" and push["data"]["alert_id"] == alert.alert_id
         # Kafka: the delivery records for other city systems
@@ -265,8 +373,11 @@ async def test_duplicates_yield_one_notification_and_redelivery_none(env, servic
 
     rows = await async_wait_for(settled, 60, what="3 repeats counted on one alert")
     assert len(rows) == 1
-    n = _rows(env["db_url"], "SELECT count(*) FROM deliveries d JOIN alerts a ON a.alert_id = d.subject_id "
-              "WHERE a.dedup_key = %s", key)[0][0]
+    n = _rows(
+        env["db_url"],
+        "SELECT count(*) FROM deliveries d JOIN alerts a ON a.alert_id = d.subject_id WHERE a.dedup_key = %s",
+        key,
+    )[0][0]
     assert n == 10  # one notification per person and channel, not 50
     hooks = [r for r in env["hook"].requests if r.json()["data"].get("dedup_key") == key]
     assert len(hooks) == 2
@@ -277,17 +388,24 @@ async def test_failing_channel_retries_with_backoff_then_dead_letters(env, servi
     await _publish(env, alert)
 
     async def dead():
-        r = _rows(env["db_url"], "SELECT status, attempts, error FROM deliveries WHERE subject_id = %s", alert.alert_id)
+        r = _rows(
+            env["db_url"],
+            "SELECT status, attempts, error FROM deliveries WHERE subject_id = %s",
+            alert.alert_id,
+        )
         return r if r and r[0][0] == "dead" else None
 
-    (status, attempts, error), = await async_wait_for(dead, 60, what="the delivery to be dead")
+    ((status, attempts, error),) = await async_wait_for(dead, 60, what="the delivery to be dead")
     assert attempts == 3 and "503" in error and "after 3 attempt" in error
     tries = [r for r in env["hook_fail"].requests if r.json()["subject_id"] == alert.alert_id]
     assert len(tries) == 3
     gaps = [b.at - a.at for a, b in zip(tries, tries[1:], strict=False)]
     assert gaps[0] >= 0.8 and gaps[1] > gaps[0], f"backoff 1 s then 2 s (±20 %): {gaps}"
-    dl = _rows(env["db_url"], "SELECT reason_code, reason FROM dead_letters WHERE origin = %s",
-               f"delivery:{_rows(env['db_url'], 'SELECT delivery_id FROM deliveries WHERE subject_id = %s', alert.alert_id)[0][0]}")
+    dl = _rows(
+        env["db_url"],
+        "SELECT reason_code, reason FROM dead_letters WHERE origin = %s",
+        f"delivery:{_rows(env['db_url'], 'SELECT delivery_id FROM deliveries WHERE subject_id = %s', alert.alert_id)[0][0]}",
+    )
     assert dl and dl[0][0] == "processing_error" and "503" in dl[0][1]
 
 
@@ -299,12 +417,18 @@ async def test_poison_record_is_dead_lettered_and_service_keeps_going(env, servi
     await _publish(env, good)
 
     async def done():
-        return _rows(env["db_url"], "SELECT status FROM deliveries WHERE subject_id = %s AND status = 'sent'",
-                     good.alert_id)
+        return _rows(
+            env["db_url"],
+            "SELECT status FROM deliveries WHERE subject_id = %s AND status = 'sent'",
+            good.alert_id,
+        )
 
     await async_wait_for(done, 60, what="the good alert after two poison records")
-    reasons = _rows(env["db_url"], "SELECT reason_code, reason FROM dead_letters WHERE stage = 'notify'"
-                    " AND origin LIKE %s", f"kafka:{env['topics']['alerts']}%")
+    reasons = _rows(
+        env["db_url"],
+        "SELECT reason_code, reason FROM dead_letters WHERE stage = 'notify' AND origin LIKE %s",
+        f"kafka:{env['topics']['alerts']}%",
+    )
     codes = {r[0] for r in reasons}
     assert {"malformed_json", "schema_violation"} <= codes
     assert any("fix the producer" in r[1] for r in reasons)
@@ -318,15 +442,22 @@ async def test_a_burst_of_one_group_goes_out_as_one_digest(env, service):
     ids = [a.alert_id for a in burst]
 
     async def all_sent():
-        r = _rows(env["db_url"], "SELECT subject_id, hold_reason, grouped_into, status FROM deliveries"
-                  " WHERE subject_id = ANY(%s) ORDER BY created_at, subject_id", ids)
+        r = _rows(
+            env["db_url"],
+            "SELECT subject_id, hold_reason, grouped_into, status FROM deliveries"
+            " WHERE subject_id = ANY(%s) ORDER BY created_at, subject_id",
+            ids,
+        )
         return r if len(r) == 3 and all(x[3] == "sent" for x in r) else None
 
     rows = await async_wait_for(all_sent, 30, what="the burst to be sent")
     held = [r for r in rows if r[1] == "grouped"]
     assert len(held) >= 1 and len([r for r in rows if r[1] is None]) >= 1
-    digests = [m for rcpt, m in env["mailbox"].messages if m["Subject"].startswith("[DIGEST]")
-               and any(i in m.get_content() for i in ids)]
+    digests = [
+        m
+        for rcpt, m in env["mailbox"].messages
+        if m["Subject"].startswith("[DIGEST]") and any(i in m.get_content() for i in ids)
+    ]
     mails = [m for rcpt, m in env["mailbox"].messages if any(i in m.get_content() for i in ids)]
     # 3 alerts, fewer mails: the ones after the first arrived inside the window and were folded together
     assert len(mails) == 1 + (1 if len(held) >= 1 else 0)
@@ -343,31 +474,46 @@ async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
     await _publish(env, alert)
 
     async def tier0():
-        return _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND tier = 0 AND status = 'sent'",
-                     alert.alert_id)
+        return _rows(
+            env["db_url"],
+            "SELECT 1 FROM deliveries WHERE subject_id = %s AND tier = 0 AND status = 'sent'",
+            alert.alert_id,
+        )
 
     await async_wait_for(tier0, 60, what="tier-0 notification")
     await service.stop()  # the process goes away before the escalation is due
-    due = _rows(env["db_url"], "SELECT next_due_at, state FROM notify_escalations WHERE alert_id = %s",
-                alert.alert_id)[0]
+    due = _rows(
+        env["db_url"], "SELECT next_due_at, state FROM notify_escalations WHERE alert_id = %s", alert.alert_id
+    )[0]
     assert due[1] == "active"
 
     async def past_due():
         return datetime.now(UTC) > due[0] + timedelta(seconds=0.5)
 
     await async_wait_for(past_due, 10, what="the escalation time to pass while the service is down")
-    assert not _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND tier = 1", alert.alert_id)
+    assert not _rows(
+        env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND tier = 1", alert.alert_id
+    )
 
     restarted = await ServiceRunner(NotifyService(env["settings"])).start()
     try:
+
         async def tier1():
-            r = _rows(env["db_url"], "SELECT recipient, channel, status FROM deliveries WHERE subject_id = %s"
-                      " AND tier = 1 AND round = 0", alert.alert_id)
+            r = _rows(
+                env["db_url"],
+                "SELECT recipient, channel, status FROM deliveries WHERE subject_id = %s"
+                " AND tier = 1 AND round = 0",
+                alert.alert_id,
+            )
             return r if len(r) == 2 and all(x[2] == "sent" for x in r) else None
 
         rows = await async_wait_for(tier1, 30, what="tier-1 escalation after the restart")
         assert {(r[0], r[1]) for r in rows} == {("t-sup", "email"), ("t-sup", "webhook")}
-        mail = [m for rcpt, m in env["mailbox"].messages if rcpt == ["sup@test.example"] and alert.alert_id in m.get_content()]
+        mail = [
+            m
+            for rcpt, m in env["mailbox"].messages
+            if rcpt == ["sup@test.example"] and alert.alert_id in m.get_content()
+        ]
         assert mail and "ESCALATED" in mail[0]["Subject"]
 
         async with await psycopg.AsyncConnection.connect(env["db_url"]) as conn:
@@ -375,15 +521,21 @@ async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
 
             acked = await repository.acknowledge_alert(conn, alert.alert_id, "t-ben", "dispatcher")
         assert acked["escalation_state"] == "acknowledged" and acked["status"] == "acknowledged"
-        after = _rows(env["db_url"], "SELECT next_due_at FROM notify_escalations WHERE alert_id = %s", alert.alert_id)[0][0]
+        after = _rows(
+            env["db_url"], "SELECT next_due_at FROM notify_escalations WHERE alert_id = %s", alert.alert_id
+        )[0][0]
 
         async def quiet_period():
             return datetime.now(UTC) > after + timedelta(seconds=1)
 
         await async_wait_for(quiet_period, 10, what="past the next escalation time")
         await restarted.svc.run_timers_once()
-        assert not _rows(env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND round > 0", alert.alert_id)
-        audit = _rows(env["db_url"], "SELECT actor, action FROM audit_log WHERE subject = %s", f"alert:{alert.alert_id}")
+        assert not _rows(
+            env["db_url"], "SELECT 1 FROM deliveries WHERE subject_id = %s AND round > 0", alert.alert_id
+        )
+        audit = _rows(
+            env["db_url"], "SELECT actor, action FROM audit_log WHERE subject = %s", f"alert:{alert.alert_id}"
+        )
         assert audit == [("t-ben", "acknowledge")]
 
         from shared.notify.repository import delivery_summary
@@ -391,10 +543,18 @@ async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
         with psycopg.connect(env["db_url"]) as c:
             summary = delivery_summary(c)
         esc = [e for e in summary["escalations"] if e["alert_id"] == alert.alert_id]
-        assert esc and esc[0]["tier"] == 1 and esc[0]["state"] == "acknowledged" and esc[0]["escalated_deliveries"] == 2
+        assert (
+            esc
+            and esc[0]["tier"] == 1
+            and esc[0]["state"] == "acknowledged"
+            and esc[0]["escalated_deliveries"] == 2
+        )
         by_channel = {c["channel"]: c for c in summary["channels"]}
         assert set(by_channel) == {"webhook", "email", "mqtt", "kafka", "sms"}
-        assert by_channel["email"]["sent"] >= 4 and 0 < by_channel["email"]["p50_ms"] <= by_channel["email"]["p99_ms"]
+        assert (
+            by_channel["email"]["sent"] >= 4
+            and 0 < by_channel["email"]["p50_ms"] <= by_channel["email"]["p99_ms"]
+        )
         assert by_channel["webhook"]["dead"] >= 1  # the failing receiver's delivery
     finally:
         await restarted.stop()

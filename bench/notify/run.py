@@ -51,7 +51,9 @@ def _receiver(port_q: mp.Queue, stop_ev) -> None:
     asyncio.run(main())
 
 
-def _generator(bootstrap: str, topic: str, rate: int, seconds: float, dup_share: float, start_at: float) -> None:
+def _generator(
+    bootstrap: str, topic: str, rate: int, seconds: float, dup_share: float, start_at: float
+) -> None:
     from aiokafka import AIOKafkaProducer
 
     from schemas.alerts import Alert, GeoPoint
@@ -75,11 +77,25 @@ def _generator(bootstrap: str, topic: str, rate: int, seconds: float, dup_share:
                     key = f"bench:{n}"
                     keys.append(key)
                 now = datetime.now(UTC)
-                a = Alert(alert_id=f"b-{n}", domain=rnd.choice(["air", "water", "weather", "emergency"]),
-                          kind="bench", severity="major", title_zh="压测告警", title_en="Benchmark alert",
-                          message_zh="压测。", message_en="Load test.", location=GeoPoint(lat=30.25, lon=120.15),
-                          district=f"d0{1 + n % 9}", dedup_key=key, raised_at=now)
-                await p.send(topic, kafka.encode(kafka.envelope("alert", "bench", a, occurred_at=now)), key=key.encode())
+                a = Alert(
+                    alert_id=f"b-{n}",
+                    domain=rnd.choice(["air", "water", "weather", "emergency"]),
+                    kind="bench",
+                    severity="major",
+                    title_zh="压测告警",
+                    title_en="Benchmark alert",
+                    message_zh="压测。",
+                    message_en="Load test.",
+                    location=GeoPoint(lat=30.25, lon=120.15),
+                    district=f"d0{1 + n % 9}",
+                    dedup_key=key,
+                    raised_at=now,
+                )
+                await p.send(
+                    topic,
+                    kafka.encode(kafka.envelope("alert", "bench", a, occurred_at=now)),
+                    key=key.encode(),
+                )
                 n += 1
             await asyncio.sleep(0.002)
         await p.flush()
@@ -118,18 +134,50 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
 
     d = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-notify-{tag}"
     d.mkdir(parents=True)
-    (d / "roster.yaml").write_text(yaml.safe_dump({"people": [
-        {"id": "bench-desk", "name": "Bench desk", "language": "zh", "roles": ["dispatcher"]}]}))
-    (d / "routing.yaml").write_text(yaml.safe_dump({
-        "timezone": "UTC", "dedup_window_s": 900, "group_window_s": 0, "rate_limit_per_minute": 10**9,
-        "rules": [{"name": "all", "repeat_until_ack": False,
-                   "tiers": [{"recipients": ["bench-desk"], "channels": ["webhook", "mqtt"], "ack_timeout_s": 3600}]}],
-    }))
-    s = NotifySettings(db_url=db_url, notify_routing=d / "routing.yaml", notify_roster=d / "roster.yaml",
-                       notify_group=f"bench-notify-{tag}", notify_alerts_topic=topics["alerts"],
-                       notify_tasks_topic=topics["tasks"], notify_task_updates_topic=topics["updates"],
-                       notify_webhook_url=f"http://127.0.0.1:{port}/hook", notify_webhook_secret=secrets.token_hex(16),
-                       notify_poll_s=0.5)
+    (d / "roster.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "people": [
+                    {"id": "bench-desk", "name": "Bench desk", "language": "zh", "roles": ["dispatcher"]}
+                ]
+            }
+        )
+    )
+    (d / "routing.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "timezone": "UTC",
+                "dedup_window_s": 900,
+                "group_window_s": 0,
+                "rate_limit_per_minute": 10**9,
+                "rules": [
+                    {
+                        "name": "all",
+                        "repeat_until_ack": False,
+                        "tiers": [
+                            {
+                                "recipients": ["bench-desk"],
+                                "channels": ["webhook", "mqtt"],
+                                "ack_timeout_s": 3600,
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    s = NotifySettings(
+        db_url=db_url,
+        notify_routing=d / "routing.yaml",
+        notify_roster=d / "roster.yaml",
+        notify_group=f"bench-notify-{tag}",
+        notify_alerts_topic=topics["alerts"],
+        notify_tasks_topic=topics["tasks"],
+        notify_task_updates_topic=topics["updates"],
+        notify_webhook_url=f"http://127.0.0.1:{port}/hook",
+        notify_webhook_secret=secrets.token_hex(16),
+        notify_poll_s=0.5,
+    )
     svc = NotifyService(s)
     provision_mqtt_users(svc.roster)
     runner = await ServiceRunner(svc).start()
@@ -138,21 +186,27 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     start_at = time.time() + 2
-    gen = ctx.Process(target=_generator, args=(base.kafka_bootstrap, topics["alerts"], rate, seconds, dup_share,
-                                               start_at), daemon=True)
+    gen = ctx.Process(
+        target=_generator,
+        args=(base.kafka_bootstrap, topics["alerts"], rate, seconds, dup_share, start_at),
+        daemon=True,
+    )
     gen.start()
     peak = rss_idle
     expected_alerts = None
     t_end = None
     deadline = time.time() + seconds + 120
+
     def count_alerts() -> int:
         with psycopg.connect(db_url) as c:
             return c.execute("SELECT count(DISTINCT dedup_key) FROM alerts").fetchone()[0]
 
     def progress() -> tuple[int, int]:
         with psycopg.connect(db_url) as c:
-            return c.execute("SELECT (SELECT count(*) FROM notify_inbox),"
-                             " (SELECT count(*) FROM deliveries WHERE status <> 'sent')").fetchone()
+            return c.execute(
+                "SELECT (SELECT count(*) FROM notify_inbox),"
+                " (SELECT count(*) FROM deliveries WHERE status <> 'sent')"
+            ).fetchone()
 
     # the harness's own database reads run in a thread: they must not block the service's event loop
     while time.time() < deadline:
@@ -182,52 +236,78 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
         ).fetchall()
         alerts, repeats = c.execute("SELECT count(*), sum(repeat_count) FROM alerts").fetchone()
         events = c.execute("SELECT count(*) FROM notify_inbox").fetchone()[0]
-        dup_deliveries = c.execute("SELECT count(*) - count(DISTINCT (subject_id, channel)) FROM deliveries").fetchone()[0]
+        dup_deliveries = c.execute(
+            "SELECT count(*) - count(DISTINCT (subject_id, channel)) FROM deliveries"
+        ).fetchone()[0]
         first, last = c.execute("SELECT min(raised_at), max(raised_at) FROM alerts").fetchone()
     with psycopg.connect(base.db_url, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     await delete_topics(base.kafka_bootstrap, list(topics.values()))
-    per_channel = {ch: {"sent": n, "p50_ms": round(float(p[0]), 1), "p95_ms": round(float(p[1]), 1),
-                        "p99_ms": round(float(p[2]), 1), "max_ms": round(float(mx), 1),
-                        "p99_internal_ms": round(float(pi), 1)} for ch, n, p, mx, pi in lat}
+    per_channel = {
+        ch: {
+            "sent": n,
+            "p50_ms": round(float(p[0]), 1),
+            "p95_ms": round(float(p[1]), 1),
+            "p99_ms": round(float(p[2]), 1),
+            "max_ms": round(float(mx), 1),
+            "p99_internal_ms": round(float(pi), 1),
+        }
+        for ch, n, p, mx, pi in lat
+    }
     p99 = max(v["p99_ms"] for v in per_channel.values())
     return {
-        "benchmark": "notify", "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(),
-                    "host": socket.gethostname()},
-        "offered_rate_alerts_s": rate, "seconds": seconds, "dup_share": dup_share,
-        "events_consumed": events, "alerts_stored": alerts, "repeats_counted": int(repeats or 0),
-        "duplicate_deliveries": dup_deliveries, "webhook_requests_received": received,
+        "benchmark": "notify",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+            "host": socket.gethostname(),
+        },
+        "offered_rate_alerts_s": rate,
+        "seconds": seconds,
+        "dup_share": dup_share,
+        "events_consumed": events,
+        "alerts_stored": alerts,
+        "repeats_counted": int(repeats or 0),
+        "duplicate_deliveries": dup_deliveries,
+        "webhook_requests_received": received,
         "drain_after_generator_s": round(drained_at - (t_end or drained_at), 1),
-        "channels": per_channel, "p99_dispatch_ms": p99,
-        "service_cpu_s": round(cpu_s, 1), "service_cpu_ms_per_alert": round(1000 * cpu_s / max(events, 1), 3),
+        "channels": per_channel,
+        "p99_dispatch_ms": p99,
+        "service_cpu_s": round(cpu_s, 1),
+        "service_cpu_ms_per_alert": round(1000 * cpu_s / max(events, 1), 3),
         "service_cpu_share_of_one_core": round(cpu_s / busy_wall_s, 2),
         "throughput_alerts_s": round(events / busy_wall_s, 1),
-        "rss_idle_mb": round(rss_idle, 1), "rss_peak_mb": round(peak, 1),
+        "rss_idle_mb": round(rss_idle, 1),
+        "rss_peak_mb": round(peak, 1),
         "targets": {"p99_dispatch_ms": 500, "rss_peak_mb": 300},
         "meets_targets": p99 < 500 and peak < 300,
     }
 
 
 def _md(result: dict) -> str:
-    rows = "\n".join(f"| {ch} | {v['sent']} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['max_ms']} | "
-                     f"{v['p99_internal_ms']} |" for ch, v in result["channels"].items())
-    return f"""## {result['offered_rate_alerts_s']} alerts/s for {result['seconds']} s
+    rows = "\n".join(
+        f"| {ch} | {v['sent']} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['max_ms']} | "
+        f"{v['p99_internal_ms']} |"
+        for ch, v in result["channels"].items()
+    )
+    return f"""## {result["offered_rate_alerts_s"]} alerts/s for {result["seconds"]} s
 
-Run at {result['when']} on {result['machine']['cpus']} CPUs (1-min load average at the end: {result['machine']['load_avg_1m']};
+Run at {result["when"]} on {result["machine"]["cpus"]} CPUs (1-min load average at the end: {result["machine"]["load_avg_1m"]};
 the machine is shared with other engineers' builds and tests).
-{result['dup_share']:.0%} of the alerts repeat an earlier dedup key. Consumed {result['events_consumed']} events, stored
-{result['alerts_stored']} alerts, counted {result['repeats_counted']} repeats; duplicate deliveries:
-{result['duplicate_deliveries']}; webhook requests received by the stand-in: {result['webhook_requests_received']}.
+{result["dup_share"]:.0%} of the alerts repeat an earlier dedup key. Consumed {result["events_consumed"]} events, stored
+{result["alerts_stored"]} alerts, counted {result["repeats_counted"]} repeats; duplicate deliveries:
+{result["duplicate_deliveries"]}; webhook requests received by the stand-in: {result["webhook_requests_received"]}.
 
 | channel | sent | p50 ms | p95 ms | p99 ms | max ms | p99 internal ms |
 |---|---|---|---|---|---|---|
 {rows}
 
-Service process CPU: {result['service_cpu_s']} s = {result['service_cpu_ms_per_alert']} ms per alert (2 deliveries
-each); it got {result['service_cpu_share_of_one_core']} of one core on average; end-to-end throughput
-{result['throughput_alerts_s']} alerts/s (generator start → last delivery). Peak RSS {result['rss_peak_mb']} MB
-(idle {result['rss_idle_mb']} MB). Targets p99 < 500 ms, RSS < 300 MB → **{'met' if result['meets_targets'] else 'NOT met'}**.
+Service process CPU: {result["service_cpu_s"]} s = {result["service_cpu_ms_per_alert"]} ms per alert (2 deliveries
+each); it got {result["service_cpu_share_of_one_core"]} of one core on average; end-to-end throughput
+{result["throughput_alerts_s"]} alerts/s (generator start → last delivery). Peak RSS {result["rss_peak_mb"]} MB
+(idle {result["rss_idle_mb"]} MB). Targets p99 < 500 ms, RSS < 300 MB → **{"met" if result["meets_targets"] else "NOT met"}**.
 """
 
 
@@ -239,8 +319,9 @@ def write(results: list[dict]) -> None:
         + ",".join(str(r["offered_rate_alerts_s"]) for r in results)
         + f" --seconds {results[0]['seconds']}`\n\n"
         "Latency = channel acceptance (webhook 2xx / MQTT PUBACK) − Kafka produce time of the alert; "
-        "\"internal\" = from the delivery row's creation (consumer batch start) to acceptance.\n\n"
-        + "\n".join(_md(r) for r in results))
+        '"internal" = from the delivery row\'s creation (consumer batch start) to acceptance.\n\n'
+        + "\n".join(_md(r) for r in results)
+    )
 
 
 def main() -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from shared.notify.settings import NotifySettings
 from shared.service import Readiness, health_app, serve
+
+if TYPE_CHECKING:
+    from shared.notify.handlers import NotifyService
 
 logger = logging.getLogger("cityops.notify")
 
@@ -23,7 +27,7 @@ def provision_mqtt_users(roster) -> list[str]:
     return people
 
 
-def build_app(settings: NotifySettings | None = None) -> tuple[FastAPI, object]:
+def build_app(settings: NotifySettings | None = None) -> tuple[FastAPI, NotifyService]:
     """(FastAPI app, NotifyService) — the service's workers are `service.run(stop)`."""
     from shared.notify import endpoints
     from shared.notify.handlers import NotifyService

@@ -26,33 +26,40 @@ CONSOLE = Path(__file__).parent / "console"
 COOKIE = "cityops_session"
 RANK = {"field_staff": 0, "viewer": 1, "dispatcher": 2, "admin": 3}
 
+
 class User(BaseModel):
     id: str
     name: str
     role: str
     language: str
 
+
 class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=256)
 
+
 class ResolveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = Field(default=None, max_length=2000)
 
+
 class AssignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     person_id: str = Field(min_length=1)
+
 
 class StepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = Field(default=None, max_length=2000)
     photo_urls: list[HttpUrl] = Field(default_factory=list, max_length=20)
 
+
 class RejectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=3, max_length=2000, description="why the task cannot be taken")
+
 
 class LocationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -60,14 +67,20 @@ class LocationIn(BaseModel):
     lon: float | None = Field(default=None, ge=-180, le=180)
     available: bool | None = None
 
+
 def _jsonable(obj):
     if isinstance(obj, datetime):
         return obj.isoformat()
     raise TypeError(type(obj).__name__)
 
+
 def _j(data, status: int = 200) -> Response:
-    return Response(json.dumps(data, default=_jsonable, ensure_ascii=False), status_code=status,
-                    media_type="application/json")
+    return Response(
+        json.dumps(data, default=_jsonable, ensure_ascii=False),
+        status_code=status,
+        media_type="application/json",
+    )
+
 
 def current_user(request: Request) -> User:
     svc: NotifyService = request.app.state.notify
@@ -78,8 +91,12 @@ def current_user(request: Request) -> User:
     token = token or request.cookies.get(COOKIE)
     claims = read_token(svc.session_secret, token) if token else None
     if claims is None or claims["sub"] not in svc.people:
-        raise NotifyError(401, "not_logged_in", "log in first: POST /api/login with username and password, then "
-                          "send the token as 'Authorization: Bearer <token>'")
+        raise NotifyError(
+            401,
+            "not_logged_in",
+            "log in first: POST /api/login with username and password, then "
+            "send the token as 'Authorization: Bearer <token>'",
+        )
     p = svc.people[claims["sub"]]
     return User(id=p.id, name=p.name, role=claims["role"], language=p.language)
 
@@ -87,7 +104,9 @@ def current_user(request: Request) -> User:
 def need(min_role: str):
     def dep(user: Annotated[User, Depends(current_user)]) -> User:
         if user.role != "admin" and RANK.get(user.role, -1) < RANK[min_role]:
-            raise NotifyError(403, "forbidden", f"role {user.role!r} may not do this; it needs {min_role!r} or admin")
+            raise NotifyError(
+                403, "forbidden", f"role {user.role!r} may not do this; it needs {min_role!r} or admin"
+            )
         return user
 
     return dep
@@ -109,8 +128,14 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _bad_payload(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "invalid_request", "message": "the request body or parameters are invalid; "
-                             "fix: " + "; ".join(problems), "problems": problems}, status_code=422)
+        return JSONResponse(
+            {
+                "error": "invalid_request",
+                "message": "the request body or parameters are invalid; fix: " + "; ".join(problems),
+                "problems": problems,
+            },
+            status_code=422,
+        )
 
     api = APIRouter(prefix="/api")
 
@@ -135,12 +160,12 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
 
     @api.get("/alerts", summary="Alerts, newest change first")
     async def alerts(user: Viewer, limit: int = 200):
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             return _j(await repository.list_alerts(conn, limit=min(max(limit, 1), 1000)))
 
     @api.get("/alerts/{alert_id}")
     async def alert(alert_id: str, user: Viewer):
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             a = await repository.get_alert(conn, alert_id)
             if a is None:
                 raise NotifyError(404, "alert_not_found", f"no alert {alert_id!r}")
@@ -149,7 +174,7 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
 
     @api.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge: stops the escalation (audited)")
     async def acknowledge(alert_id: str, user: Dispatcher):
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             a = await repository.acknowledge_alert(conn, alert_id, user.id, user.role)
         if a is None:
             raise NotifyError(404, "alert_not_found", f"no alert {alert_id!r}")
@@ -157,21 +182,23 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
 
     @api.post("/alerts/{alert_id}/resolve", summary="Resolve (audited)")
     async def resolve(alert_id: str, user: Dispatcher, body: ResolveIn | None = None):
-        async with svc.pool.connection() as conn:
-            a = await repository.resolve_alert(conn, alert_id, user.id, user.role, body.note if body else None)
+        async with svc.db.connection() as conn:
+            a = await repository.resolve_alert(
+                conn, alert_id, user.id, user.role, body.note if body else None
+            )
         if a is None:
             raise NotifyError(404, "alert_not_found", f"no alert {alert_id!r}")
         return _j(a)
 
     @api.get("/tasks", summary="Field tasks; field staff see only their own")
     async def tasks(user: AnyUser):
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             rows = await repository.list_tasks(conn, assignee=user.id if user.role == "field_staff" else None)
         return _j(rows)
 
     @api.get("/tasks/{task_id}")
     async def task(task_id: str, user: AnyUser):
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             t = await repository.get_task(conn, task_id)
             if t is None or (user.role == "field_staff" and t["assignee"] != user.id):
                 # field staff cannot learn whether someone else's task exists
@@ -181,12 +208,16 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
 
     @api.post("/tasks/{task_id}/assign", summary="Dispatcher assigns a task to a person (audited)")
     async def assign(task_id: str, body: AssignIn, user: Dispatcher):
-        return _j(await svc.transition(task_id, "assigned", actor=user.id, role=user.role, person_id=body.person_id))
+        return _j(
+            await svc.transition(task_id, "assigned", actor=user.id, role=user.role, person_id=body.person_id)
+        )
 
     async def _step(task_id: str, new: str, user: User, note: str | None, evidence: dict | None = None):
         if user.role == "viewer":
             raise NotifyError(403, "forbidden", "viewers cannot change tasks")
-        return _j(await svc.transition(task_id, new, actor=user.id, role=user.role, note=note, evidence=evidence))
+        return _j(
+            await svc.transition(task_id, new, actor=user.id, role=user.role, note=note, evidence=evidence)
+        )
 
     @api.post("/tasks/{task_id}/accept")
     async def accept(task_id: str, user: AnyUser, body: StepIn | None = None):
@@ -198,7 +229,11 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
 
     @api.post("/tasks/{task_id}/done", summary="Finish a task with evidence (notes, photo links)")
     async def done(task_id: str, body: StepIn, user: AnyUser):
-        evidence = {"photos": [str(u) for u in body.photo_urls], "note": body.note} if (body.photo_urls or body.note) else {}
+        evidence = (
+            {"photos": [str(u) for u in body.photo_urls], "note": body.note}
+            if (body.photo_urls or body.note)
+            else {}
+        )
         return await _step(task_id, "done", user, body.note, evidence)
 
     @api.post("/tasks/{task_id}/reject", summary="Reject; the task is reassigned to the next best person")
@@ -209,26 +244,29 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
     async def location(body: LocationIn, user: AnyUser) -> dict:
         if user.role != "field_staff":
             raise NotifyError(403, "forbidden", "only field staff report a location")
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             await repository.set_staff_state(conn, user.id, body.lat, body.lon, body.available)
         return {"ok": True}
 
     @api.get("/summary", summary="Delivery counts and latency per channel, and the escalations")
     async def summary(user: Viewer):
-        async with svc.pool.connection() as conn:
+        async with svc.db.connection() as conn:
             return _j(await repository.delivery_summary(conn))
 
     @api.get("/people", summary="Field staff, for the assign menu and the map")
     async def people(user: Viewer) -> list[dict]:
-        return [{"id": p.id, "name": p.name, "lat": p.lat, "lon": p.lon, "skills": p.skills}
-                for p in svc.roster.people if "field_staff" in p.roles]
+        return [
+            {"id": p.id, "name": p.name, "lat": p.lat, "lon": p.lon, "skills": p.skills}
+            for p in svc.roster.people
+            if "field_staff" in p.roles
+        ]
 
     @api.get("/stream", summary="Server-sent events: alert and task changes")
     async def stream(request: Request, user: AnyUser):
         async def events():
             since_alert = since_task = None
             while not await request.is_disconnected():
-                async with svc.pool.connection() as conn:
+                async with svc.db.connection() as conn:
                     if user.role != "field_staff":
                         rows = await repository.list_alerts(conn, since=since_alert, limit=200)
                         if rows:
@@ -237,8 +275,13 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
                     cur = await conn.execute(
                         "SELECT * FROM field_tasks WHERE (%s::timestamptz IS NULL OR updated_at > %s)"
                         " AND (%s::text IS NULL OR assignee = %s) ORDER BY updated_at LIMIT 500",
-                        (since_task, since_task, user.id if user.role == "field_staff" else None,
-                         user.id if user.role == "field_staff" else None))
+                        (
+                            since_task,
+                            since_task,
+                            user.id if user.role == "field_staff" else None,
+                            user.id if user.role == "field_staff" else None,
+                        ),
+                    )
                     cols = [d.name for d in cur.description]
                     trows = [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
                     if trows:
@@ -247,8 +290,11 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
                 yield ": keep-alive\n\n"
                 await asyncio.sleep(1.0)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     app.include_router(api)
 

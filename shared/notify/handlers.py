@@ -21,6 +21,7 @@ import random
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -34,8 +35,17 @@ from shared import kafka
 from shared.notify import render, repository
 from shared.notify.channels import Channel, Outgoing, PermanentError, TransientError, load_builtin
 from shared.notify.domain import assign as assigning
-from shared.notify.domain.config import Person, Roster, Routing, Rule, expand, load_roster, load_routing, \
-    match_rule, quiet_until
+from shared.notify.domain.config import (
+    Person,
+    Roster,
+    Routing,
+    Rule,
+    expand,
+    load_roster,
+    load_routing,
+    match_rule,
+    quiet_until,
+)
 from shared.notify.settings import NotifySettings
 from shared.observability import DEAD_LETTERS, LATENCY, MESSAGES, log
 from shared.service import Readiness
@@ -52,8 +62,12 @@ class NotifyError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def idempotency_key(purpose: str, subject_id: str, recipient: str, channel: str, tier: int, round_: int) -> str:
-    return hashlib.sha256(f"{purpose}|{subject_id}|{recipient}|{channel}|{tier}|{round_}".encode()).hexdigest()
+def idempotency_key(
+    purpose: str, subject_id: str, recipient: str, channel: str, tier: int, round_: int
+) -> str:
+    return hashlib.sha256(
+        f"{purpose}|{subject_id}|{recipient}|{channel}|{tier}|{round_}".encode()
+    ).hexdigest()
 
 
 def _now() -> datetime:
@@ -68,9 +82,22 @@ class Planner:
         self.svc, self.counts, self.groups, self.now = svc, counts, groups, now
         self.rows: list[dict] = []
 
-    def add(self, *, purpose: str, kind: str, subject_id: str, severity: str, people: list[str],
-            channels: list[str], tier: int, round_: int, render_for, data: dict, source_event_id: str | None,
-            group_key: str | None = None) -> None:
+    def add(
+        self,
+        *,
+        purpose: str,
+        kind: str,
+        subject_id: str,
+        severity: str,
+        people: list[str],
+        channels: Sequence[str],
+        tier: int,
+        round_: int,
+        render_for,
+        data: dict,
+        source_event_id: str | None,
+        group_key: str | None = None,
+    ) -> None:
         svc, now, routing = self.svc, self.now, self.svc.routing
         for pid in people:
             person = svc.people[pid]
@@ -78,19 +105,34 @@ class Planner:
             for ch in channels:
                 key = idempotency_key(purpose, subject_id, pid, ch, tier, round_)
                 row = {
-                    "delivery_id": "d-" + key[:24], "idempotency_key": key, "subject_kind": kind,
-                    "subject_id": subject_id, "recipient": pid, "channel": ch, "language": person.language,
-                    "tier": tier, "round": round_, "address": None, "severity": severity, "group_key": None,
-                    "message": {**message, "data": data}, "source_event_id": source_event_id, "hold_reason": None,
-                    "created_at": now, "status": "sending", "error": None,
+                    "delivery_id": "d-" + key[:24],
+                    "idempotency_key": key,
+                    "subject_kind": kind,
+                    "subject_id": subject_id,
+                    "recipient": pid,
+                    "channel": ch,
+                    "language": person.language,
+                    "tier": tier,
+                    "round": round_,
+                    "address": None,
+                    "severity": severity,
+                    "group_key": None,
+                    "message": {**message, "data": data},
+                    "source_event_id": source_event_id,
+                    "hold_reason": None,
+                    "created_at": now,
+                    "status": "sending",
+                    "error": None,
                     "next_attempt_at": now + timedelta(seconds=svc.s.notify_lease_s),
                 }
                 channel = svc.channels.get(ch)
                 address = channel.address(person) if channel is not None else None
                 if address is None:
                     row.update(status="dead", next_attempt_at=None, hold_reason="no_address")
-                    row["error"] = (f"{ch}: no address for {pid} in the roster; add it to "
-                                    f"{svc.s.notify_roster} or remove {ch} from the rule")
+                    row["error"] = (
+                        f"{ch}: no address for {pid} in the roster; add it to "
+                        f"{svc.s.notify_roster} or remove {ch} from the rule"
+                    )
                     self.rows.append(row)
                     continue
                 row["address"] = address
@@ -98,13 +140,23 @@ class Planner:
                 q = None if critical else quiet_until(routing, severity, now)
                 gk = (pid, ch, group_key)
                 if q is not None:
-                    row.update(status="pending", next_attempt_at=q, hold_reason="quiet_hours", group_key=group_key)
+                    row.update(
+                        status="pending", next_attempt_at=q, hold_reason="quiet_hours", group_key=group_key
+                    )
                 elif group_key and tier == 0 and round_ == 0 and gk in self.groups and not critical:
-                    row.update(status="pending", group_key=group_key, hold_reason="grouped",
-                               next_attempt_at=self.groups[gk] + timedelta(seconds=routing.group_window_s))
+                    row.update(
+                        status="pending",
+                        group_key=group_key,
+                        hold_reason="grouped",
+                        next_attempt_at=self.groups[gk] + timedelta(seconds=routing.group_window_s),
+                    )
                 elif not critical and self.counts.get((pid, ch), 0) >= routing.rate_limit_per_minute:
-                    row.update(status="pending", hold_reason="rate_limit", group_key=group_key,
-                               next_attempt_at=now + timedelta(seconds=60))
+                    row.update(
+                        status="pending",
+                        hold_reason="rate_limit",
+                        group_key=group_key,
+                        next_attempt_at=now + timedelta(seconds=60),
+                    )
                 else:
                     row["group_key"] = group_key
                     self.counts[(pid, ch)] = self.counts.get((pid, ch), 0) + 1
@@ -114,8 +166,14 @@ class Planner:
 
 
 class NotifyService:
-    def __init__(self, settings: NotifySettings, readiness: Readiness | None = None, *,
-                 roster: Roster | None = None, routing: Routing | None = None):
+    def __init__(
+        self,
+        settings: NotifySettings,
+        readiness: Readiness | None = None,
+        *,
+        roster: Roster | None = None,
+        routing: Routing | None = None,
+    ):
         self.s = settings
         self.readiness = readiness or Readiness("db", "kafka", "channels")
         self.roster = roster or load_roster(settings.notify_roster)
@@ -136,6 +194,12 @@ class NotifyService:
         self.started = False
         self.sent = 0
 
+    @property
+    def db(self) -> AsyncConnectionPool:
+        if self.pool is None:
+            raise RuntimeError("the notify service is not started (call start() or run())")
+        return self.pool
+
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.started:
@@ -145,8 +209,10 @@ class NotifyService:
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT to_regclass('notify_escalations') IS NOT NULL")
             if not (await cur.fetchone())[0]:
-                raise RuntimeError("the database has no notification tables (migration 0004_notify): "
-                                   "run `cityops db migrate` first")
+                raise RuntimeError(
+                    "the database has no notification tables (migration 0004_notify): "
+                    "run `cityops db migrate` first"
+                )
         self.readiness.set("db")
         self.producer = kafka.producer(self.s.kafka_bootstrap)
         await self.producer.start()
@@ -172,8 +238,10 @@ class NotifyService:
         """All workers until `stop` is set; if one fails, the others stop and the error propagates."""
         await self.start()
         try:
-            workers = [asyncio.create_task(w(stop), name=w.__name__)
-                       for w in (self.consume, self.dispatch_fresh, self.dispatch_due, self.timers, self.flush)]
+            workers = [
+                asyncio.create_task(w(stop), name=w.__name__)
+                for w in (self.consume, self.dispatch_fresh, self.dispatch_due, self.timers, self.flush)
+            ]
             done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for t in pending:
                 t.cancel()
@@ -195,8 +263,10 @@ class NotifyService:
             from aiokafka.errors import UnknownTopicOrPartitionError
 
             if isinstance(exc, UnknownTopicOrPartitionError):
-                raise RuntimeError(f"Kafka topic {' or '.join(topics)} does not exist: run `cityops stack up` "
-                                   "(it creates the platform topics) or check CITYOPS_NOTIFY_*_TOPIC") from exc
+                raise RuntimeError(
+                    f"Kafka topic {' or '.join(topics)} does not exist: run `cityops stack up` "
+                    "(it creates the platform topics) or check CITYOPS_NOTIFY_*_TOPIC"
+                ) from exc
             raise
         self.readiness.set("kafka")
         try:
@@ -233,19 +303,26 @@ class NotifyService:
                     tasks.append((event_id, FieldTask.model_validate(env["payload"])))
             except (ValueError, KeyError, TypeError) as exc:
                 code = "schema_violation" if isinstance(exc, ValidationError | KeyError) else "malformed_json"
-                reason = (f"{rec.topic} record is not a valid envelope with an {'Alert' if 'alert' in rec.topic else 'FieldTask'}"
-                          f" payload: {exc}; fix the producer, the record is kept here")
-                _, value, _ = kafka.dead_letter(stage=SERVICE, reason_code=code, reason=reason, origin=origin,
-                                                original=rec.value or b"")
+                reason = (
+                    f"{rec.topic} record is not a valid envelope with an {'Alert' if 'alert' in rec.topic else 'FieldTask'}"
+                    f" payload: {exc}; fix the producer, the record is kept here"
+                )
+                _, value, _ = kafka.dead_letter(
+                    stage=SERVICE, reason_code=code, reason=reason, origin=origin, original=rec.value or b""
+                )
                 await self.producer.send_and_wait(DEADLETTER, value, key=origin.encode())
                 dead.append(json.loads(value))
                 DEAD_LETTERS.labels(SERVICE, code).inc()
         now = _now()
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
             for env in dead:
                 await repository.insert_dead_letter(cur, env)
-            new_alert_events = await repository.claim_events(cur, self.s.notify_alerts_topic, [e for e, _ in alerts])
-            new_task_events = await repository.claim_events(cur, self.s.notify_tasks_topic, [e for e, _ in tasks])
+            new_alert_events = await repository.claim_events(
+                cur, self.s.notify_alerts_topic, [e for e, _ in alerts]
+            )
+            new_task_events = await repository.claim_events(
+                cur, self.s.notify_tasks_topic, [e for e, _ in tasks]
+            )
             alerts = [(e, a) for e, a in alerts if e in new_alert_events]
             tasks = [(e, t) for e, t in tasks if e in new_task_events]
             recipients = list(self.people)
@@ -259,10 +336,14 @@ class NotifyService:
             await repository.insert_deliveries(cur, planner.rows)
         MESSAGES.labels(SERVICE, "consume", "alerts").inc(len(alerts))
         MESSAGES.labels(SERVICE, "consume", "tasks").inc(len(tasks))
-        MESSAGES.labels(SERVICE, "consume", "duplicates").inc(len(records) - len(dead) - len(alerts) - len(tasks))
+        MESSAGES.labels(SERVICE, "consume", "duplicates").inc(
+            len(records) - len(dead) - len(alerts) - len(tasks)
+        )
         return [r for r in planner.rows if r["status"] == "sending"], updates
 
-    async def _apply_alerts(self, cur, alerts: list[tuple[str, Alert]], planner: Planner, now: datetime) -> None:
+    async def _apply_alerts(
+        self, cur, alerts: list[tuple[str, Alert]], planner: Planner, now: datetime
+    ) -> None:
         if not alerts:
             return
         cleared = [a.dedup_key for _, a in alerts if a.status == "cleared"]
@@ -282,21 +363,47 @@ class NotifyService:
                 r[1] = max(r[1], a.raised_at)
                 prev["seen"] = max(prev["seen"], a.raised_at)
                 continue
-            rule = match_rule(self.routing, domain=a.domain, kind=a.kind, severity=a.severity, district=a.district,
-                              at=a.raised_at)
+            rule = match_rule(
+                self.routing,
+                domain=a.domain,
+                kind=a.kind,
+                severity=a.severity,
+                district=a.district,
+                at=a.raised_at,
+            )
             row = {
-                "alert_id": a.alert_id, "domain": a.domain, "kind": a.kind, "severity": a.severity, "level": a.level,
-                "status": "open", "title_zh": a.title_zh, "title_en": a.title_en, "message_zh": a.message_zh,
-                "message_en": a.message_en, "lat": a.location.lat if a.location else None,
-                "lon": a.location.lon if a.location else None, "district": a.district, "dedup_key": a.dedup_key,
-                "raised_at": a.raised_at, "evidence": a.evidence, "repeat_count": 0, "last_seen_at": a.raised_at,
-                "rule": rule.name if rule else None, "updated_at": now,
+                "alert_id": a.alert_id,
+                "domain": a.domain,
+                "kind": a.kind,
+                "severity": a.severity,
+                "level": a.level,
+                "status": "open",
+                "title_zh": a.title_zh,
+                "title_en": a.title_en,
+                "message_zh": a.message_zh,
+                "message_en": a.message_en,
+                "lat": a.location.lat if a.location else None,
+                "lon": a.location.lon if a.location else None,
+                "district": a.district,
+                "dedup_key": a.dedup_key,
+                "raised_at": a.raised_at,
+                "evidence": a.evidence,
+                "repeat_count": 0,
+                "last_seen_at": a.raised_at,
+                "rule": rule.name if rule else None,
+                "updated_at": now,
             }
             new_rows.append(row)
             existing[a.dedup_key] = {"alert_id": a.alert_id, "seen": a.raised_at}
             if rule is None:
-                log(logger, logging.WARNING, "no routing rule matches alert; stored, nobody notified",
-                    alert_id=a.alert_id, domain=a.domain, severity=a.severity)
+                log(
+                    logger,
+                    logging.WARNING,
+                    "no routing rule matches alert; stored, nobody notified",
+                    alert_id=a.alert_id,
+                    domain=a.domain,
+                    severity=a.severity,
+                )
                 continue
             self._plan_alert(planner, row, rule, 0, 0, event_id)
             due = self._next_due(rule, 0, now)
@@ -310,40 +417,81 @@ class NotifyService:
             return None
         return now + timedelta(seconds=rule.tiers[tier].ack_timeout_s * self.s.notify_escalation_scale)
 
-    def _plan_alert(self, planner: Planner, row: dict, rule: Rule, tier: int, round_: int,
-                    source_event_id: str | None) -> None:
+    def _plan_alert(
+        self, planner: Planner, row: dict, rule: Rule, tier: int, round_: int, source_event_id: str | None
+    ) -> None:
         t = rule.tiers[tier]
         people = expand(t.recipients, self.roster, planner.now, self.routing.tz)
         tz = self.routing.tz
-        data = {"alert_id": row["alert_id"], "domain": row["domain"], "kind": row["kind"],
-                "severity": row["severity"], "district": row["district"], "lat": row["lat"], "lon": row["lon"],
-                "dedup_key": row["dedup_key"], "rule": rule.name, "tier": tier, "round": round_}
+        data = {
+            "alert_id": row["alert_id"],
+            "domain": row["domain"],
+            "kind": row["kind"],
+            "severity": row["severity"],
+            "district": row["district"],
+            "lat": row["lat"],
+            "lon": row["lon"],
+            "dedup_key": row["dedup_key"],
+            "rule": rule.name,
+            "tier": tier,
+            "round": round_,
+        }
         planner.add(
-            purpose="alert", kind="alert", subject_id=row["alert_id"], severity=row["severity"], people=people,
-            channels=list(t.channels), tier=tier, round_=round_,
+            purpose="alert",
+            kind="alert",
+            subject_id=row["alert_id"],
+            severity=row["severity"],
+            people=people,
+            channels=list(t.channels),
+            tier=tier,
+            round_=round_,
             render_for=lambda lang: render.alert_message(row, lang, tier=tier, round=round_, tz=tz),
-            data=data, source_event_id=source_event_id,
+            data=data,
+            source_event_id=source_event_id,
             group_key=f"{row['domain']}:{row['kind']}:{row['district'] or '-'}",
         )
 
     # field tasks ------------------------------------------------------------------------------
-    async def _apply_task(self, cur, event_id: str, task: FieldTask, planner: Planner) -> list[FieldTaskUpdate]:
+    async def _apply_task(
+        self, cur, event_id: str, task: FieldTask, planner: Planner
+    ) -> list[FieldTaskUpdate]:
         row = {
-            "task_id": task.task_id, "kind": task.kind, "domain": task.domain, "priority": task.priority,
-            "status": "open", "title_zh": task.title_zh, "title_en": task.title_en,
-            "description_zh": task.description_zh, "description_en": task.description_en,
-            "lat": task.location.lat, "lon": task.location.lon, "district": task.district,
-            "required_skills": task.required_skills, "due_at": task.due_at, "related_alert_id": task.related_alert_id,
-            "created_at": task.created_at, "evidence": task.evidence,
+            "task_id": task.task_id,
+            "kind": task.kind,
+            "domain": task.domain,
+            "priority": task.priority,
+            "status": "open",
+            "title_zh": task.title_zh,
+            "title_en": task.title_en,
+            "description_zh": task.description_zh,
+            "description_en": task.description_en,
+            "lat": task.location.lat,
+            "lon": task.location.lon,
+            "district": task.district,
+            "required_skills": task.required_skills,
+            "due_at": task.due_at,
+            "related_alert_id": task.related_alert_id,
+            "created_at": task.created_at,
+            "evidence": task.evidence,
         }
         if not await repository.insert_task(cur, row):
             return []
-        await cur.execute("INSERT INTO field_task_events (task_id, status, actor, note) VALUES (%s, 'open', %s, %s)",
-                          (task.task_id, "notify", f"received as event {event_id}"))
+        await cur.execute(
+            "INSERT INTO field_task_events (task_id, status, actor, note) VALUES (%s, 'open', %s, %s)",
+            (task.task_id, "notify", f"received as event {event_id}"),
+        )
         return await self.assign(cur, row, planner, actor="notify", exclude=set())
 
-    async def assign(self, cur, task: dict, planner: Planner, *, actor: str, exclude: set[str],
-                     person_id: str | None = None) -> list[FieldTaskUpdate]:
+    async def assign(
+        self,
+        cur,
+        task: dict,
+        planner: Planner,
+        *,
+        actor: str,
+        exclude: set[str],
+        person_id: str | None = None,
+    ) -> list[FieldTaskUpdate]:
         """Assign to `person_id`, or to the best candidate; with nobody suitable, leave it open and say so."""
         if person_id is None:
             loads = await repository.workloads(cur)
@@ -353,72 +501,161 @@ class NotifyService:
                 if "field_staff" not in p.roles:
                     continue
                 lat, lon, avail = state.get(p.id, (None, None, None))
-                cands.append(assigning.Candidate(
-                    person_id=p.id, skills=frozenset(p.skills), lat=lat if lat is not None else p.lat,
-                    lon=lon if lon is not None else p.lon, available=p.available if avail is None else avail,
-                    active_tasks=loads.get(p.id, 0), max_tasks=p.max_tasks))
-            ranked = assigning.rank(cands, lat=task["lat"], lon=task["lon"],
-                                    required_skills=list(task["required_skills"]), exclude=exclude)
+                cands.append(
+                    assigning.Candidate(
+                        person_id=p.id,
+                        skills=frozenset(p.skills),
+                        lat=lat if lat is not None else p.lat,
+                        lon=lon if lon is not None else p.lon,
+                        available=p.available if avail is None else avail,
+                        active_tasks=loads.get(p.id, 0),
+                        max_tasks=p.max_tasks,
+                    )
+                )
+            ranked = assigning.rank(
+                cands,
+                lat=task["lat"],
+                lon=task["lon"],
+                required_skills=list(task["required_skills"]),
+                exclude=exclude,
+            )
             person_id = ranked[0][0] if ranked else None
         tz = self.routing.tz
         if person_id is None:
-            await repository.set_task_state(cur, task["task_id"], status="open", assignee=None, actor=actor,
-                                            note="nobody available with the skills "
-                                                 f"{list(task['required_skills'])}: dispatcher must assign")
+            await repository.set_task_state(
+                cur,
+                task["task_id"],
+                status="open",
+                assignee=None,
+                actor=actor,
+                note="nobody available with the skills "
+                f"{list(task['required_skills'])}: dispatcher must assign",
+            )
             people = expand(self.routing.tasks.unassigned_to, self.roster, planner.now, tz)
             view = dict(task, assignee=None)
-            planner.add(purpose="task-unassigned", kind="task", subject_id=task["task_id"],
-                        severity=_task_severity(task), people=people, channels=self.routing.tasks.deadline_channels,
-                        tier=0, round_=len(exclude), data=_task_data(view),
-                        render_for=lambda lang: render.task_message(view, lang, tz=tz), source_event_id=None)
-            return [FieldTaskUpdate(task_id=task["task_id"], status="open", note="unassigned", at=planner.now)]
-        await repository.set_task_state(cur, task["task_id"], status="assigned", assignee=person_id, actor=actor)
+            planner.add(
+                purpose="task-unassigned",
+                kind="task",
+                subject_id=task["task_id"],
+                severity=_task_severity(task),
+                people=people,
+                channels=self.routing.tasks.deadline_channels,
+                tier=0,
+                round_=len(exclude),
+                data=_task_data(view),
+                render_for=lambda lang: render.task_message(view, lang, tz=tz),
+                source_event_id=None,
+            )
+            return [
+                FieldTaskUpdate(task_id=task["task_id"], status="open", note="unassigned", at=planner.now)
+            ]
+        await repository.set_task_state(
+            cur, task["task_id"], status="assigned", assignee=person_id, actor=actor
+        )
         view = dict(task, assignee=person_id)
-        planner.add(purpose="task-assign", kind="task", subject_id=task["task_id"], severity=_task_severity(task),
-                    people=[person_id], channels=self.routing.tasks.channels, tier=0, round_=0, data=_task_data(view),
-                    render_for=lambda lang: render.task_message(view, lang, tz=tz), source_event_id=None)
-        return [FieldTaskUpdate(task_id=task["task_id"], status="assigned", assignee=person_id, at=planner.now)]
+        planner.add(
+            purpose="task-assign",
+            kind="task",
+            subject_id=task["task_id"],
+            severity=_task_severity(task),
+            people=[person_id],
+            channels=self.routing.tasks.channels,
+            tier=0,
+            round_=0,
+            data=_task_data(view),
+            render_for=lambda lang: render.task_message(view, lang, tz=tz),
+            source_event_id=None,
+        )
+        return [
+            FieldTaskUpdate(task_id=task["task_id"], status="assigned", assignee=person_id, at=planner.now)
+        ]
 
-    async def transition(self, task_id: str, new: str, *, actor: str, role: str, note: str | None = None,
-                         evidence: dict | None = None, person_id: str | None = None) -> dict:
+    async def transition(
+        self,
+        task_id: str,
+        new: str,
+        *,
+        actor: str,
+        role: str,
+        note: str | None = None,
+        evidence: dict | None = None,
+        person_id: str | None = None,
+    ) -> dict:
         """A lifecycle step from the mobile app or the console. Rejection reassigns at once."""
         now = _now()
         updates: list[FieldTaskUpdate] = []
-        async with self.pool.connection() as conn:
+        async with self.db.connection() as conn:
             async with conn.transaction(), conn.cursor() as cur:
                 task = await repository.get_task(cur, task_id, lock=True)
                 if task is None:
-                    raise NotifyError(404, "task_not_found", f"no field task {task_id!r}; list tasks with GET /api/tasks")
+                    raise NotifyError(
+                        404, "task_not_found", f"no field task {task_id!r}; list tasks with GET /api/tasks"
+                    )
                 if role == "field_staff" and task["assignee"] != actor:
                     raise NotifyError(403, "not_your_task", f"task {task_id} is not assigned to you")
-                if new == "assigned":
-                    if person_id not in self.people or "field_staff" not in self.people[person_id].roles:
-                        raise NotifyError(422, "unknown_person",
-                                          f"{person_id!r} is not field staff in the roster; pick one of "
-                                          f"{sorted(p.id for p in self.roster.people if 'field_staff' in p.roles)}")
+                if new == "assigned" and (
+                    person_id not in self.people or "field_staff" not in self.people[person_id].roles
+                ):
+                    raise NotifyError(
+                        422,
+                        "unknown_person",
+                        f"{person_id!r} is not field staff in the roster; pick one of "
+                        f"{sorted(p.id for p in self.roster.people if 'field_staff' in p.roles)}",
+                    )
                 if not assigning.can_move(task["status"], new):
-                    raise NotifyError(409, "invalid_transition",
-                                      f"task {task_id} is {task['status']!r}; it cannot become {new!r}. Allowed next: "
-                                      f"{sorted(assigning.TRANSITIONS.get(task['status'], set())) or 'none (finished)'}")
+                    raise NotifyError(
+                        409,
+                        "invalid_transition",
+                        f"task {task_id} is {task['status']!r}; it cannot become {new!r}. Allowed next: "
+                        f"{sorted(assigning.TRANSITIONS.get(task['status'], set())) or 'none (finished)'}",
+                    )
                 planner = Planner(self, await repository.recent_sends(cur, list(self.people), 60), {}, now)
                 if new == "rejected":
-                    await repository.set_task_state(cur, task_id, status="rejected", assignee=task["assignee"],
-                                                    actor=actor, note=note, rejected_by=task["assignee"])
-                    updates.append(FieldTaskUpdate(task_id=task_id, status="rejected", assignee=task["assignee"],
-                                                   note=note, at=now))
+                    await repository.set_task_state(
+                        cur,
+                        task_id,
+                        status="rejected",
+                        assignee=task["assignee"],
+                        actor=actor,
+                        note=note,
+                        rejected_by=task["assignee"],
+                    )
+                    updates.append(
+                        FieldTaskUpdate(
+                            task_id=task_id, status="rejected", assignee=task["assignee"], note=note, at=now
+                        )
+                    )
                     exclude = set(task["rejected_by"]) | {task["assignee"]}
                     updates += await self.assign(cur, task, planner, actor="notify", exclude=exclude)
                 elif new == "assigned":
-                    updates += await self.assign(cur, task, planner, actor=actor, exclude=set(), person_id=person_id)
+                    updates += await self.assign(
+                        cur, task, planner, actor=actor, exclude=set(), person_id=person_id
+                    )
                 else:
-                    await repository.set_task_state(cur, task_id, status=new, assignee=task["assignee"], actor=actor,
-                                                    note=note, evidence=evidence)
-                    updates.append(FieldTaskUpdate(task_id=task_id, status=new, assignee=task["assignee"], note=note,
-                                                   at=now))
+                    await repository.set_task_state(
+                        cur,
+                        task_id,
+                        status=new,
+                        assignee=task["assignee"],
+                        actor=actor,
+                        note=note,
+                        evidence=evidence,
+                    )
+                    updates.append(
+                        FieldTaskUpdate(
+                            task_id=task_id, status=new, assignee=task["assignee"], note=note, at=now
+                        )
+                    )
                 await repository.insert_deliveries(cur, planner.rows)
                 if role in ("dispatcher", "admin") and new in ("assigned", "cancelled", "done"):
-                    await repository.audit(cur, actor, role, "assign" if new == "assigned" else new,
-                                           f"task:{task_id}", {"person_id": person_id, "note": note})
+                    await repository.audit(
+                        cur,
+                        actor,
+                        role,
+                        "assign" if new == "assigned" else new,
+                        f"task:{task_id}",
+                        {"person_id": person_id, "note": note},
+                    )
                 elif role == "field_staff":
                     await repository.audit(cur, actor, role, f"task_{new}", f"task:{task_id}", {"note": note})
             fresh = [r for r in planner.rows if r["status"] == "sending"]
@@ -443,7 +680,7 @@ class NotifyService:
 
     async def dispatch_due(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            async with self.pool.connection() as conn:
+            async with self.db.connection() as conn:
                 rows = await repository.claim_due(conn, 500, self.s.notify_lease_s)
             if rows:
                 await self._send_rows(rows)
@@ -458,8 +695,12 @@ class NotifyService:
         digests: dict[tuple, list[dict]] = defaultdict(list)
         for r in rows:
             if r.get("hold_reason") in ("grouped", "rate_limit"):
-                key = (r["recipient"], r["channel"], r["hold_reason"],
-                       r["group_key"] if r["hold_reason"] == "grouped" else None)
+                key = (
+                    r["recipient"],
+                    r["channel"],
+                    r["hold_reason"],
+                    r["group_key"] if r["hold_reason"] == "grouped" else None,
+                )
                 digests[key].append(r)
             else:
                 await self._spawn([r])
@@ -475,17 +716,26 @@ class NotifyService:
     async def _send_group(self, group: list[dict]) -> None:
         try:
             lead = group[0]
-            msgs = [r["message"] if isinstance(r["message"], dict) else json.loads(r["message"]) for r in group]
+            msgs = [
+                r["message"] if isinstance(r["message"], dict) else json.loads(r["message"]) for r in group
+            ]
             if len(group) > 1:
                 message = render.digest_message(msgs, lead["language"])
                 data = {"digest": [m.get("data", {}) for m in msgs]}
             else:
                 message, data = msgs[0], msgs[0].get("data", {})
             out = Outgoing(
-                delivery_id=lead["delivery_id"], idempotency_key=lead["idempotency_key"],
-                subject_kind=lead["subject_kind"], subject_id=lead["subject_id"], recipient=lead["recipient"],
-                address=lead["address"], language=lead["language"], tier=lead["tier"], severity=lead.get("severity"),
-                message={"subject": message["subject"], "body": message["body"]}, data=data,
+                delivery_id=lead["delivery_id"],
+                idempotency_key=lead["idempotency_key"],
+                subject_kind=lead["subject_kind"],
+                subject_id=lead["subject_id"],
+                recipient=lead["recipient"],
+                address=lead["address"],
+                language=lead["language"],
+                tier=lead["tier"],
+                severity=lead.get("severity"),
+                message={"subject": message["subject"], "body": message["body"]},
+                data=data,
             )
             attempts = int(lead.get("attempts") or 0) + 1
             status, err, nxt, sent = "sent", None, None, None
@@ -521,10 +771,14 @@ class NotifyService:
     async def _dead_letter(self, row: dict, reason: str) -> None:
         """A delivery given up: to the dead-letter topic and table (the deliveries row keeps it too)."""
         try:
-            _, value, _ = kafka.dead_letter(stage=SERVICE, reason_code="processing_error",
-                                            reason=f"delivery failed: {reason}", origin=f"delivery:{row['delivery_id']}",
-                                            original=json.dumps(row, default=str, ensure_ascii=False).encode())
-            async with self.pool.connection() as conn, conn.cursor() as cur:
+            _, value, _ = kafka.dead_letter(
+                stage=SERVICE,
+                reason_code="processing_error",
+                reason=f"delivery failed: {reason}",
+                origin=f"delivery:{row['delivery_id']}",
+                original=json.dumps(row, default=str, ensure_ascii=False).encode(),
+            )
+            async with self.db.connection() as conn, conn.cursor() as cur:
                 await repository.insert_dead_letter(cur, json.loads(value))
             await self.producer.send_and_wait(DEADLETTER, value, key=row["delivery_id"].encode())
         except Exception:  # noqa: BLE001 - the deliveries row keeps the reason whatever Kafka does
@@ -543,7 +797,7 @@ class NotifyService:
         if not self.results:
             return
         batch, self.results = self.results, []
-        async with self.pool.connection() as conn:
+        async with self.db.connection() as conn:
             await repository.record_results(conn, batch)
 
     async def drain(self, timeout: float = 30) -> None:
@@ -565,7 +819,7 @@ class NotifyService:
     async def run_timers_once(self) -> int:
         """Fire due escalations and task deadlines; returns how many fired."""
         now = _now()
-        async with self.pool.connection() as conn:
+        async with self.db.connection() as conn:
             async with conn.transaction(), conn.cursor() as cur:
                 due = await repository.due_escalations(cur)
                 tasks = await repository.due_task_deadlines(cur)
@@ -576,17 +830,30 @@ class NotifyService:
                     rule = self.rules.get(e["rule"])
                     if rule is None or e["acknowledged_at"] is not None or e["resolved_at"] is not None:
                         if rule is None:
-                            log(logger, logging.WARNING, "escalation stopped: its rule is gone from the routing file",
-                                alert_id=e["alert_id"], rule=e["rule"])
+                            log(
+                                logger,
+                                logging.WARNING,
+                                "escalation stopped: its rule is gone from the routing file",
+                                alert_id=e["alert_id"],
+                                rule=e["rule"],
+                            )
                         await repository.advance_escalation(cur, e["alert_id"], e["tier"], e["round"], None)
                         continue
                     tier, round_ = e["tier"] + 1, e["round"]
                     if tier >= len(rule.tiers):
                         tier, round_ = len(rule.tiers) - 1, round_ + 1
                     self._plan_alert(planner, e, rule, tier, round_, None)
-                    await repository.advance_escalation(cur, e["alert_id"], tier, round_,
-                                                        self._next_due(rule, tier, now))
-                    log(logger, logging.INFO, "alert escalated", alert_id=e["alert_id"], tier=tier, round=round_)
+                    await repository.advance_escalation(
+                        cur, e["alert_id"], tier, round_, self._next_due(rule, tier, now)
+                    )
+                    log(
+                        logger,
+                        logging.INFO,
+                        "alert escalated",
+                        alert_id=e["alert_id"],
+                        tier=tier,
+                        round=round_,
+                    )
                     MESSAGES.labels(SERVICE, "escalate", "alert").inc()
                 tz = self.routing.tz
                 for t in tasks:
@@ -594,11 +861,19 @@ class NotifyService:
                     if t["assignee"] and t["assignee"] not in people:
                         people.append(t["assignee"])
                     view = dict(t)
-                    planner.add(purpose="task-deadline", kind="task", subject_id=t["task_id"],
-                                severity=_task_severity(t), people=people,
-                                channels=self.routing.tasks.deadline_channels, tier=1, round_=0,
-                                data=_task_data(view), source_event_id=None,
-                                render_for=lambda lang, v=view: render.task_message(v, lang, tz=tz, deadline=True))
+                    planner.add(
+                        purpose="task-deadline",
+                        kind="task",
+                        subject_id=t["task_id"],
+                        severity=_task_severity(t),
+                        people=people,
+                        channels=self.routing.tasks.deadline_channels,
+                        tier=1,
+                        round_=0,
+                        data=_task_data(view),
+                        source_event_id=None,
+                        render_for=lambda lang, v=view: render.task_message(v, lang, tz=tz, deadline=True),
+                    )
                     await repository.mark_deadline_escalated(cur, t["task_id"])
                     MESSAGES.labels(SERVICE, "escalate", "task_deadline").inc()
                 await repository.insert_deliveries(cur, planner.rows)
@@ -609,13 +884,31 @@ class NotifyService:
 
 
 def _task_severity(task: dict) -> str:
-    return {"low": "minor", "normal": "major", "high": "major", "urgent": "critical"}.get(task["priority"], "major")
+    return {"low": "minor", "normal": "major", "high": "major", "urgent": "critical"}.get(
+        task["priority"], "major"
+    )
 
 
 def _task_data(task: dict) -> dict:
     out = {}
-    for k in ("task_id", "kind", "domain", "priority", "status", "assignee", "title_zh", "title_en", "description_zh",
-              "description_en", "lat", "lon", "district", "required_skills", "due_at", "related_alert_id"):
+    for k in (
+        "task_id",
+        "kind",
+        "domain",
+        "priority",
+        "status",
+        "assignee",
+        "title_zh",
+        "title_en",
+        "description_zh",
+        "description_en",
+        "lat",
+        "lon",
+        "district",
+        "required_skills",
+        "due_at",
+        "related_alert_id",
+    ):
         v = task.get(k)
         out[k] = v.isoformat() if isinstance(v, datetime) else v
     return out

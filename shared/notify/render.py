@@ -16,8 +16,12 @@ PRIORITY_ZH = {"low": "低", "normal": "普通", "high": "高", "urgent": "紧�
 
 @lru_cache(maxsize=1)
 def _env() -> Environment:
-    return Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, autoescape=False,
-                       keep_trailing_newline=False)
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
 
 
 def _local(t: datetime | str | None, tz: ZoneInfo) -> str | None:
@@ -30,19 +34,34 @@ def _local(t: datetime | str | None, tz: ZoneInfo) -> str | None:
 
 def alert_message(alert: dict, lang: str, *, tier: int, round: int, tz: ZoneInfo) -> dict:
     """{'subject', 'body'} of one alert notification; `alert` is the row of the alerts table."""
-    text = _env().get_template(f"alert.{lang}.j2").render(
-        a=alert, tier=tier, round=round, severity_zh=SEVERITY_ZH[alert["severity"]],
-        raised_local=_local(alert["raised_at"], tz),
-    ).strip()
+    text = (
+        _env()
+        .get_template(f"alert.{lang}.j2")
+        .render(
+            a=alert,
+            tier=tier,
+            round=round,
+            severity_zh=SEVERITY_ZH[alert["severity"]],
+            raised_local=_local(alert["raised_at"], tz),
+        )
+        .strip()
+    )
     subject, _, body = text.partition("\n")
     return {"subject": subject, "body": body}
 
 
 def task_message(task: dict, lang: str, *, tz: ZoneInfo, deadline: bool = False) -> dict:
     t = dict(task, due_local=_local(task.get("due_at"), tz))
-    text = _env().get_template(f"task.{lang}.j2").render(
-        t=t, deadline=deadline, priority_zh=PRIORITY_ZH.get(task["priority"], task["priority"]),
-    ).strip()
+    text = (
+        _env()
+        .get_template(f"task.{lang}.j2")
+        .render(
+            t=t,
+            deadline=deadline,
+            priority_zh=PRIORITY_ZH.get(task["priority"], task["priority"]),
+        )
+        .strip()
+    )
     subject, _, body = text.partition("\n")
     return {"subject": subject, "body": body}
 

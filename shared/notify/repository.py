@@ -15,12 +15,49 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-DELIVERY_COLUMNS = ("delivery_id", "idempotency_key", "subject_kind", "subject_id", "recipient", "channel",
-                    "language", "tier", "round", "status", "next_attempt_at", "address", "severity", "group_key",
-                    "message", "source_event_id", "hold_reason", "created_at", "error")
-ALERT_COLUMNS = ("alert_id", "domain", "kind", "severity", "level", "status", "title_zh", "title_en", "message_zh",
-                 "message_en", "lat", "lon", "district", "dedup_key", "raised_at", "evidence", "repeat_count",
-                 "last_seen_at", "rule", "updated_at")
+DELIVERY_COLUMNS = (
+    "delivery_id",
+    "idempotency_key",
+    "subject_kind",
+    "subject_id",
+    "recipient",
+    "channel",
+    "language",
+    "tier",
+    "round",
+    "status",
+    "next_attempt_at",
+    "address",
+    "severity",
+    "group_key",
+    "message",
+    "source_event_id",
+    "hold_reason",
+    "created_at",
+    "error",
+)
+ALERT_COLUMNS = (
+    "alert_id",
+    "domain",
+    "kind",
+    "severity",
+    "level",
+    "status",
+    "title_zh",
+    "title_en",
+    "message_zh",
+    "message_en",
+    "lat",
+    "lon",
+    "district",
+    "dedup_key",
+    "raised_at",
+    "evidence",
+    "repeat_count",
+    "last_seen_at",
+    "rule",
+    "updated_at",
+)
 
 
 # inbox -----------------------------------------------------------------------------------------
@@ -55,12 +92,19 @@ async def insert_alerts(cur: psycopg.AsyncCursor, rows: list[dict]) -> None:
     if not rows:
         return
     cols = ", ".join(ALERT_COLUMNS)
-    await cur.execute("CREATE TEMP TABLE IF NOT EXISTS alerts_stage (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    await cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS alerts_stage (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
     async with cur.copy(f"COPY alerts_stage ({cols}) FROM STDIN") as copy:
         for r in rows:
-            await copy.write_row(tuple(json.dumps(r[c], ensure_ascii=False) if c == "evidence" else r[c]
-                                       for c in ALERT_COLUMNS))
-    await cur.execute(f"INSERT INTO alerts ({cols}) SELECT {cols} FROM alerts_stage ON CONFLICT (alert_id) DO NOTHING")
+            await copy.write_row(
+                tuple(
+                    json.dumps(r[c], ensure_ascii=False) if c == "evidence" else r[c] for c in ALERT_COLUMNS
+                )
+            )
+    await cur.execute(
+        f"INSERT INTO alerts ({cols}) SELECT {cols} FROM alerts_stage ON CONFLICT (alert_id) DO NOTHING"
+    )
     await cur.execute("DELETE FROM alerts_stage")
 
 
@@ -85,8 +129,10 @@ async def clear_alerts(cur: psycopg.AsyncCursor, dedup_keys: list[str], by: str)
     )
     ids = [r[0] for r in await cur.fetchall()]
     if ids:
-        await cur.execute("UPDATE notify_escalations SET state = 'resolved', updated_at = now() "
-                          "WHERE alert_id = ANY(%s)", (ids,))
+        await cur.execute(
+            "UPDATE notify_escalations SET state = 'resolved', updated_at = now() WHERE alert_id = ANY(%s)",
+            (ids,),
+        )
     return ids
 
 
@@ -112,8 +158,9 @@ async def due_escalations(cur: psycopg.AsyncCursor, limit: int = 200) -> list[di
     return [dict(zip(cols, r, strict=False)) for r in await cur.fetchall()]
 
 
-async def advance_escalation(cur: psycopg.AsyncCursor, alert_id: str, tier: int, round_: int,
-                             next_due_at: datetime | None) -> None:
+async def advance_escalation(
+    cur: psycopg.AsyncCursor, alert_id: str, tier: int, round_: int, next_due_at: datetime | None
+) -> None:
     await cur.execute(
         "UPDATE notify_escalations SET tier = %s, round = %s, next_due_at = %s,"
         " state = CASE WHEN %s::timestamptz IS NULL THEN 'done' ELSE 'active' END, updated_at = now() "
@@ -124,13 +171,18 @@ async def advance_escalation(cur: psycopg.AsyncCursor, alert_id: str, tier: int,
 
 async def get_alert(conn: psycopg.AsyncConnection, alert_id: str) -> dict | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT a.*, e.tier AS escalation_tier, e.round AS escalation_round, e.state AS "
-                          "escalation_state, e.next_due_at AS escalation_due_at FROM alerts a "
-                          "LEFT JOIN notify_escalations e USING (alert_id) WHERE a.alert_id = %s", (alert_id,))
+        await cur.execute(
+            "SELECT a.*, e.tier AS escalation_tier, e.round AS escalation_round, e.state AS "
+            "escalation_state, e.next_due_at AS escalation_due_at FROM alerts a "
+            "LEFT JOIN notify_escalations e USING (alert_id) WHERE a.alert_id = %s",
+            (alert_id,),
+        )
         return await cur.fetchone()
 
 
-async def list_alerts(conn: psycopg.AsyncConnection, *, since: datetime | None = None, limit: int = 200) -> list[dict]:
+async def list_alerts(
+    conn: psycopg.AsyncConnection, *, since: datetime | None = None, limit: int = 200
+) -> list[dict]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT a.alert_id, a.domain, a.kind, a.severity, a.level, a.status, a.title_zh, a.title_en,"
@@ -144,7 +196,9 @@ async def list_alerts(conn: psycopg.AsyncConnection, *, since: datetime | None =
         return await cur.fetchall()
 
 
-async def acknowledge_alert(conn: psycopg.AsyncConnection, alert_id: str, actor: str, role: str) -> dict | None:
+async def acknowledge_alert(
+    conn: psycopg.AsyncConnection, alert_id: str, actor: str, role: str
+) -> dict | None:
     """Acknowledge: stop escalating. Returns the alert, or None if there is no such alert."""
     async with conn.transaction():
         cur = await conn.execute(
@@ -155,14 +209,18 @@ async def acknowledge_alert(conn: psycopg.AsyncConnection, alert_id: str, actor:
         )
         if cur.rowcount == 0:
             return None
-        await conn.execute("UPDATE notify_escalations SET state = 'acknowledged', updated_at = now() "
-                           "WHERE alert_id = %s AND state = 'active'", (alert_id,))
+        await conn.execute(
+            "UPDATE notify_escalations SET state = 'acknowledged', updated_at = now() "
+            "WHERE alert_id = %s AND state = 'active'",
+            (alert_id,),
+        )
         await audit(conn, actor, role, "acknowledge", f"alert:{alert_id}", {})
     return await get_alert(conn, alert_id)
 
 
-async def resolve_alert(conn: psycopg.AsyncConnection, alert_id: str, actor: str, role: str,
-                        note: str | None) -> dict | None:
+async def resolve_alert(
+    conn: psycopg.AsyncConnection, alert_id: str, actor: str, role: str, note: str | None
+) -> dict | None:
     async with conn.transaction():
         cur = await conn.execute(
             "UPDATE alerts SET status = 'resolved', resolved_at = coalesce(resolved_at, now()),"
@@ -173,20 +231,33 @@ async def resolve_alert(conn: psycopg.AsyncConnection, alert_id: str, actor: str
         )
         if cur.rowcount == 0:
             return None
-        await conn.execute("UPDATE notify_escalations SET state = 'resolved', updated_at = now() "
-                           "WHERE alert_id = %s AND state = 'active'", (alert_id,))
+        await conn.execute(
+            "UPDATE notify_escalations SET state = 'resolved', updated_at = now() "
+            "WHERE alert_id = %s AND state = 'active'",
+            (alert_id,),
+        )
         await audit(conn, actor, role, "resolve", f"alert:{alert_id}", {"note": note})
     return await get_alert(conn, alert_id)
 
 
-async def audit(conn: psycopg.AsyncConnection | psycopg.AsyncCursor, actor: str, role: str, action: str,
-                subject: str, detail: dict[str, Any]) -> None:
-    await conn.execute("INSERT INTO audit_log (actor, role, action, subject, detail) VALUES (%s, %s, %s, %s, %s)",
-                       (actor, role, action, subject, Jsonb(detail)))
+async def audit(
+    conn: psycopg.AsyncConnection | psycopg.AsyncCursor,
+    actor: str,
+    role: str,
+    action: str,
+    subject: str,
+    detail: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, role, action, subject, detail) VALUES (%s, %s, %s, %s, %s)",
+        (actor, role, action, subject, Jsonb(detail)),
+    )
 
 
 # deliveries ------------------------------------------------------------------------------------
-async def recent_sends(cur: psycopg.AsyncCursor, recipients: list[str], window_s: float) -> dict[tuple[str, str], int]:
+async def recent_sends(
+    cur: psycopg.AsyncCursor, recipients: list[str], window_s: float
+) -> dict[tuple[str, str], int]:
     """Deliveries not held back, per (recipient, channel), created in the last `window_s` seconds."""
     if not recipients:
         return {}
@@ -198,7 +269,9 @@ async def recent_sends(cur: psycopg.AsyncCursor, recipients: list[str], window_s
     return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
 
 
-async def recent_groups(cur: psycopg.AsyncCursor, recipients: list[str], window_s: float) -> dict[tuple, datetime]:
+async def recent_groups(
+    cur: psycopg.AsyncCursor, recipients: list[str], window_s: float
+) -> dict[tuple, datetime]:
     """First delivery per (recipient, channel, group) inside the grouping window: later ones wait for the digest."""
     if not recipients or window_s <= 0:
         return {}
@@ -219,14 +292,21 @@ async def insert_deliveries(cur: psycopg.AsyncCursor, rows: list[dict]) -> int:
     if not rows:
         return 0
     cols = ", ".join(DELIVERY_COLUMNS)
-    await cur.execute("CREATE TEMP TABLE IF NOT EXISTS deliveries_stage (LIKE deliveries INCLUDING DEFAULTS) "
-                      "ON COMMIT DELETE ROWS")
+    await cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS deliveries_stage (LIKE deliveries INCLUDING DEFAULTS) "
+        "ON COMMIT DELETE ROWS"
+    )
     async with cur.copy(f"COPY deliveries_stage ({cols}) FROM STDIN") as copy:
         for r in rows:
-            await copy.write_row(tuple(json.dumps(r[c], ensure_ascii=False) if c == "message" else r[c]
-                                       for c in DELIVERY_COLUMNS))
-    await cur.execute(f"INSERT INTO deliveries ({cols}) SELECT {cols} FROM deliveries_stage "
-                      "ON CONFLICT (idempotency_key) DO NOTHING")
+            await copy.write_row(
+                tuple(
+                    json.dumps(r[c], ensure_ascii=False) if c == "message" else r[c] for c in DELIVERY_COLUMNS
+                )
+            )
+    await cur.execute(
+        f"INSERT INTO deliveries ({cols}) SELECT {cols} FROM deliveries_stage "
+        "ON CONFLICT (idempotency_key) DO NOTHING"
+    )
     n = cur.rowcount
     await cur.execute("DELETE FROM deliveries_stage")  # the caller's transaction may go on
     return n
@@ -250,8 +330,10 @@ async def record_results(conn: psycopg.AsyncConnection, results: list[tuple]) ->
     if not results:
         return
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("CREATE TEMP TABLE IF NOT EXISTS delivery_results (delivery_id text, status text, error text,"
-                          " next_attempt_at timestamptz, sent_at timestamptz, grouped_into text) ON COMMIT DELETE ROWS")
+        await cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS delivery_results (delivery_id text, status text, error text,"
+            " next_attempt_at timestamptz, sent_at timestamptz, grouped_into text) ON COMMIT DELETE ROWS"
+        )
         async with cur.copy("COPY delivery_results FROM STDIN") as copy:
             for r in results:
                 await copy.write_row(r)
@@ -264,8 +346,9 @@ async def record_results(conn: psycopg.AsyncConnection, results: list[tuple]) ->
 
 async def deliveries_for(conn: psycopg.AsyncConnection, subject_id: str) -> list[dict]:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT * FROM deliveries WHERE subject_id = %s ORDER BY created_at, tier, channel",
-                          (subject_id,))
+        await cur.execute(
+            "SELECT * FROM deliveries WHERE subject_id = %s ORDER BY created_at, tier, channel", (subject_id,)
+        )
         return await cur.fetchall()
 
 
@@ -296,8 +379,12 @@ def _summary(channels: list[dict], escalations: list[dict], totals: dict) -> dic
     for c in channels:
         for k in ("p50_ms", "p99_ms"):
             c[k] = round(float(c[k]), 1) if c[k] is not None else None
-    return {"channels": channels, "escalations": escalations, "alerts": totals["alerts"],
-            "deduplicated_repeats": int(totals["repeats"])}
+    return {
+        "channels": channels,
+        "escalations": escalations,
+        "alerts": totals["alerts"],
+        "deduplicated_repeats": int(totals["repeats"]),
+    }
 
 
 def delivery_summary(conn: psycopg.Connection | psycopg.AsyncConnection):
@@ -332,9 +419,25 @@ def delivery_summary_sync(db_url: str) -> dict:
 
 
 # field tasks -----------------------------------------------------------------------------------
-TASK_COLUMNS = ("task_id", "kind", "domain", "priority", "status", "title_zh", "title_en", "description_zh",
-                "description_en", "lat", "lon", "district", "required_skills", "due_at", "related_alert_id",
-                "created_at", "evidence")
+TASK_COLUMNS = (
+    "task_id",
+    "kind",
+    "domain",
+    "priority",
+    "status",
+    "title_zh",
+    "title_en",
+    "description_zh",
+    "description_en",
+    "lat",
+    "lon",
+    "district",
+    "required_skills",
+    "due_at",
+    "related_alert_id",
+    "created_at",
+    "evidence",
+)
 
 
 async def insert_task(cur: psycopg.AsyncCursor, row: dict) -> bool:
@@ -346,20 +449,28 @@ async def insert_task(cur: psycopg.AsyncCursor, row: dict) -> bool:
     return cur.rowcount == 1
 
 
-async def get_task(conn: psycopg.AsyncConnection | psycopg.AsyncCursor, task_id: str, *, lock: bool = False) -> dict | None:
+async def get_task(
+    conn: psycopg.AsyncConnection | psycopg.AsyncCursor, task_id: str, *, lock: bool = False
+) -> dict | None:
     sql = "SELECT * FROM field_tasks WHERE task_id = %s" + (" FOR UPDATE" if lock else "")
     if isinstance(conn, psycopg.AsyncCursor):
         await conn.execute(sql, (task_id,))
         row = await conn.fetchone()
         if row is None:
             return None
-        return dict(zip([d.name for d in conn.description], row, strict=True)) if not isinstance(row, dict) else row
+        return (
+            dict(zip([d.name for d in conn.description], row, strict=True))
+            if not isinstance(row, dict)
+            else row
+        )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, (task_id,))
         return await cur.fetchone()
 
 
-async def list_tasks(conn: psycopg.AsyncConnection, *, assignee: str | None = None, limit: int = 500) -> list[dict]:
+async def list_tasks(
+    conn: psycopg.AsyncConnection, *, assignee: str | None = None, limit: int = 500
+) -> list[dict]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT * FROM field_tasks WHERE (%s::text IS NULL OR assignee = %s) ORDER BY created_at DESC LIMIT %s",
@@ -370,14 +481,18 @@ async def list_tasks(conn: psycopg.AsyncConnection, *, assignee: str | None = No
 
 async def task_events(conn: psycopg.AsyncConnection, task_id: str) -> list[dict]:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT status, actor, note, evidence, at FROM field_task_events WHERE task_id = %s "
-                          "ORDER BY id", (task_id,))
+        await cur.execute(
+            "SELECT status, actor, note, evidence, at FROM field_task_events WHERE task_id = %s ORDER BY id",
+            (task_id,),
+        )
         return await cur.fetchall()
 
 
 async def workloads(cur: psycopg.AsyncCursor) -> dict[str, int]:
-    await cur.execute("SELECT assignee, count(*) FROM field_tasks WHERE status IN ('assigned', 'accepted', 'on_site')"
-                      " AND assignee IS NOT NULL GROUP BY assignee")
+    await cur.execute(
+        "SELECT assignee, count(*) FROM field_tasks WHERE status IN ('assigned', 'accepted', 'on_site')"
+        " AND assignee IS NOT NULL GROUP BY assignee"
+    )
     return {r[0]: r[1] for r in await cur.fetchall()}
 
 
@@ -386,8 +501,13 @@ async def staff_state(cur: psycopg.AsyncCursor) -> dict[str, tuple]:
     return {r[0]: (r[1], r[2], r[3]) for r in await cur.fetchall()}
 
 
-async def set_staff_state(conn: psycopg.AsyncConnection, person_id: str, lat: float | None, lon: float | None,
-                          available: bool | None) -> None:
+async def set_staff_state(
+    conn: psycopg.AsyncConnection,
+    person_id: str,
+    lat: float | None,
+    lon: float | None,
+    available: bool | None,
+) -> None:
     await conn.execute(
         "INSERT INTO notify_staff_state (person_id, lat, lon, available) VALUES (%s, %s, %s, coalesce(%s, true)) "
         "ON CONFLICT (person_id) DO UPDATE SET lat = coalesce(EXCLUDED.lat, notify_staff_state.lat),"
@@ -397,9 +517,17 @@ async def set_staff_state(conn: psycopg.AsyncConnection, person_id: str, lat: fl
     )
 
 
-async def set_task_state(cur: psycopg.AsyncCursor, task_id: str, *, status: str, assignee: str | None,
-                         actor: str, note: str | None = None, evidence: dict | None = None,
-                         rejected_by: str | None = None) -> None:
+async def set_task_state(
+    cur: psycopg.AsyncCursor,
+    task_id: str,
+    *,
+    status: str,
+    assignee: str | None,
+    actor: str,
+    note: str | None = None,
+    evidence: dict | None = None,
+    rejected_by: str | None = None,
+) -> None:
     await cur.execute(
         "UPDATE field_tasks SET status = %s, assignee = %s, updated_at = now(),"
         " assigned_at = CASE WHEN %s = 'assigned' THEN now() ELSE assigned_at END,"
@@ -424,11 +552,15 @@ async def due_task_deadlines(cur: psycopg.AsyncCursor, limit: int = 100) -> list
 
 
 async def mark_deadline_escalated(cur: psycopg.AsyncCursor, task_id: str) -> None:
-    await cur.execute("UPDATE field_tasks SET deadline_escalated_at = now(), updated_at = now() WHERE task_id = %s",
-                      (task_id,))
-    await cur.execute("INSERT INTO field_task_events (task_id, status, actor, note) "
-                      "SELECT task_id, status, 'notify', 'deadline passed: escalated' FROM field_tasks WHERE task_id = %s",
-                      (task_id,))
+    await cur.execute(
+        "UPDATE field_tasks SET deadline_escalated_at = now(), updated_at = now() WHERE task_id = %s",
+        (task_id,),
+    )
+    await cur.execute(
+        "INSERT INTO field_task_events (task_id, status, actor, note) "
+        "SELECT task_id, status, 'notify', 'deadline passed: escalated' FROM field_tasks WHERE task_id = %s",
+        (task_id,),
+    )
 
 
 async def insert_dead_letter(cur: psycopg.AsyncCursor, env: dict) -> None:
@@ -438,6 +570,15 @@ async def insert_dead_letter(cur: psycopg.AsyncCursor, env: dict) -> None:
     await cur.execute(
         "INSERT INTO dead_letters (event_id, received_at, stage, reason_code, reason, origin, gateway_id, sensor_id,"
         " original) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-        (env["event_id"], p["received_at"], p["stage"], p["reason_code"], p["reason"], p["origin"], p.get("gateway_id"),
-         p.get("sensor_id"), base64.b64decode(p["original_b64"])),
+        (
+            env["event_id"],
+            p["received_at"],
+            p["stage"],
+            p["reason_code"],
+            p["reason"],
+            p["origin"],
+            p.get("gateway_id"),
+            p.get("sensor_id"),
+            base64.b64decode(p["original_b64"]),
+        ),
     )

@@ -61,8 +61,11 @@ class HttpReceiver:
                 self.requests.append(Received(path, headers, body, time.time()))
                 status = self.status
                 payload = b'{"ok":true}' if status < 300 else b'{"error":"stand-in refuses"}'
-                writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                             f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
@@ -101,7 +104,9 @@ def encode_event(event_type: str, payload, *, event_id: str | None = None) -> by
 
     from shared import kafka
 
-    return kafka.encode(kafka.envelope(event_type, "test", payload, occurred_at=datetime.now(UTC), event_id=event_id))
+    return kafka.encode(
+        kafka.envelope(event_type, "test", payload, occurred_at=datetime.now(UTC), event_id=event_id)
+    )
 
 
 class ServiceRunner:

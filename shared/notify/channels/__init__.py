@@ -46,10 +46,17 @@ class Outgoing:
 
     def json(self) -> dict:
         return {
-            "delivery_id": self.delivery_id, "idempotency_key": self.idempotency_key,
-            "kind": self.subject_kind, "subject_id": self.subject_id, "recipient": self.recipient,
-            "language": self.language, "tier": self.tier, "severity": self.severity,
-            "subject": self.message["subject"], "body": self.message["body"], "data": self.data,
+            "delivery_id": self.delivery_id,
+            "idempotency_key": self.idempotency_key,
+            "kind": self.subject_kind,
+            "subject_id": self.subject_id,
+            "recipient": self.recipient,
+            "language": self.language,
+            "tier": self.tier,
+            "severity": self.severity,
+            "subject": self.message["subject"],
+            "body": self.message["body"],
+            "data": self.data,
         }
 
 
@@ -59,11 +66,11 @@ class Channel(ABC):
     def __init__(self, settings: NotifySettings):
         self.s = settings
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, most channels need no connection
         """Open connections; raise with a clear message if the channel cannot work at all."""
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
 
     @abstractmethod
     def address(self, person: Person) -> str | None:

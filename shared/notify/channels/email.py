@@ -25,13 +25,16 @@ class EmailChannel(Channel):
         msg["Content-Language"] = "zh-CN" if out.language == "zh" else "en"
         msg.set_content(out.message["body"], charset="utf-8")
         try:
-            with smtplib.SMTP(self.s.notify_smtp_host, self.s.notify_smtp_port,
-                              timeout=self.s.notify_http_timeout_s) as smtp:
+            with smtplib.SMTP(
+                self.s.notify_smtp_host, self.s.notify_smtp_port, timeout=self.s.notify_http_timeout_s
+            ) as smtp:
                 smtp.send_message(msg)
         except smtplib.SMTPRecipientsRefused as exc:
             raise PermanentError(f"SMTP refused {out.address}: {exc.recipients}") from exc
         except (smtplib.SMTPException, OSError) as exc:
-            raise TransientError(f"SMTP {self.s.notify_smtp_host}:{self.s.notify_smtp_port}: {exc!r}") from exc
+            raise TransientError(
+                f"SMTP {self.s.notify_smtp_host}:{self.s.notify_smtp_port}: {exc!r}"
+            ) from exc
 
     async def send(self, out: Outgoing) -> None:
         await asyncio.to_thread(self._send, out)

@@ -27,12 +27,22 @@ class KafkaChannel(Channel):
     async def send(self, out: Outgoing) -> None:
         now = datetime.now(UTC)
         rec = NotificationDelivery(
-            delivery_id=out.delivery_id, idempotency_key=out.idempotency_key, subject_kind=out.subject_kind,
-            subject_id=out.subject_id, recipient=out.recipient, channel="kafka", language=out.language,
-            tier=out.tier, status="sent", attempts=1, created_at=now, sent_at=now,
+            delivery_id=out.delivery_id,
+            idempotency_key=out.idempotency_key,
+            subject_kind=out.subject_kind,
+            subject_id=out.subject_id,
+            recipient=out.recipient,
+            channel="kafka",
+            language=out.language,
+            tier=out.tier,
+            status="sent",
+            attempts=1,
+            created_at=now,
+            sent_at=now,
         )
-        value = kafka.encode(kafka.envelope("notification_delivery", "notify", rec, occurred_at=now,
-                                            event_id=out.delivery_id))
+        value = kafka.encode(
+            kafka.envelope("notification_delivery", "notify", rec, occurred_at=now, event_id=out.delivery_id)
+        )
         try:
             await self.producer.send_and_wait(out.address, value, key=out.subject_id.encode())
         except Exception as exc:  # noqa: BLE001 - every producer failure is worth a retry

@@ -22,8 +22,9 @@ class MqttChannel(Channel):
         self.loop = asyncio.get_running_loop()
         self.pending: dict[int, asyncio.Future] = {}
         self.connected = asyncio.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"svc-notify-{id(self):x}",
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"svc-notify-{id(self):x}", protocol=mqtt.MQTTv5
+        )
         c.username_pw_set(self.s.notify_mqtt_user, self.s.mqtt_password("services", self.s.notify_mqtt_user))
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
@@ -37,8 +38,10 @@ class MqttChannel(Channel):
         try:
             await asyncio.wait_for(self.connected.wait(), 30)
         except TimeoutError:
-            raise RuntimeError(f"cannot connect to MQTT {self.s.mqtt_host}:{self.s.mqtt_port} as "
-                               f"{self.s.notify_mqtt_user}: is the stack up (`cityops stack up`)?") from None
+            raise RuntimeError(
+                f"cannot connect to MQTT {self.s.mqtt_host}:{self.s.mqtt_port} as "
+                f"{self.s.notify_mqtt_user}: is the stack up (`cityops stack up`)?"
+            ) from None
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not reason_code.is_failure:
@@ -83,4 +86,6 @@ class MqttChannel(Channel):
             await asyncio.wait_for(fut, self.s.notify_http_timeout_s)
         except TimeoutError:
             self.pending.pop(info.mid, None)
-            raise TransientError(f"no PUBACK for {out.address} within {self.s.notify_http_timeout_s} s") from None
+            raise TransientError(
+                f"no PUBACK for {out.address} within {self.s.notify_http_timeout_s} s"
+            ) from None

@@ -13,8 +13,10 @@ class SmsChannel(Channel):
 
     async def start(self) -> None:
         if not self.s.notify_sms_url:
-            raise RuntimeError("the sms channel needs CITYOPS_NOTIFY_SMS_URL (the provider's send endpoint); "
-                               "export it or remove sms from the routing file")
+            raise RuntimeError(
+                "the sms channel needs CITYOPS_NOTIFY_SMS_URL (the provider's send endpoint); "
+                "export it or remove sms from the routing file"
+            )
         self.client = httpx.AsyncClient(timeout=self.s.notify_http_timeout_s)
 
     async def close(self) -> None:
@@ -32,8 +34,11 @@ class SmsChannel(Channel):
         if self.s.notify_sms_token:
             headers["Authorization"] = f"Bearer {self.s.notify_sms_token}"
         try:
-            r = await self.client.post(self.s.notify_sms_url, headers=headers,
-                                       json={"to": out.address, "text": text, "reference": out.idempotency_key})
+            r = await self.client.post(
+                self.s.notify_sms_url,
+                headers=headers,
+                json={"to": out.address, "text": text, "reference": out.idempotency_key},
+            )
         except httpx.HTTPError as exc:
             raise TransientError(f"SMS provider: {exc!r}") from exc
         if r.status_code in (408, 429) or r.status_code >= 500:

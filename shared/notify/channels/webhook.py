@@ -30,11 +30,18 @@ class HttpPool:
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise PermanentError(f"webhook URL {url!r} is not http(s)://host/...; fix the roster or CITYOPS_NOTIFY_WEBHOOK_URL")
+            raise PermanentError(
+                f"webhook URL {url!r} is not http(s)://host/...; fix the roster or CITYOPS_NOTIFY_WEBHOOK_URL"
+            )
         key = (u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80))
         gate = self.gates.setdefault(key, asyncio.Semaphore(self.size))
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        head = [f"POST {path} HTTP/1.1", f"Host: {u.netloc}", f"Content-Length: {len(body)}", "Connection: keep-alive"]
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {u.netloc}",
+            f"Content-Length: {len(body)}",
+            "Connection: keep-alive",
+        ]
         head += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         async with gate:
@@ -119,8 +126,10 @@ class WebhookChannel(Channel):
 
     async def start(self) -> None:
         if not self.s.notify_webhook_secret:
-            raise RuntimeError("the webhook channel needs CITYOPS_NOTIFY_WEBHOOK_SECRET (receivers check the "
-                               "X-CityOps-Signature HMAC with it); export it or remove webhook from the routing file")
+            raise RuntimeError(
+                "the webhook channel needs CITYOPS_NOTIFY_WEBHOOK_SECRET (receivers check the "
+                "X-CityOps-Signature HMAC with it); export it or remove webhook from the routing file"
+            )
         self.pool = HttpPool(self.s.notify_webhook_connections, self.s.notify_http_timeout_s)
 
     async def close(self) -> None:

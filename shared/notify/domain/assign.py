@@ -38,8 +38,14 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * r * math.asin(math.sqrt(a))
 
 
-def rank(candidates: list[Candidate], *, lat: float, lon: float, required_skills: list[str],
-         exclude: set[str] = frozenset()) -> list[tuple[str, float]]:
+def rank(
+    candidates: list[Candidate],
+    *,
+    lat: float,
+    lon: float,
+    required_skills: list[str],
+    exclude: set[str] = frozenset(),
+) -> list[tuple[str, float]]:
     """Qualified, available people with spare capacity, best first, with their score (km-equivalent)."""
     need = set(required_skills)
     out = []

@@ -168,8 +168,12 @@ class Routing(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timezone: str = "Asia/Shanghai"
     dedup_window_s: float = Field(default=900, ge=0)
-    group_window_s: float = Field(default=60, ge=0, description="later alerts of one group go out as one digest")
-    rate_limit_per_minute: int = Field(default=30, ge=1, description="per recipient and channel; critical exempt")
+    group_window_s: float = Field(
+        default=60, ge=0, description="later alerts of one group go out as one digest"
+    )
+    rate_limit_per_minute: int = Field(
+        default=30, ge=1, description="per recipient and channel; critical exempt"
+    )
     quiet_hours: QuietHours | None = None
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_s: float = Field(default=2.0, gt=0)
@@ -205,7 +209,9 @@ def _fmt_errors(path: Path, exc: ValidationError) -> str:
 
 def _load_yaml(path: Path) -> dict:
     if not path.exists():
-        raise ConfigError(f"{path}: file not found; set CITYOPS_NOTIFY_ROUTING / CITYOPS_NOTIFY_ROSTER or create it")
+        raise ConfigError(
+            f"{path}: file not found; set CITYOPS_NOTIFY_ROUTING / CITYOPS_NOTIFY_ROSTER or create it"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -240,7 +246,9 @@ def load_routing(path: Path, roster: Roster) -> Routing:
                 problems.append(f"  - at tasks.{key}: {err}")
     names = [r.name for r in routing.rules]
     for n in {n for n in names if names.count(n) > 1}:
-        problems.append(f"  - rule name {n!r} is used twice; rule names must be unique (escalations refer to them)")
+        problems.append(
+            f"  - rule name {n!r} is used twice; rule names must be unique (escalations refer to them)"
+        )
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
     return routing
@@ -248,10 +256,22 @@ def load_routing(path: Path, roster: Roster) -> Routing:
 
 def recipient_error(ref: str, roster: Roster) -> str | None:
     if ref.startswith("group:"):
-        return None if ref[6:] in roster.groups else f"no group {ref[6:]!r} in the roster (groups: {sorted(roster.groups)})"
+        return (
+            None
+            if ref[6:] in roster.groups
+            else f"no group {ref[6:]!r} in the roster (groups: {sorted(roster.groups)})"
+        )
     if ref.startswith("rota:"):
-        return None if ref[5:] in roster.rotas else f"no rota {ref[5:]!r} in the roster (rotas: {sorted(roster.rotas)})"
-    return None if ref in roster.by_id else f"no person {ref!r} in the roster; use a person id, group:<name> or rota:<name>"
+        return (
+            None
+            if ref[5:] in roster.rotas
+            else f"no rota {ref[5:]!r} in the roster (rotas: {sorted(roster.rotas)})"
+        )
+    return (
+        None
+        if ref in roster.by_id
+        else f"no person {ref!r} in the roster; use a person id, group:<name> or rota:<name>"
+    )
 
 
 def expand(refs: list[str], roster: Roster, at: datetime, tz: ZoneInfo) -> list[str]:
@@ -268,8 +288,9 @@ def expand(refs: list[str], roster: Roster, at: datetime, tz: ZoneInfo) -> list[
     return out
 
 
-def match_rule(routing: Routing, *, domain: str, kind: str, severity: str, district: str | None,
-               at: datetime) -> Rule | None:
+def match_rule(
+    routing: Routing, *, domain: str, kind: str, severity: str, district: str | None, at: datetime
+) -> Rule | None:
     """The first rule whose match holds for this alert at this time."""
     local = at.astimezone(routing.tz).time()
     for rule in routing.rules:
