@@ -72,3 +72,39 @@ async def async_wait_for(predicate, timeout: float = 60.0, interval: float = 0.2
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def demo_db(stack_env, tmp_path_factory):
+    """The real main job (`cityops demo`, every service as its own process) run once into a throwaway
+    database; yields {"db_url", "summary", "out_dir"}. Dashboards, the API and the report are proven on it."""
+    import json
+    import subprocess
+    import sys
+
+    from shared.storage.migrate import migrate
+
+    name = f"demo_{secrets.token_hex(4)}"
+    admin = stack_env["CITYOPS_DB_URL"]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(admin, name)
+    with psycopg.connect(url) as conn:
+        migrate(conn)
+    out_dir = tmp_path_factory.mktemp("demo")
+    hours = os.environ.get("CITYOPS_TEST_DEMO_HOURS", "24")
+    minutes = os.environ.get("CITYOPS_TEST_DEMO_MINUTES", "2.5")
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "demo", "--hours", hours, "--minutes", minutes, "--out-dir", str(out_dir),
+         "--base-port", "18100"],
+        env={**os.environ, **stack_env, "CITYOPS_DB_URL": url}, capture_output=True, text=True, timeout=1500,
+    )
+    (out_dir / "demo-stdout.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    summary_file = out_dir / "summary.json"
+    if not summary_file.exists():
+        raise AssertionError(f"cityops demo wrote no summary (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    yield {"db_url": url, "summary": json.loads(summary_file.read_text()), "out_dir": out_dir,
+           "returncode": proc.returncode}
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

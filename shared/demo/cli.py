@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out-dir", type=Path, default=None, help="default: .state/demo")
     p.add_argument("--keep-services", action="store_true", help="leave the services running afterwards")
+    p.add_argument("--domains", default=None, help="comma-separated subset of air,water,weather,emergency")
     p.add_argument("--base-port", type=int, default=8100, help="services listen on base+1 … base+30")
     p.set_defaults(func=_demo)
 
@@ -22,5 +23,6 @@ def _demo(a: argparse.Namespace) -> int:
     from shared.settings import state_dir
 
     summary = run(hours=a.hours, minutes=a.minutes, seed=a.seed, out_dir=a.out_dir or state_dir() / "demo",
-                  keep_services=a.keep_services, base_port=a.base_port)
+                  keep_services=a.keep_services, base_port=a.base_port,
+                  domains=a.domains.split(",") if a.domains else None)
     return 0 if summary["accounted"] else 1
