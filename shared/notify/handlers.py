@@ -23,12 +23,14 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 from schemas.alerts import Alert
+from schemas.deadletter import DeadLetterReason
 from schemas.tasks import FieldTask, FieldTaskUpdate
 from schemas.topics import DEADLETTER
 from shared import kafka
@@ -186,7 +188,7 @@ class NotifyService:
         used |= set(self.routing.tasks.channels) | set(self.routing.tasks.deadline_channels)
         self.channels: dict[str, Channel] = {name: registry[name](settings) for name in sorted(used)}
         self.pool: AsyncConnectionPool | None = None
-        self.producer = None
+        self.producer: Any = None  # AIOKafkaProducer once started
         self.queue: asyncio.Queue[list[dict]] = asyncio.Queue()
         self.results: list[tuple] = []
         self.sem = asyncio.Semaphore(settings.notify_send_concurrency)
@@ -208,7 +210,8 @@ class NotifyService:
         await self.pool.open(wait=True, timeout=60)
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT to_regclass('notify_escalations') IS NOT NULL")
-            if not (await cur.fetchone())[0]:
+            row = await cur.fetchone()
+            if not (row and row[0]):
                 raise RuntimeError(
                     "the database has no notification tables (migration 0004_notify): "
                     "run `cityops db migrate` first"
@@ -247,8 +250,8 @@ class NotifyService:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             for t in done:
-                if t.exception() is not None:
-                    raise t.exception()
+                if (exc := t.exception()) is not None:
+                    raise exc
         finally:
             await self.close()
 
@@ -302,7 +305,9 @@ class NotifyService:
                 else:
                     tasks.append((event_id, FieldTask.model_validate(env["payload"])))
             except (ValueError, KeyError, TypeError) as exc:
-                code = "schema_violation" if isinstance(exc, ValidationError | KeyError) else "malformed_json"
+                code: DeadLetterReason = (
+                    "schema_violation" if isinstance(exc, ValidationError | KeyError) else "malformed_json"
+                )
                 reason = (
                     f"{rec.topic} record is not a valid envelope with an {'Alert' if 'alert' in rec.topic else 'FieldTask'}"
                     f" payload: {exc}; fix the producer, the record is kept here"
@@ -643,7 +648,11 @@ class NotifyService:
                     )
                     updates.append(
                         FieldTaskUpdate(
-                            task_id=task_id, status=new, assignee=task["assignee"], note=note, at=now
+                            task_id=task_id,
+                            status=new,  # type: ignore[arg-type]  # checked by can_move above
+                            assignee=task["assignee"],
+                            note=note,
+                            at=now,
                         )
                     )
                 await repository.insert_deliveries(cur, planner.rows)
@@ -662,7 +671,9 @@ class NotifyService:
             if fresh:
                 self.queue.put_nowait(fresh)
             await self._publish_updates(updates)
-            return await repository.get_task(conn, task_id)
+            out = await repository.get_task(conn, task_id)
+            assert out is not None
+            return out
 
     async def _publish_updates(self, updates: list[FieldTaskUpdate]) -> None:
         for u in updates:

@@ -84,7 +84,7 @@ async def open_alerts_by_dedup(cur: psycopg.AsyncCursor, keys: list[str]) -> dic
         "ORDER BY dedup_key, raised_at DESC",
         (keys,),
     )
-    cols = [d.name for d in cur.description]
+    cols = [d.name for d in cur.description or []]
     return {r[1]: dict(zip(cols, r, strict=True)) for r in await cur.fetchall()}
 
 
@@ -154,7 +154,7 @@ async def due_escalations(cur: psycopg.AsyncCursor, limit: int = 200) -> list[di
         "FOR UPDATE OF e SKIP LOCKED",
         (limit,),
     )
-    cols = [d.name for d in cur.description]
+    cols = [d.name for d in cur.description or []]
     return [dict(zip(cols, r, strict=False)) for r in await cur.fetchall()]
 
 
@@ -398,7 +398,7 @@ def delivery_summary(conn: psycopg.Connection | psycopg.AsyncConnection):
         channels = cur.execute(_SUMMARY_CHANNELS).fetchall()
         escalations = cur.execute(_SUMMARY_ESCALATIONS).fetchall()
         totals = cur.execute(_SUMMARY_TOTALS).fetchone()
-    return _summary(channels, escalations, totals)
+    return _summary(channels, escalations, totals or {"alerts": 0, "repeats": 0})
 
 
 async def _delivery_summary_async(conn: psycopg.AsyncConnection) -> dict:
@@ -409,7 +409,7 @@ async def _delivery_summary_async(conn: psycopg.AsyncConnection) -> dict:
         escalations = await cur.fetchall()
         await cur.execute(_SUMMARY_TOTALS)
         totals = await cur.fetchone()
-    return _summary(channels, escalations, totals)
+    return _summary(channels, escalations, totals or {"alerts": 0, "repeats": 0})
 
 
 def delivery_summary_sync(db_url: str) -> dict:
@@ -459,7 +459,7 @@ async def get_task(
         if row is None:
             return None
         return (
-            dict(zip([d.name for d in conn.description], row, strict=True))
+            dict(zip([d.name for d in conn.description or []], row, strict=True))
             if not isinstance(row, dict)
             else row
         )
@@ -547,7 +547,7 @@ async def due_task_deadlines(cur: psycopg.AsyncCursor, limit: int = 100) -> list
         " AND status NOT IN ('done', 'cancelled') ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED",
         (limit,),
     )
-    cols = [d.name for d in cur.description]
+    cols = [d.name for d in cur.description or []]
     return [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
 
 

@@ -29,11 +29,11 @@ class KafkaChannel(Channel):
         rec = NotificationDelivery(
             delivery_id=out.delivery_id,
             idempotency_key=out.idempotency_key,
-            subject_kind=out.subject_kind,
+            subject_kind=out.subject_kind,  # type: ignore[arg-type]
             subject_id=out.subject_id,
             recipient=out.recipient,
             channel="kafka",
-            language=out.language,
+            language=out.language,  # type: ignore[arg-type]
             tier=out.tier,
             status="sent",
             attempts=1,
@@ -43,6 +43,7 @@ class KafkaChannel(Channel):
         value = kafka.encode(
             kafka.envelope("notification_delivery", "notify", rec, occurred_at=now, event_id=out.delivery_id)
         )
+        assert self.producer is not None
         try:
             await self.producer.send_and_wait(out.address, value, key=out.subject_id.encode())
         except Exception as exc:  # noqa: BLE001 - every producer failure is worth a retry

@@ -31,7 +31,7 @@ class MqttChannel(Channel):
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
-        c.reconnect_delay_set(0.5, 10)
+        c.reconnect_delay_set(1, 10)
         self.client = c
         c.connect_async(self.s.mqtt_host, self.s.mqtt_port, keepalive=30)
         c.loop_start()
@@ -73,6 +73,7 @@ class MqttChannel(Channel):
         if not self.connected.is_set():
             raise TransientError("MQTT broker not connected")
         payload = json.dumps(out.json(), ensure_ascii=False, separators=(",", ":")).encode()
+        assert self.client is not None
         fut = self.loop.create_future()
         info = self.client.publish(out.address, payload, qos=1)
         if info.rc != 0:

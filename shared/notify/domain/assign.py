@@ -44,7 +44,7 @@ def rank(
     lat: float,
     lon: float,
     required_skills: list[str],
-    exclude: set[str] = frozenset(),
+    exclude: frozenset[str] | set[str] = frozenset(),
 ) -> list[tuple[str, float]]:
     """Qualified, available people with spare capacity, best first, with their score (km-equivalent)."""
     need = set(required_skills)

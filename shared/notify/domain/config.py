@@ -147,7 +147,7 @@ class QuietHours(BaseModel):
     model_config = ConfigDict(extra="forbid")
     start: str = "22:00"
     end: str = "07:00"
-    severities: list[Severity] = Field(default_factory=lambda: ["info", "minor"])
+    severities: list[Severity] = Field(default_factory=lambda: list[Severity](["info", "minor"]))
 
     @field_validator("start", "end")
     @classmethod
@@ -158,10 +158,14 @@ class QuietHours(BaseModel):
 
 class TaskRouting(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    channels: list[ChannelName] = Field(default_factory=lambda: ["mqtt", "email", "webhook"])
+    channels: list[ChannelName] = Field(
+        default_factory=lambda: list[ChannelName](["mqtt", "email", "webhook"])
+    )
     unassigned_to: list[str] = Field(default_factory=list, description="who hears of a task nobody can take")
     deadline_escalate_to: list[str] = Field(default_factory=list)
-    deadline_channels: list[ChannelName] = Field(default_factory=lambda: ["webhook", "email"])
+    deadline_channels: list[ChannelName] = Field(
+        default_factory=lambda: list[ChannelName](["webhook", "email"])
+    )
 
 
 class Routing(BaseModel):
