@@ -116,12 +116,19 @@ def target_features(net: Network, xt: float, yt: float, exclude: int | None = No
     ws = np.maximum(np.hypot(u, v), 1e-6)
     along = -((dx[None, :] * u[:, None] + dy[None, :] * v[:, None]) / ws[:, None]) / 1000.0
     along_w = wmean(1.0 / d_km[None, :] + 0 * along, along)
+    # what kind of place: distance to the network's polluted core and to the nearest station
+    level = np.nanmean(net.values[:, s_idx], axis=0)
+    wl = np.nan_to_num(level - np.nanmin(level)) + 1e-9
+    core_x, core_y = (net.x_m[s_idx] * wl).sum() / wl.sum(), (net.y_m[s_idx] * wl).sum() / wl.sum()
+    d_core = np.hypot(xt - core_x, yt - core_y) / 1000.0
+    # along-wind position of the place relative to the core (km downwind > 0)
+    core_along = -((core_x - xt) * u + (core_y - yt) * v) / ws / 1000.0
     s = pd.Series(l_idw)
     hours = net.times.hour.to_numpy()
     doy = net.times.day_of_year.to_numpy()
     f = np.column_stack([
         l_idw, lv[:, n1] - l_idw, lv[:, n2] - l_idw, l_mean - l_idw, l_std, l_up - l_idw, l_down - l_idw,
-        along_w,
+        along_w, np.full(len(l_idw), d_core), core_along, np.full(len(l_idw), d_km[n1]),
         s.shift(1).bfill().to_numpy() - l_idw, s.shift(-1).ffill().to_numpy() - l_idw,
         s.rolling(6, min_periods=1).mean().to_numpy() - l_idw,
         s[::-1].rolling(6, min_periods=1).mean()[::-1].to_numpy() - l_idw,
@@ -139,7 +146,7 @@ class SpatialEstimator:
 
     n_estimators: int = 200
     max_train_rows: int = 60_000
-    max_depth: int = 6
+    max_depth: int = 4
     learning_rate: float = 0.08
     n_jobs: int = 2
     seed: int = 0
