@@ -31,8 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -104,7 +104,28 @@ def _generator(
     asyncio.run(main())
 
 
-async def run(rate: int, seconds: float, dup_share: float) -> dict:
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _extra_instance(settings_kw: dict, ready_ev, stop_ev) -> None:
+    """Another service instance in its own process: same consumer group, same database."""
+    from shared.notify.handlers import NotifyService
+    from shared.notify.settings import NotifySettings
+    from shared.notify.testing import ServiceRunner
+
+    async def main():
+        runner = await ServiceRunner(NotifyService(NotifySettings(**settings_kw))).start()
+        ready_ev.set()
+        while not stop_ev.is_set():
+            await asyncio.sleep(0.2)
+        await runner.stop()
+
+    asyncio.run(main())
+
+
+async def run(rate: int, seconds: float, dup_share: float, instances: int = 1) -> dict:
     import psycopg
     import yaml
 
@@ -179,6 +200,23 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
         notify_poll_s=0.5,
     )
     svc = NotifyService(s)
+    extra, extra_stop = [], ctx.Event()
+    for _ in range(instances - 1):
+        ready = ctx.Event()
+        kw = {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in s.model_dump().items()
+            if k.startswith("notify_")
+        }
+        proc = ctx.Process(
+            target=_extra_instance, args=({**kw, "db_url": db_url}, ready, extra_stop), daemon=True
+        )
+        proc.start()
+        extra.append((proc, ready))
+    for _proc, ready in extra:
+        if not await asyncio.to_thread(ready.wait, 120):
+            raise RuntimeError("an extra service instance did not become ready in 120 s")
+    extra_cpu0 = [_cpu_s(p.pid) for p, _ in extra]
     provision_mqtt_users(svc.roster)
     runner = await ServiceRunner(svc).start()
     rss_idle = _rss_mb()
@@ -193,6 +231,7 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
     )
     gen.start()
     peak = rss_idle
+    extra_peak = 0.0
     expected_alerts = None
     t_end = None
     deadline = time.time() + seconds + 120
@@ -212,6 +251,7 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
     while time.time() < deadline:
         await asyncio.sleep(0.5)
         peak = max(peak, _rss_mb())
+        extra_peak = max([extra_peak, *(_rss_mb(p.pid) for p, _ in extra)])
         if not gen.is_alive() and expected_alerts is None:
             t_end = time.time()
             expected_alerts = await asyncio.to_thread(count_alerts)
@@ -222,6 +262,10 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
     drained_at = time.time()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    cpu_s += sum(_cpu_s(p.pid) - c0 for (p, _), c0 in zip(extra, extra_cpu0, strict=True))
+    extra_stop.set()
+    for p, _ in extra:
+        p.join(60)
     busy_wall_s = drained_at - start_at
     await runner.stop()
     stop_ev.set()
@@ -277,10 +321,11 @@ async def run(rate: int, seconds: float, dup_share: float) -> dict:
         "p99_dispatch_ms": p99,
         "service_cpu_s": round(cpu_s, 1),
         "service_cpu_ms_per_alert": round(1000 * cpu_s / max(events, 1), 3),
-        "service_cpu_share_of_one_core": round(cpu_s / busy_wall_s, 2),
+        "service_cpu_share_of_one_core": round(cpu_s / busy_wall_s, 2),  # all instances together
         "throughput_alerts_s": round(events / busy_wall_s, 1),
         "rss_idle_mb": round(rss_idle, 1),
-        "rss_peak_mb": round(peak, 1),
+        "rss_peak_mb": round(max(peak, extra_peak), 1),
+        "instances": instances,
         "targets": {"p99_dispatch_ms": 500, "rss_peak_mb": 300},
         "meets_targets": p99 < 500 and peak < 300,
     }
@@ -292,7 +337,7 @@ def _md(result: dict) -> str:
         f"{v['p99_internal_ms']} |"
         for ch, v in result["channels"].items()
     )
-    return f"""## {result["offered_rate_alerts_s"]} alerts/s for {result["seconds"]} s
+    return f"""## {result["offered_rate_alerts_s"]} alerts/s for {result["seconds"]} s ({result.get("instances", 1)} service instance(s))
 
 Run at {result["when"]} on {result["machine"]["cpus"]} CPUs (1-min load average at the end: {result["machine"]["load_avg_1m"]};
 the machine is shared with other engineers' builds and tests).
@@ -306,7 +351,7 @@ the machine is shared with other engineers' builds and tests).
 
 Service process CPU: {result["service_cpu_s"]} s = {result["service_cpu_ms_per_alert"]} ms per alert (2 deliveries
 each); it got {result["service_cpu_share_of_one_core"]} of one core on average; end-to-end throughput
-{result["throughput_alerts_s"]} alerts/s (generator start → last delivery). Peak RSS {result["rss_peak_mb"]} MB
+{result["throughput_alerts_s"]} alerts/s (generator start → last delivery). Peak RSS of the largest service process {result["rss_peak_mb"]} MB
 (idle {result["rss_idle_mb"]} MB). Targets p99 < 500 ms, RSS < 300 MB → **{"met" if result["meets_targets"] else "NOT met"}**.
 """
 
@@ -315,9 +360,13 @@ def write(results: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "notify.json").write_text(json.dumps({"runs": results}, indent=1))
     (RESULTS / "notify.md").write_text(
-        "# Notification service benchmark\n\n`.venv/bin/python -m bench.notify.run --rate "
-        + ",".join(str(r["offered_rate_alerts_s"]) for r in results)
-        + f" --seconds {results[0]['seconds']}`\n\n"
+        "# Notification service benchmark\n\n"
+        + "".join(
+            f"- `.venv/bin/python -m bench.notify.run --rate {r['offered_rate_alerts_s']} --seconds {r['seconds']}"
+            f" --instances {r.get('instances', 1)}`\n"
+            for r in results
+        )
+        + "\n"
         "Latency = channel acceptance (webhook 2xx / MQTT PUBACK) − Kafka produce time of the alert; "
         '"internal" = from the delivery row\'s creation (consumer batch start) to acceptance.\n\n'
         + "\n".join(_md(r) for r in results)
@@ -329,16 +378,24 @@ def main() -> None:
     ap.add_argument("--rate", default="1000", help="alerts per second; a comma list runs several in turn")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--dup-share", type=float, default=0.1)
+    ap.add_argument(
+        "--instances", type=int, default=1, help="service instances (processes) in one consumer group"
+    )
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--append", action="store_true", help="add to the runs already in bench/results/notify.json"
+    )
     a = ap.parse_args()
     from shared.observability import setup_logging
 
     setup_logging("WARNING")
     results = []
     for rate in (int(x) for x in a.rate.split(",")):
-        results.append(asyncio.run(run(rate, a.seconds, a.dup_share)))
+        results.append(asyncio.run(run(rate, a.seconds, a.dup_share, a.instances)))
         print(json.dumps(results[-1], indent=1), flush=True)
     if not a.no_write:
+        if a.append and (RESULTS / "notify.json").exists():
+            results = json.loads((RESULTS / "notify.json").read_text())["runs"] + results
         write(results)
 
 
