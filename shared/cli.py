@@ -23,6 +23,9 @@ COMMAND_MODULES = [
     "services.water.cli",  # cityops water detect|serve
     "services.emergency.cli",  # cityops emergency detect|serve
     "shared.notify.cli",  # cityops notify serve
+    "shared.dashboards.cli",  # cityops grafana provision|files
+    "shared.api.cli",  # cityops api serve
+    "shared.opendata.cli",  # cityops opendata export|asyncapi-html
 ]
 
 

@@ -1,0 +1,283 @@
+"""Every Grafana panel query, as checked in under provisioning/, runs against a real database that the
+simulated city filled through the real ingest code, and returns the shape its panel expects.
+
+Provisioning is tested against a local stand-in for Grafana's HTTP API (Grafana cannot be installed
+here): idempotent pushes, and clear errors for a wrong URL and a wrong token.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared.dashboards import build, macros
+from shared.dashboards.provision import PROVISIONING, ProvisionError, drift, provisioning_files, push
+
+pytestmark = pytest.mark.stack
+
+TIME_OIDS = {1184, 1114, 1700, 701}  # timestamptz, timestamp, numeric / float8 (epoch seconds)
+NUMERIC_OIDS = {20, 21, 23, 700, 701, 1700}
+TEXT_OIDS = {25, 1043, 19}
+
+
+@pytest.fixture(scope="module")
+def filled(db_url: str) -> dict:
+    from shared.dashboards import fill
+
+    counts = fill.fill(db_url, fill.simulate(8.0, 11))
+    assert counts["observations"] > 1000
+    return counts
+
+
+def checked_in_dashboards() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((PROVISIONING / "dashboards" / "json").glob("*.json"))]
+
+
+def variable_values(conn: psycopg.Connection) -> dict[str, list[str]]:
+    out = {k: [r[0] for r in conn.execute(sql).fetchall()] for k, sql in build.TEST_VARIABLES_SQL.items()}
+    return {**out, **build.TEST_VARIABLES_FIXED}
+
+
+def check_target(conn: psycopg.Connection, sql: str, shape: build.Shape, *, start: datetime, end: datetime,
+                 variables: dict[str, list[str]], timescaledb: bool = False) -> int:
+    """Run one panel query as Grafana would; fail unless it returns `shape`. Returns the row count."""
+    expanded = macros.expand(sql, start=start, end=end, variables=variables, timescaledb=timescaledb)
+    with conn.cursor() as cur:
+        try:
+            cur.execute(expanded)
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise AssertionError(f"panel SQL failed: {exc}\n{expanded}") from exc
+        cols = {d.name: d.type_code for d in cur.description}
+        rows = cur.fetchall()
+    conn.rollback()
+    want = ([shape.time] if shape.time else []) + list(shape.values) + list(shape.labels)
+    assert sorted(want) == sorted(cols), f"columns {sorted(cols)} != expected {sorted(want)}\n{expanded}"
+    if shape.time:
+        assert cols[shape.time] in TIME_OIDS, f"time column {shape.time!r} has type oid {cols[shape.time]}"
+    for v in shape.values:
+        assert cols[v] in NUMERIC_OIDS, f"value column {v!r} has type oid {cols[v]}, not a number"
+    for lab in shape.labels:
+        assert cols[lab] in TEXT_OIDS, f"label column {lab!r} has type oid {cols[lab]}, not text"
+    if shape.rows_from_simulator:
+        assert rows, f"no rows, though the simulator fills this table:\n{expanded}"
+        names = list(cols)
+        for v in shape.values:
+            assert any(r[names.index(v)] is not None for r in rows), f"{v!r} is NULL in every row"
+    return len(rows)
+
+
+def run_all(conn, dashboards: list[dict], start, end, timescaledb=False) -> dict[str, int]:
+    shapes = build.shapes()
+    variables = variable_values(conn)
+    counts = {}
+    for d in dashboards:
+        for p in d["panels"]:
+            for t in p["targets"]:
+                key = (d["uid"], p["id"], t["refId"])
+                counts[f"{d['uid']}/{p['title']}/{t['refId']}"] = check_target(
+                    conn, t["rawSql"], shapes[key], start=start, end=end, variables=variables, timescaledb=timescaledb)
+    return counts
+
+
+def test_every_panel_query_returns_its_shape(db_url, filled):
+    dashboards = checked_in_dashboards()
+    assert {d["uid"] for d in dashboards} == {d.uid for d in build.DASHBOARDS}
+    with psycopg.connect(db_url) as conn:
+        counts = run_all(conn, dashboards, filled["start"] - timedelta(hours=1), filled["end"] + timedelta(hours=1))
+    assert len(counts) == len(build.shapes()) >= 20
+    with_rows = [k for k, n in counts.items() if n]
+    print(f"{len(counts)} panel queries ran; {len(with_rows)} returned rows")
+    assert len(with_rows) >= 7
+
+
+def test_a_broken_panel_fails(db_url, filled):
+    start, end = filled["start"], filled["end"]
+    for breakage in (lambda s: s.replace("avg(value) AS value", "avg(valu) AS value", 1),  # wrong column
+                     lambda s: s.replace("AS metric", "AS station", 1),  # wrong shape
+                     lambda s: s.replace("quantity IN ($pollutant)", "quantity IN ($pollutants)", 1)):  # unknown var
+        dashboards = copy.deepcopy(checked_in_dashboards())
+        eco = next(d for d in dashboards if d["uid"] == "cityops-ecology")
+        trend = eco["panels"][1]
+        trend["targets"][0]["rawSql"] = breakage(trend["targets"][0]["rawSql"])
+        with psycopg.connect(db_url) as conn, pytest.raises((AssertionError, macros.MacroError)):
+            run_all(conn, [eco], start, end)
+
+
+def test_a_query_that_returns_nothing_fails_where_the_simulator_fills_the_table(db_url, filled):
+    sql = build.ECOLOGY.panels[1].queries[0].sql.replace("domain = 'air'", "domain = 'nowhere'")
+    with psycopg.connect(db_url) as conn, pytest.raises(AssertionError, match="no rows"):
+        check_target(conn, sql, build.ECOLOGY.panels[1].queries[0].shape, start=filled["start"], end=filled["end"],
+                     variables=variable_values(conn))
+
+
+def test_personal_data_never_reaches_a_panel():
+    for d in checked_in_dashboards():
+        for p in d["panels"]:
+            for t in p["targets"]:
+                assert "restricted." not in t["rawSql"] and "worker_id" not in t["rawSql"], p["title"]
+
+
+def test_titles_are_bilingual():
+    for d in checked_in_dashboards():
+        for title in [d["title"], *(p["title"] for p in d["panels"])]:
+            zh, _, en = title.partition(" / ")
+            assert any("\u4e00" <= c <= "\u9fff" for c in zh), title
+            assert en[:1].isascii() and en[:1].isalpha() and not any("\u4e00" <= c <= "\u9fff" for c in en), title
+
+
+def test_macros_expand_as_grafana_does():
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    end = start + timedelta(hours=6)
+    sql = "SELECT $__timeGroupAlias(time, '5m'), 1 WHERE $__timeFilter(time) AND d IN ($district) AND t > $__timeFrom()"
+    plain = macros.expand(sql, start=start, end=end, variables={"district": ["d01", "o'x"]})
+    assert plain == ("SELECT floor(extract(epoch from time)/300)*300 AS \"time\", 1 WHERE time BETWEEN "
+                     "'2026-01-02T03:04:05.000000Z' AND '2026-01-02T09:04:05.000000Z' AND d IN ('d01','o''x') "
+                     "AND t > '2026-01-02T03:04:05.000000Z'")
+    ts = macros.expand("SELECT $__timeGroup(time, 1h)", start=start, end=end, timescaledb=True)
+    assert ts == "SELECT time_bucket('3600s',time)"
+    with pytest.raises(macros.MacroError, match="not supported"):
+        macros.expand("SELECT $__unixEpochFilter(t)", start=start, end=end)
+
+
+def test_provisioning_files_are_generated_and_in_step(tmp_path):
+    assert drift() == [], "provisioning/ is out of date: run `cityops grafana files`"
+    files = provisioning_files()
+    (tmp_path / "dashboards" / "json").mkdir(parents=True)
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text.replace("avg(value)", "avg(v)"))
+    assert drift(tmp_path), "an edited dashboard file must show as drift"
+    assert "$CITYOPS_GRAFANA_DB_PASSWORD" in files["datasources/cityops.yaml"]
+
+
+# --- provisioning over the HTTP API, against a stand-in that answers like Grafana ---------------------------
+
+class FakeGrafana(BaseHTTPRequestHandler):
+    """Answers the handful of Grafana HTTP API calls provisioning makes, as Grafana 11 does."""
+
+    token = "good-token"
+    state: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _auth(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            self._send(401, {"message": "invalid API key", "traceID": ""})
+            return False
+        return True
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n) or b"{}")
+
+    def do_GET(self):
+        if not self._auth():
+            return
+        s = self.state
+        if self.path.startswith("/api/folders/"):
+            uid = self.path.rsplit("/", 1)[1]
+            return self._send(200, s["folders"][uid]) if uid in s["folders"] else self._send(
+                404, {"message": "folder not found", "status": "not-found"})
+        if self.path.startswith("/api/datasources/uid/"):
+            uid = self.path.rsplit("/", 1)[1]
+            return self._send(200, s["datasources"][uid]) if uid in s["datasources"] else self._send(
+                404, {"message": "Data source not found"})
+        self._send(404, {"message": "Not found"})
+
+    def do_POST(self):
+        if not self._auth():
+            return
+        b, s = self._body(), self.state
+        if self.path == "/api/folders":
+            s["folders"][b["uid"]] = b
+            return self._send(200, {**b, "id": len(s["folders"])})
+        if self.path == "/api/datasources":
+            s["datasources"][b["uid"]] = b
+            return self._send(200, {"datasource": b, "id": 1, "message": "Datasource added"})
+        if self.path == "/api/dashboards/db":
+            assert b["overwrite"] is True and b["folderUid"] == build.FOLDER_UID
+            d = b["dashboard"]
+            s["dashboards"][d["uid"]] = d
+            s["dashboard_writes"] += 1
+            return self._send(200, {"uid": d["uid"], "status": "success", "version": s["dashboard_writes"]})
+        self._send(404, {"message": "Not found"})
+
+    def do_PUT(self):
+        if not self._auth():
+            return
+        b, s = self._body(), self.state
+        if self.path.startswith("/api/folders/"):
+            s["folders"][self.path.rsplit("/", 1)[1]].update(b)
+            return self._send(200, b)
+        if self.path.startswith("/api/datasources/uid/"):
+            s["datasources"][self.path.rsplit("/", 1)[1]] = b
+            return self._send(200, {"message": "Datasource updated"})
+        self._send(404, {"message": "Not found"})
+
+
+@pytest.fixture
+def grafana():
+    FakeGrafana.state = {"folders": {}, "datasources": {}, "dashboards": {}, "dashboard_writes": 0}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", FakeGrafana.state
+    server.shutdown()
+
+
+def test_provision_is_idempotent(grafana):
+    url, state = grafana
+    first = push(url, "good-token", datasource=build.datasource())
+    assert first["folder"] == "created" and first["datasource"] == "created"
+    second = push(url, "good-token", datasource=build.datasource(timescaledb=True))
+    assert second["folder"] == "updated" and second["datasource"] == "updated"
+    assert set(state["dashboards"]) == {d.uid for d in build.DASHBOARDS}
+    assert len(state["folders"]) == 1 and len(state["datasources"]) == 1
+    assert state["datasources"][build.DATASOURCE_UID]["jsonData"]["timescaledb"] is True
+
+
+def test_provision_wrong_token_says_so(grafana, capsys):
+    from shared.cli import main
+
+    url, _ = grafana
+    with pytest.raises(ProvisionError, match="refused the token"):
+        push(url, "wrong", datasource=build.datasource())
+    assert main(["grafana", "provision", "--url", url, "--token", "wrong"]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "service-account token" in err and "Traceback" not in err
+
+
+def test_provision_wrong_url_says_so(capsys):
+    from shared.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(ProvisionError, match="cannot reach Grafana"):
+        push(url, "t", datasource=build.datasource(), timeout=5)
+    assert main(["grafana", "provision", "--url", url, "--token", "t"]) == 1
+    assert "check the URL" in capsys.readouterr().err
+
+
+def test_generated_json_matches_checked_in(tmp_path):
+    assert [json.loads(provisioning_files()[f"dashboards/json/{d['uid']}.json"]) for d in checked_in_dashboards()] \
+        == checked_in_dashboards()
+    assert Path(PROVISIONING / "datasources" / "cityops.yaml").exists()
