@@ -1,0 +1,148 @@
+"""The suite's services, declared once. Compose, the Kubernetes base and the consistency tests read this.
+
+A service's environment is not written by hand: `env_for()` derives it from the service's settings class
+(pydantic `model_fields` + `env_prefix`). Every required field (no default) is set; optional fields are
+set only where the deployment needs a value other than the code's default (`overrides`). Secrets
+(`SECRET_FIELDS`) come from a Secret / `${VAR:?}`, never from a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from pydantic_settings import BaseSettings
+
+from schemas.topics import (
+    ALERTS,
+    DEADLETTER,
+    DELIVERIES,
+    OBSERVATION_TOPIC,
+    PERSONAL_OBSERVATIONS,
+    TASK_UPDATES,
+    TASKS,
+)
+
+IMAGE = "cityops"  # one image, built from the Dockerfile target below, runs every service
+IMAGE_TARGET = "runtime"
+PLATFORM_SETTINGS = "shared.settings:PlatformSettings"
+
+# Settings that hold credentials. Anything here is read from a Secret, never a ConfigMap.
+SECRET_FIELDS = {"db_url", "notify_webhook_secret", "notify_sms_token", "notify_session_secret"}
+
+# Where the containers mount things (read-only root filesystem; only these are writable or mounted).
+MQTT_CREDENTIALS_PATH = "/etc/cityops/mqtt/credentials.json"
+STATE_DIR = "/tmp/cityops-state"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # compose service, Deployment, Service and KafkaUser name
+    argv: tuple[str, ...]  # `cityops <argv> --port <port>`
+    port: int
+    module: str  # the service's app module; the service is deployed only once it exists
+    settings: str  # "module:Class"; PlatformSettings until the service has its own settings.py
+    consumes: tuple[str, ...] = ()
+    produces: tuple[str, ...] = ()
+    group: str | None = None  # Kafka consumer group (without CITYOPS_KAFKA_GROUP_PREFIX)
+    mqtt_user: str | None = None  # Mosquitto service user (shared/stack/mosquitto.py SERVICE_ACL)
+    needs_db: bool = True
+    autoscale: bool = False  # KEDA on consumer lag of `consumes`, capped at the smallest partition count
+    overrides: dict[str, str] = field(default_factory=dict)  # settings field -> value
+    optional_secrets: tuple[str, ...] = ()  # SECRET_FIELDS this service may be given
+    memory_mi: int = 512
+    cpu_m: int = 250
+
+
+OBS = tuple(OBSERVATION_TOPIC.values())
+
+SERVICES: list[Service] = [
+    Service("ingest-gateway", ("ingest", "gateway"), 8101, "services.ingest.app",
+            "services.ingest.settings:IngestSettings",
+            produces=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), mqtt_user="svc-ingest"),
+    Service("ingest-sink", ("ingest", "sink"), 8102, "services.ingest.app", "services.ingest.settings:IngestSettings",
+            consumes=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), produces=(DEADLETTER,),
+            group="cityops-sink-observations", autoscale=True, memory_mi=768),
+    Service("air-quality", ("air", "serve"), 8110, "services.air_quality.app", PLATFORM_SETTINGS,
+            consumes=(OBSERVATION_TOPIC["air"], OBSERVATION_TOPIC["weather"]),
+            produces=("cityops.air.grid.v1", "cityops.air.forecast.v1", "cityops.air.attribution.v1",
+                      ALERTS, TASKS, DEADLETTER),
+            group="cityops-air", autoscale=True, memory_mi=1024, cpu_m=500),
+    Service("weather", ("weather", "serve"), 8111, "services.weather.app", PLATFORM_SETTINGS,
+            consumes=(OBSERVATION_TOPIC["weather"],),
+            produces=("cityops.weather.nowcast.v1", "cityops.weather.bulletins.v1", ALERTS, DEADLETTER),
+            group="cityops-weather", autoscale=True, memory_mi=1024, cpu_m=500),
+    Service("water", ("water", "serve"), 8112, "services.water.app", PLATFORM_SETTINGS,
+            consumes=(OBSERVATION_TOPIC["water"],), produces=(ALERTS, TASKS, DEADLETTER),
+            group="cityops-water", autoscale=True, memory_mi=1024, cpu_m=500),
+    Service("emergency", ("emergency", "serve"), 8113, "services.emergency.app", PLATFORM_SETTINGS,
+            consumes=(OBSERVATION_TOPIC["equipment"], OBSERVATION_TOPIC["safety"], PERSONAL_OBSERVATIONS),
+            produces=("cityops.emergency.incidents.v1", ALERTS, TASKS, DEADLETTER),
+            group="cityops-emergency", autoscale=True, memory_mi=768),
+    Service("notify", ("notify", "serve"), 8120, "shared.notify.app", "shared.notify.settings:NotifySettings",
+            consumes=(ALERTS, TASKS, TASK_UPDATES), produces=(DELIVERIES, TASK_UPDATES, DEADLETTER),
+            group="cityops-notify", mqtt_user="svc-notify", autoscale=True,
+            # listen on the pod's address (probes, Service); the code's default is loopback for a laptop
+            overrides={"notify_host": "0.0.0.0"},
+            optional_secrets=("notify_webhook_secret", "notify_sms_token"),
+            memory_mi=512),
+]
+# notify must sign console sessions with one key across replicas: the secret is required in deployment
+REQUIRED_BY_DEPLOYMENT = {"notify": ("notify_session_secret",)}
+
+BY_NAME = {s.name: s for s in SERVICES}
+
+
+def settings_class(svc: Service) -> type[BaseSettings]:
+    module, _, cls = svc.settings.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def env_prefix(cls: type[BaseSettings]) -> str:
+    return str(cls.model_config.get("env_prefix", ""))
+
+
+def env_name(cls: type[BaseSettings], field_name: str) -> str:
+    return (env_prefix(cls) + field_name).upper()
+
+
+def required_fields(cls: type[BaseSettings]) -> list[str]:
+    """Fields the settings class cannot start without (no default)."""
+    return [n for n, f in cls.model_fields.items() if f.is_required()]
+
+
+def env_fields(svc: Service, target: str = "compose") -> dict[str, str | None]:
+    """Settings field -> value the deployment gives it; None means 'from the Secret'.
+
+    Required fields, platform wiring (MQTT, state dir) and declared overrides. Raises KeyError naming
+    the field when the list asks for a setting the service's class does not read.
+    """
+    cls = settings_class(svc)
+    out: dict[str, str | None] = {}
+    for name in required_fields(cls):
+        out[name] = None if name in SECRET_FIELDS else _platform_value(name, target)
+    out["state_dir"] = STATE_DIR
+    if svc.mqtt_user:
+        out["mqtt_host"] = "mosquitto"
+        out["mqtt_port"] = "1883"
+        out["mqtt_credentials"] = MQTT_CREDENTIALS_PATH
+    out.update(svc.overrides)
+    for name in (*REQUIRED_BY_DEPLOYMENT.get(svc.name, ()), *svc.optional_secrets):
+        out[name] = None
+    unknown = [n for n in out if n not in cls.model_fields]
+    if unknown:
+        raise KeyError(f"{svc.name}: {svc.settings} has no setting(s) {unknown}; fix deploy/services.py")
+    return out
+
+
+KAFKA_BOOTSTRAP = {"compose": "kafka:9092", "k8s": "cityops-kafka-bootstrap:9092"}  # Strimzi: <cluster>-kafka-bootstrap
+
+
+def _platform_value(name: str, target: str) -> str:
+    values = {"kafka_bootstrap": KAFKA_BOOTSTRAP[target]}
+    if name not in values:
+        raise KeyError(
+            f"required setting {name!r} has no deployment value: add it to deploy/services.py "
+            "(_platform_value for plain values, SECRET_FIELDS for secrets) and run `python -m deploy.generate`"
+        )
+    return values[name]
