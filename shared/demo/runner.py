@@ -158,6 +158,10 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
     print(f"    {len(sim.sensors)} sensors on {len(sim.gateways)} gateways, {n_msgs:,} messages over {hours:g} "
           f"simulated hours, {len(sim.truth)} injected scenarios", flush=True)
     print("3/5 services", flush=True)
+    from shared.demo.outside import OutsideParties
+
+    outside = OutsideParties()
+    outside_env = outside.start()
     procs = suite(out_dir / "logs", base_port)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     env = {
@@ -168,6 +172,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         "CITYOPS_INGEST_SHARE_GROUP": f"demo-{run_id}",
         "CITYOPS_INGEST_INSTANCE": f"demo-{run_id}",
         "CITYOPS_INGEST_SESSION_EXPIRY_S": "600",
+        **outside_env,
     }
     for p in procs:
         p.env.update(env)
@@ -216,6 +221,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
             if fam:
                 latency[p.name] = fam
         scenarios = check_scenarios(sim, db["alerts"])
+        notifications = _notifications(s.db_url, outside)
         summary = {
             "published": pub["published"], "published_total": pub["total"],
             "accepted_to_kafka": accepted, "dead_lettered": dead,
@@ -224,6 +230,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
             "rows_stored": db["observation_rows"] + db["worker_rows"],
             "accounted": accepted + dead == pub["total"] and db["observation_rows"] + db["worker_rows"] == expected_rows,
             "latency": latency, "alerts": len(db["alerts"]), "scenarios": scenarios,
+            "notifications": notifications,
             "services": {p.name: p.port for p in procs},
             "wall_seconds": round(time.monotonic() - t_start, 1),
         }
@@ -235,6 +242,18 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         if not keep_services:
             for p in reversed(procs):
                 p.stop()
+            outside.stop()
+
+
+def _notifications(db_url: str, outside) -> dict[str, Any]:
+    """Deliveries per channel with latency, escalations, and what the outside parties really received."""
+    out: dict[str, Any] = {"received": outside.received()}
+    try:
+        from shared.notify.repository import delivery_summary_sync
+    except ModuleNotFoundError:
+        return out
+    out.update(delivery_summary_sync(db_url))
+    return out
 
 
 def _extend_report(summary: dict, sim, s, out_dir: Path) -> None:
@@ -259,6 +278,13 @@ def print_summary(x: dict) -> None:
         if q:
             print(f"  {stage:<26} {q['p50_s'] * 1000:>8.0f} ms / {q['p99_s'] * 1000:>8.0f} ms  (n={q['n']:,})")
     print(f"alerts raised          {x['alerts']:>9,}")
+    n = x.get("notifications") or {}
+    if n.get("channels") is not None:
+        print("deliveries per channel (sent / dead, p50 / p99 latency):")
+        for ch in n["channels"]:
+            print(f"  {ch.get('channel', '?'):<10} {ch.get('sent', 0):>6} / {ch.get('dead', 0):<4} "
+                  f"{ch.get('p50_ms') or 0:>7.0f} / {ch.get('p99_ms') or 0:>7.0f} ms")
+        print(f"  escalated alerts: {len(n.get('escalations') or [])}; received outside: {n.get('received')}")
     print("injected scenarios:")
     for sc in x["scenarios"]:
         mark = {True: "DETECTED", False: "MISSED", None: "not checked"}[sc.get("detected")]
