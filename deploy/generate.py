@@ -191,8 +191,8 @@ def compose() -> dict[str, Any]:
         if svc.name == "notify":
             spec["ports"] = [f"${{NOTIFY_PUBLISH_PORT:-{svc.port}}}:{svc.port}"]
         services[svc.name] = spec
+    # project name: `docker compose -p cityops` (the vendored Compose schema predates top-level `name`)
     return {
-        "name": "cityops",
         "services": services,
         "volumes": {v: {} for v in ("kafka-data", "timescaledb-data", "mosquitto-data", "mqtt-config", "grafana-data")},
     }

@@ -1,0 +1,139 @@
+"""The deployment agrees with the code: settings, topics, ACLs, autoscaling caps, images; and the checks
+catch a missing setting or topic in a broken copy of the files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.consistency import check_images, check_settings, check_topics, discover_settings
+from deploy.generate import OUTSIDE_READER
+from deploy.kustomize import build
+from deploy.mqtt import write as write_mqtt
+from deploy.services import SERVICES
+from schemas.topics import KAFKA_TOPICS
+
+ROOT = Path(__file__).resolve().parents[1]
+PROD = ROOT / "k8s/overlays/prod"
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return build(PROD)
+
+
+def test_settings_are_discovered_and_set_everywhere():
+    assert {"services.ingest.settings:IngestSettings", "shared.notify.settings:NotifySettings"} <= set(
+        discover_settings())
+    assert check_settings(ROOT / "docker-compose.yml", PROD) == []
+    assert check_settings(ROOT / "docker-compose.yml", ROOT / "k8s/overlays/dev") == []
+
+
+def test_topics_and_images_match(prod):
+    assert check_topics(PROD) == []
+    assert check_images(ROOT / "docker-compose.yml", ROOT / "Dockerfile") == []
+
+
+@pytest.fixture
+def copy_of_files(tmp_path):
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("crds"))
+    # the base's configMapGenerator reads ../../deploy and ../../provisioning
+    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+    (tmp_path / "provisioning").symlink_to(ROOT / "provisioning")
+    return tmp_path
+
+
+def test_a_missing_setting_is_caught_in_compose_and_k8s(copy_of_files):
+    compose = copy_of_files / "docker-compose.yml"
+    data = yaml.safe_load(compose.read_text())
+    del data["services"]["ingest-sink"]["environment"]["CITYOPS_DB_URL"]
+    data["services"]["water"]["environment"]["CITYOPS_WATER_LEAK_MODEL"] = "x"
+    compose.write_text(yaml.safe_dump(data))
+    notify = copy_of_files / "k8s/base/services/notify.yaml"
+    docs = list(yaml.safe_load_all(notify.read_text()))
+    env = docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    docs[0]["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        e for e in env if e["name"] != "CITYOPS_KAFKA_BOOTSTRAP"]
+    notify.write_text(yaml.safe_dump_all(docs))
+    problems = "\n".join(check_settings(compose, copy_of_files / "k8s/overlays/prod"))
+    assert "ingest-sink: CITYOPS_DB_URL is required" in problems and "docker-compose.yml" in problems
+    assert "notify: CITYOPS_KAFKA_BOOTSTRAP is required" in problems and "not set in k8s" in problems
+    assert "water sets CITYOPS_WATER_LEAK_MODEL, which no settings class reads" in problems
+
+
+def test_a_missing_topic_is_caught(copy_of_files):
+    topics = copy_of_files / "k8s/base/kafka/topics.yaml"
+    docs = [d for d in yaml.safe_load_all(topics.read_text()) if d]
+    kept = [d for d in docs if d["spec"]["topicName"] != "cityops.alerts.v1"]
+    next(d for d in kept if d["spec"]["topicName"] == "cityops.air.grid.v1")["spec"]["partitions"] = 12
+    topics.write_text(yaml.safe_dump_all(kept))
+    problems = "\n".join(check_topics(copy_of_files / "k8s/overlays/prod"))
+    assert "cityops.alerts.v1 (schemas/topics.py) has no KafkaTopic" in problems
+    assert "cityops.air.grid.v1: 12 partitions" in problems
+
+
+def test_a_missing_dockerfile_target_is_caught(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim AS build\nFROM build AS app\n")
+    problems = check_images(ROOT / "docker-compose.yml", tmp_path / "Dockerfile")
+    assert problems and "'runtime'" in problems[0]
+
+
+def _acls(prod, user):
+    u = next(d for d in prod if d["kind"] == "KafkaUser" and d["metadata"]["name"] == user)
+    return u["spec"]["authorization"]["acls"]
+
+
+def test_kafka_acls_give_each_service_only_its_topics(prod):
+    access = {t.name: t.access for t in KAFKA_TOPICS}
+    outside = _acls(prod, OUTSIDE_READER)
+    topics = {a["resource"]["name"] for a in outside if a["resource"]["type"] == "topic"}
+    assert topics == {n for n, a in access.items() if a == "public"}
+    assert all(set(a["operations"]) <= {"Read", "Describe"} for a in outside)
+    for svc in SERVICES:
+        acls = _acls(prod, svc.name)
+        granted = {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic"}
+        assert granted == set(svc.consumes) | set(svc.produces), svc.name
+        reads = {a["resource"]["name"] for a in acls if "Read" in a["operations"] and a["resource"]["type"] == "topic"}
+        assert reads == set(svc.consumes), svc.name
+    readers_of_personal = {s.name for s in SERVICES if "cityops.observations.personal.restricted.v1" in s.consumes}
+    assert readers_of_personal == {"ingest-sink", "emergency"}
+
+
+def test_autoscaling_never_exceeds_partitions(prod):
+    parts = {t.name: t.partitions for t in KAFKA_TOPICS}
+    scaled = {d["metadata"]["name"]: d for d in prod if d["kind"] == "ScaledObject"}
+    assert set(scaled) == {s.name for s in SERVICES if s.autoscale}
+    for name, so in scaled.items():
+        inputs = [t["metadata"]["topic"] for t in so["spec"]["triggers"]]
+        assert set(inputs) == set(next(s for s in SERVICES if s.name == name).consumes)
+        assert so["spec"]["maxReplicaCount"] <= min(parts[t] for t in inputs)
+        deployment = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        assert deployment["spec"]["replicas"] <= so["spec"]["maxReplicaCount"]
+
+
+def test_every_service_has_probes_limits_policy_and_budget(prod):
+    by = {(d["kind"], d["metadata"]["name"]) for d in prod}
+    for svc in SERVICES:
+        assert {("Service", svc.name), ("PodDisruptionBudget", svc.name), ("NetworkPolicy", svc.name)} <= by
+        dep = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"] == svc.name)
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+        assert all("value" not in e or "DB_URL" not in e["name"] for e in c["env"]), "secrets come from a Secret"
+
+
+def test_mqtt_credentials_keep_passwords_and_follow_the_acl_model(tmp_path):
+    first = write_mqtt(tmp_path, ["gw-01"], ["p-7"])
+    again = write_mqtt(tmp_path, ["gw-01", "gw-02"], [])
+    assert again["gateways"]["gw-01"] == first["gateways"]["gw-01"] and "gw-02" in again["gateways"]
+    acl = (tmp_path / "acl").read_text()
+    assert "user gw-02\ntopic write city/gw-02/#" in acl and "user p-7\ntopic read field/p-7/#" in acl
+    assert oct((tmp_path / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "passwd").read_text().count("$7$") == len(again["services"]) + 2 + 1
