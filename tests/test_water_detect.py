@@ -18,7 +18,7 @@ from services.water.domain.network import NetworkError, load_network
 
 CITYOPS = Path(sys.executable).parent / "cityops"
 START = pd.Timestamp("2026-03-02", tz="UTC")
-TRAIN_DAYS = 10
+TRAIN_DAYS = 14
 
 
 def _lib(name: str) -> Path:

@@ -122,3 +122,46 @@ def test_repair_task_and_map(tmp_path):
 
 def test_storm_timing_rule():
     assert storm_peak(START, 48) == START + pd.Timedelta(hours=38.4).floor("5min")
+
+
+def test_demo_scada_in_leak_alert_and_task_out(scenario):
+    """The demo's water readings, with leak-free history before them, give a leak alert and a field task."""
+    from services.water.domain.detection import detect_leaks
+    from services.water.domain.simulate import leak_free_history
+
+    cfg = scenario.config
+    hist = leak_free_history(cfg, START - pd.Timedelta(days=10), 10 - 1 / 96, seed=99)
+    r = scenario.readings
+    scada = r[r["sensor_id"].isin(cfg["sensors"])].rename(columns={"quantity": "kind"})
+    both = pd.concat([hist, scada], ignore_index=True)
+    both["sensor_id"] = both["sensor_id"].map({k: v["element"] for k, v in cfg["sensors"].items()})
+    net = load_network(network_path())
+    first = min(pd.Timestamp(t["start"]) for t in scenario.truth if t["scenario"] != "rainstorm_flood")
+    leaks = detect_leaks(net, both, pd.Timestamp(cfg["training"]["leak_free_until"]), **cfg["monitor"])
+    assert leaks
+    assert first <= leaks[0].detected_at <= START + pd.Timedelta(hours=24)
+    task = repair_task(leaks[0], net)
+    assert task.pipe_ids and task.estimated_flow_m3h > 0
+    assert task.body_zh and task.body_en
+
+
+def test_demo_storm_gives_flood_warning_with_lead_time(scenario):
+    from services.water.domain.simulate import storm_rain_mm_per_h
+
+    cfg = scenario.config
+    c = cfg["catchments"][0]
+    cat = Catchment(c["catchment_id"], c["name_zh"], c["name_en"], c["district"], c["base_level_m"],
+                    tuple(c["thresholds_m"]))
+    r = scenario.readings
+    level = r[r["sensor_id"] == c["sensors"]["drain_level"]].set_index("time")["value"]
+    rain = r[r["sensor_id"] == c["sensors"]["rain"]].set_index("time")["value"]
+    flood = next(t for t in scenario.truth if t["scenario"] == "rainstorm_flood" and t["catchment_id"] == c["catchment_id"])
+    t_warn = pd.Timestamp(flood["start"]) - pd.Timedelta(hours=1)
+    model = fit_catchment(cat, level[level.index < START + pd.Timedelta(hours=9.6)], rain[rain.index < START + pd.Timedelta(hours=9.6)])
+    hours_ahead = pd.date_range(t_warn, periods=6, freq="1h") + pd.Timedelta(minutes=30)
+    nowcast = list(storm_rain_mm_per_h(hours_ahead, START, 24.0, 5))
+    risk = assess_flood(model, level[level.index <= t_warn], rain[rain.index <= t_warn], nowcast_mm_per_h=nowcast)
+    assert risk.grade != "none" and risk.lead_time_h is not None and risk.lead_time_h >= 1
+    quiet = assess_flood(model, level[level.index <= START + pd.Timedelta(hours=6)],
+                         rain[rain.index <= START + pd.Timedelta(hours=6)], nowcast_mm_per_h=[0.0] * 6)
+    assert quiet.grade == "none"

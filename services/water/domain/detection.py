@@ -187,7 +187,7 @@ class LeakMonitor:
         *,
         step: pd.Timedelta,
         drift_k: float = 1.0,
-        threshold_margin: float = 2.0,
+        threshold_margin: float = 2.5,
         min_threshold: float = 5.0,
         localise_hours: float = 24.0,
         smooth_hours: float = 12.0,
@@ -214,12 +214,12 @@ class LeakMonitor:
         skip = min(len(calibration_residuals) // 4, int(pd.Timedelta(days=1) / step))
         zc = self._oriented(calibration_residuals[skip:])
         xs = _running_mean(self._stat_values(zc), self.smooth_steps)[self.smooth_steps - 1:]
-        self.stat_sd = np.nanstd(xs, axis=0)
-        self.stat_sd[~np.isfinite(self.stat_sd) | (self.stat_sd < 1e-9)] = 1.0
         self.stat_mu = np.nanmean(xs, axis=0)
         self.stat_mu[~np.isfinite(self.stat_mu)] = 0.0
-        smax = self._cusum_max((xs - self.stat_mu) / self.stat_sd)
-        self.h = np.maximum(min_threshold, threshold_margin * smax)
+        self.stat_sd = np.nanstd(xs, axis=0)
+        self.stat_sd[~np.isfinite(self.stat_sd) | (self.stat_sd < 1e-9)] = 1.0
+        xz = (xs - self.stat_mu) / self.stat_sd
+        self.h = np.maximum(min_threshold, threshold_margin * self._cusum_path(xz).max(axis=0))
         self.reset()
 
     # ---- setup -------------------------------------------------------------------------
@@ -279,13 +279,13 @@ class LeakMonitor:
         zf = np.where(np.isfinite(z), z, 0.0)
         return zf @ w.T
 
-    def _cusum_max(self, x: np.ndarray) -> np.ndarray:
+    def _cusum_path(self, x: np.ndarray) -> np.ndarray:
         s = np.zeros(x.shape[1])
-        best = np.zeros(x.shape[1])
-        for row in x:
+        out = np.zeros_like(x)
+        for i, row in enumerate(x):
             s = np.maximum(0.0, s + np.nan_to_num(row) - self.k)
-            best = np.maximum(best, s)
-        return best
+            out[i] = s
+        return out
 
     def reset(self) -> None:
         self.offset = np.zeros(len(self.target_sensors))

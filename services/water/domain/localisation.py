@@ -77,7 +77,7 @@ def sensitivity_matrix(
 ) -> SensitivityMatrix:
     """Leak signatures of every pipe at the sensors, from the disk cache when present."""
     cache_dir = cache_dir or default_cache_dir()
-    path = cache_dir / f"sens-{net.file_hash}-{_sensor_key(sensors)}.npz"
+    path = cache_dir / f"sens-{net.file_hash}-{_sensor_key(sensors)}-eps1.npz"
     if path.exists():
         try:
             z = np.load(path, allow_pickle=False)
@@ -104,14 +104,23 @@ def sensitivity_matrix(
 
 
 def _junction_signatures(net: WaterNetwork, sensors: list[Sensor], hours: tuple[float, ...]) -> dict[str, np.ndarray]:
-    """Steady-state response of the sensors to a leak at each junction, averaged over `hours`."""
+    """Mean response of the sensors over a day to a constant leak at each junction.
+
+    An extended-period run (hourly steps over 24 h) per junction, so the signature includes
+    what a leak does over hours — tanks drain, pumps run longer — and matches residuals averaged
+    over a day. The leak replaces the junction's own customer demand by a constant outflow `q0`
+    much larger than it; the response is scaled by the mean outflow actually added.
+    """
     import copy
 
     import wntr
     from wntr.epanet import toolkit
 
     wn = copy.deepcopy(net.wn)
-    wn.options.time.duration = 0
+    wn.options.time.duration = 24 * 3600
+    wn.options.time.hydraulic_timestep = 3600
+    wn.options.time.report_timestep = 3600
+    wn.options.quality.parameter = "NONE"
     wn.options.hydraulic.demand_model = "DDA"  # linear response; PDD is used where the data are simulated
     with tempfile.TemporaryDirectory() as tmp:
         inp = os.path.join(tmp, "net.inp")
@@ -127,48 +136,48 @@ def _junction_signatures(net: WaterNetwork, sensors: list[Sensor], hours: tuple[
                 elif s.kind == "pressure":
                     kinds.append(("node", en.ENgetnodeindex(s.element)))
                 else:
-                    kinds.append(("none", 0))  # tank levels and meters do not move in a snapshot
+                    kinds.append(("none", 0))
 
-            def read() -> np.ndarray:
-                out = np.zeros(len(sensors))
-                for i, (k, idx) in enumerate(kinds):
-                    if k == "link":
-                        out[i] = en.ENgetlinkvalue(idx, _EN_FLOW)
-                    elif k == "node":
-                        out[i] = en.ENgetnodevalue(idx, _EN_PRESSURE)
-                return out
+            def day_mean(node_idx: int) -> tuple[np.ndarray, float]:
+                acc, dem, n = np.zeros(len(sensors)), 0.0, 0
+                en.ENinitH(0)
+                while True:
+                    t = en.ENrunH()
+                    if t % 3600 == 0:
+                        for i, (k, idx) in enumerate(kinds):
+                            if k == "link":
+                                acc[i] += en.ENgetlinkvalue(idx, _EN_FLOW)
+                            elif k == "node":
+                                acc[i] += en.ENgetnodevalue(idx, _EN_PRESSURE)
+                        if node_idx:
+                            dem += en.ENgetnodevalue(node_idx, _EN_DEMAND)
+                        n += 1
+                    if en.ENnextH() <= 0:
+                        break
+                return acc / max(n, 1), dem / max(n, 1)
 
             junctions = net.junctions
             total_base = sum(float(wn.get_node(j).base_demand) for j in junctions) * 3600.0
-            q0 = max(1.0, 0.02 * total_base)  # m³/h: small enough to stay near-linear
-            acc = {j: np.zeros(len(sensors)) for j in junctions}
-            for h in hours:
-                en.ENsettimeparam(_EN_PATTERNSTART, int(h * 3600))
-                en.ENinitH(0)
-                en.ENrunH()
-                base = read()
-                for j in junctions:
-                    idx = en.ENgetnodeindex(j)
-                    d0 = en.ENgetnodevalue(idx, _EN_BASEDEMAND)
-                    pat = en.ENgetnodevalue(idx, _EN_PATTERN)
-                    dem0 = en.ENgetnodevalue(idx, _EN_DEMAND)
-                    # a leak is extra outflow on top of the customer demand at this hour
-                    if d0 > 0 and dem0 > 0:
-                        en.ENsetnodevalue(idx, _EN_BASEDEMAND, d0 + q0 * d0 / dem0)
-                    else:
-                        en.ENsetnodevalue(idx, _EN_PATTERN, 0)
-                        en.ENsetnodevalue(idx, _EN_BASEDEMAND, q0)
-                    en.ENinitH(0)
-                    en.ENrunH()
-                    added = en.ENgetnodevalue(idx, _EN_DEMAND) - dem0
-                    if added > 1e-9:
-                        acc[j] += (read() - base) / added
-                    en.ENsetnodevalue(idx, _EN_BASEDEMAND, d0)
-                    en.ENsetnodevalue(idx, _EN_PATTERN, pat)
+            q0 = max(1.0, 0.02 * total_base)
+            base, _ = day_mean(0)
+            out = {}
+            for j in junctions:
+                idx = en.ENgetnodeindex(j)
+                d0 = en.ENgetnodevalue(idx, _EN_BASEDEMAND)
+                pat = en.ENgetnodevalue(idx, _EN_PATTERN)
+                en.ENsetnodevalue(idx, _EN_PATTERN, 0)
+                en.ENsetnodevalue(idx, _EN_BASEDEMAND, q0)
+                resp, dem = day_mean(idx)
+                en.ENsetnodevalue(idx, _EN_BASEDEMAND, d0)
+                en.ENsetnodevalue(idx, _EN_PATTERN, pat)
+                # the customer's own mean demand is small next to q0 and is subtracted as a mean
+                added = dem - d0
+                if added > 1e-9:
+                    out[j] = (resp - base) / added
             en.ENcloseH()
         finally:
             en.ENclose()
-    return {j: v / len(hours) for j, v in acc.items()}
+    return out
 
 
 def localise(

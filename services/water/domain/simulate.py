@@ -72,8 +72,8 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
     pipes = [p for p in net.pipes if net.pipe_length_m[p] > 50]
     burst_pipe, leak_pipe = (str(p) for p in rng.choice(pipes, size=2, replace=False))
     mean_demand = total_base_demand_m3h(net)
-    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.62 * hours)).floor("15min"), 0.12 * mean_demand, "abrupt")
-    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.08 * mean_demand,
+    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.62 * hours)).floor("15min"), 0.20 * mean_demand, "abrupt")
+    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.15 * mean_demand,
                        "incipient", ramp_hours=12.0)
     scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed, network_seed=seed)
 
@@ -118,6 +118,8 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
                         "sensors": {"drain_level": f"dl-{c.catchment_id}", "river_level": f"rl-{c.catchment_id}",
                                     "rain": f"rg-{c.catchment_id}"}} for c in catchments],
         "operations": [],
+        # a demo has hours, not weeks: shorter windows than the batch defaults (12 h, 24 h)
+        "monitor": {"smooth_hours": 3.0, "localise_hours": 6.0},
         "training": {"leak_free_until": (start + pd.Timedelta(hours=0.4 * hours)).isoformat(),
                      "history": "services.water.domain.simulate.leak_free_history(config, start, days, seed)"},
         "timing": {"incipient_leak_start": "start + 0.42*hours (ramp 12 h)", "pipe_burst_start": "start + 0.62*hours",
