@@ -99,3 +99,85 @@ def station_layout(n: int, seed: int, bbox: tuple[float, float, float, float]) -
     fx = (i % cols + 0.5 + rng.uniform(-0.3, 0.3, n)) / cols
     fy = (i // cols + 0.5 + rng.uniform(-0.3, 0.3, n)) / rows
     return y0 + fy * (y1 - y0), x0 + fx * (x1 - x0)
+
+
+STEP_MIN = 10
+QUANTITIES = {
+    "temp": ("degC", -60.0, 60.0, 10.0),
+    "dewp": ("degC", -70.0, 40.0, 10.0),
+    "pres": ("hPa", 850.0, 1090.0, 6.0),
+    "rain": ("mm", 0.0, 100.0, None),
+    "wind_dir": ("deg", 0.0, 360.0, None),
+    "wind_speed": ("m/s", 0.0, 75.0, 20.0),
+}
+
+
+def generate(city, start: pd.Timestamp, hours: float, seed: int, n_stations: int = 20):
+    """The weather part of the city simulation.
+
+    20 weather stations (gateways gw-weather-1..3) report every 10 minutes; `rain` is mm in the
+    10 minutes. In the last 60 % of the period: a rainstorm centred on the lowest-lying central
+    district, peaking at start + 0.8 * hours (the water domain floods on the same timing), one
+    temperature sensor stuck for 4 h and a one-hour temperature spike of +12 °C. Truth lists all three.
+    """
+    from schemas.registry import QuantitySpec, SensorSpec
+    from shared.simulator.scenario import DomainScenario
+
+    start = pd.Timestamp(start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    rng = np.random.default_rng(seed)
+    lat, lon = station_layout(n_stations, seed, city.bbox)
+    ids = [f"wx-{i + 1:02d}" for i in range(n_stations)]
+    times = pd.date_range(start, start + pd.Timedelta(hours=hours), freq=f"{STEP_MIN}min", inclusive="left")
+    low = [d for d in city.districts if d.low_lying] or list(city.districts)
+    centre = min(low, key=lambda d: (d.centre[0] - city.centre_lat) ** 2 + (d.centre[1] - city.centre_lon) ** 2)
+    peak = start + pd.Timedelta(hours=0.8 * hours)
+    storm = Storm(peak=peak.floor(f"{STEP_MIN}min"), lat=centre.centre[0], lon=centre.centre[1])
+    wide = synthetic_observations(lat, lon, ids, times, seed, storm=storm)
+    truth = [{"scenario": "rainstorm", "start": (storm.peak - pd.Timedelta(hours=3 * storm.sigma_h)).isoformat(),
+              "end": (storm.peak + pd.Timedelta(hours=3 * storm.sigma_h)).isoformat(), "peak": storm.peak.isoformat(),
+              "district": centre.district_id, "lat": storm.lat, "lon": storm.lon,
+              "peak_rate_mm_h": storm.peak_rate_mm_h, "expected_signal": "rainstorm",
+              "expected_min_level_before_peak": "orange"}]
+    # faults in the last 60 %, away from the storm
+    t_lo = start + pd.Timedelta(hours=0.45 * hours)
+    t_hi = start + pd.Timedelta(hours=0.7 * hours)
+    stuck_id, spike_id = (str(x) for x in rng.choice(ids, 2, replace=False))
+    t_stuck = (t_lo + (t_hi - t_lo) * float(rng.uniform(0, 0.5))).floor(f"{STEP_MIN}min")
+    in_stuck = (wide["station_id"] == stuck_id) & (wide["time"] >= t_stuck) & (wide["time"] < t_stuck + pd.Timedelta(hours=4))
+    wide.loc[in_stuck, "temp"] = wide.loc[in_stuck, "temp"].iloc[0]
+    truth.append({"scenario": "stuck_sensor", "start": t_stuck.isoformat(),
+                  "end": (t_stuck + pd.Timedelta(hours=4)).isoformat(), "sensor_id": stuck_id, "quantity": "temp"})
+    t_spike = (t_lo + (t_hi - t_lo) * float(rng.uniform(0.6, 1.0))).floor(f"{STEP_MIN}min")
+    t_spike = t_spike.floor("h")
+    # one hour of readings 12 °C too warm: a spike at the hourly resolution the QC runs at
+    at = (wide["station_id"] == spike_id) & (wide["time"] >= t_spike) & (wide["time"] < t_spike + pd.Timedelta(hours=1))
+    wide.loc[at, "temp"] = wide.loc[at, "temp"] + 12.0
+    truth.append({"scenario": "spike", "start": t_spike.isoformat(), "end": (t_spike + pd.Timedelta(hours=1)).isoformat(),
+                  "sensor_id": spike_id, "quantity": "temp", "delta": 12.0})
+    sensors = []
+    for i, sid in enumerate(ids):
+        q = {k: QuantitySpec(unit=u, valid_min=lo, valid_max=hi, max_rate_per_h=r) for k, (u, lo, hi, r) in QUANTITIES.items()}
+        sensors.append(SensorSpec(sensor_id=sid, domain="weather", kind="weather_station",
+                                  gateway_id=f"gw-weather-{i % 3 + 1}", lat=float(lat[i]), lon=float(lon[i]),
+                                  district=city.district_of(float(lat[i]), float(lon[i])), quantities=q))
+    readings = wide.melt(id_vars=["time", "station_id"], value_vars=list(QUANTITIES),
+                         var_name="quantity", value_name="value").rename(columns={"station_id": "sensor_id"})
+    readings = readings.sort_values(["time", "sensor_id", "quantity"], kind="stable").reset_index(drop=True)
+    config = {"step_minutes": STEP_MIN, "rain_unit": "mm per step", "hourly": {"rain": "sum", "other": "mean"},
+              "stations": {s.sensor_id: {"lat": s.lat, "lon": s.lon, "district": s.district} for s in sensors},
+              "nowcast_horizons_h": [1, 2, 3, 4, 5, 6], "train_hours": round(0.4 * hours, 1)}
+    return DomainScenario("weather", sensors, readings, truth, config)
+
+
+def hourly_from_readings(readings: pd.DataFrame, stations: dict[str, dict]) -> pd.DataFrame:
+    """Readings (time, sensor_id, quantity, value) -> contract observations per hour (rain summed)."""
+    r = readings.copy()
+    r["time"] = pd.to_datetime(r["time"], utc=True).dt.floor("h")
+    wide = r.pivot_table(index=["time", "sensor_id"], columns="quantity", values="value", aggfunc="mean")
+    if "rain" in wide.columns:
+        wide["rain"] = r[r["quantity"] == "rain"].groupby(["time", "sensor_id"])["value"].sum()
+    wide = wide.reset_index().rename(columns={"sensor_id": "station_id"})
+    wide["lat"] = wide["station_id"].map(lambda s: stations[s]["lat"])
+    wide["lon"] = wide["station_id"].map(lambda s: stations[s]["lon"])
+    return wide
