@@ -17,6 +17,7 @@ import yaml
 from deploy.services import (
     IMAGE,
     IMAGE_TARGET,
+    LOOPBACK_ONLY,
     MQTT_CREDENTIALS_PATH,
     SECRET_FIELDS,
     SERVICES,
@@ -124,6 +125,8 @@ def compose() -> dict[str, Any]:
             },
             "volumes": ["timescaledb-data:/var/lib/postgresql/data",
                         "./deploy/timescaledb/initdb:/docker-entrypoint-initdb.d:ro"],
+            # provisioning/datasources/cityops.yaml reaches the database as postgres:5432
+            "networks": {"default": {"aliases": ["postgres"]}},
             "healthcheck": {"test": ["CMD-SHELL", "pg_isready -U cityops -d cityops"], "interval": "5s",
                             "timeout": "5s", "retries": 12, "start_period": "20s"},
             "restart": "unless-stopped",
@@ -222,13 +225,17 @@ def _k8s_env(svc: Service) -> list[dict[str, Any]]:
     return env
 
 
-def _probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 3,
-            "failureThreshold": failures}
+def _probe(path: str, port: int, period: int, failures: int, loopback: bool = False) -> dict[str, Any]:
+    if loopback:
+        how: dict[str, Any] = {"exec": {"command": _py_health(port, path)["test"][1:]}}
+    else:
+        how = {"httpGet": {"path": path, "port": "http"}}
+    return {**how, "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
 
 
 def service_manifests(svc: Service) -> list[dict[str, Any]]:
     labels = {LABEL: svc.name}
+    loopback = svc.name in LOOPBACK_ONLY
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if svc.mqtt_user:
@@ -241,9 +248,9 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
         "args": ["cityops", *svc.argv, "--port", str(svc.port)],
         "ports": [{"name": "http", "containerPort": svc.port}],
         "env": _k8s_env(svc),
-        "startupProbe": _probe("/healthz", svc.port, 5, 24),
-        "readinessProbe": _probe("/readyz", svc.port, 10, 3),
-        "livenessProbe": _probe("/healthz", svc.port, 20, 3),
+        "startupProbe": _probe("/healthz", svc.port, 5, 24, loopback),
+        "readinessProbe": _probe("/readyz", svc.port, 10, 3, loopback),
+        "livenessProbe": _probe("/healthz", svc.port, 20, 3, loopback),
         "resources": {"requests": {"cpu": f"{svc.cpu_m}m", "memory": f"{svc.memory_mi}Mi"},
                       "limits": {"cpu": f"{svc.cpu_m * 4}m", "memory": f"{svc.memory_mi * 2}Mi"}},
         "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True,

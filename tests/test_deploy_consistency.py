@@ -13,7 +13,7 @@ from deploy.consistency import check_images, check_settings, check_topics, disco
 from deploy.generate import OUTSIDE_READER
 from deploy.kustomize import build
 from deploy.mqtt import write as write_mqtt
-from deploy.services import SERVICES
+from deploy.services import LOOPBACK_ONLY, SERVICES, settings_class
 from schemas.topics import KAFKA_TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,12 @@ def test_every_service_has_probes_limits_policy_and_budget(prod):
         dep = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"] == svc.name)
         pod = dep["spec"]["template"]["spec"]
         c = pod["containers"][0]
-        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        if svc.name in LOOPBACK_ONLY:
+            assert "/readyz" in " ".join(c["readinessProbe"]["exec"]["command"])
+            assert "/healthz" in " ".join(c["livenessProbe"]["exec"]["command"])
+        else:
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert c["resources"]["requests"] and c["resources"]["limits"]
         assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
         assert all("value" not in e or "DB_URL" not in e["name"] for e in c["env"]), "secrets come from a Secret"
@@ -137,3 +141,15 @@ def test_mqtt_credentials_keep_passwords_and_follow_the_acl_model(tmp_path):
     assert "user gw-02\ntopic write city/gw-02/#" in acl and "user p-7\ntopic read field/p-7/#" in acl
     assert oct((tmp_path / "credentials.json").stat().st_mode & 0o777) == "0o600"
     assert (tmp_path / "passwd").read_text().count("$7$") == len(again["services"]) + 2 + 1
+
+
+@pytest.mark.parametrize("svc", SERVICES, ids=lambda s: s.name)
+def test_each_service_listens_where_its_probes_and_service_reach_it(svc):
+    host_fields = [f for f in settings_class(svc).model_fields if f.endswith("_host") and not f.startswith("mqtt")
+                   and "smtp" not in f]
+    if svc.name in LOOPBACK_ONLY:
+        assert not host_fields, (f"{svc.settings} now has {host_fields}: set it to 0.0.0.0 in `overrides` of "
+                                 f"{svc.name} in deploy/services.py, drop it from LOOPBACK_ONLY, regenerate")
+    else:
+        assert any(svc.overrides.get(f) == "0.0.0.0" for f in host_fields), (
+            f"{svc.name} would listen on loopback only: set its host setting to 0.0.0.0 in deploy/services.py")
