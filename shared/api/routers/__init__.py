@@ -1,0 +1,1 @@
+"""One router per domain; `common` holds login, sensors and alerts."""
