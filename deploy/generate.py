@@ -233,6 +233,15 @@ def _probe(path: str, port: int, period: int, failures: int, loopback: bool = Fa
     return {**how, "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
 
 
+def _ingress(svc: Service) -> dict[str, Any]:
+    port = [{"port": svc.port, "protocol": "TCP"}]
+    if svc.name == "notify":
+        # the dispatcher console and the field app come from outside (ingress controller, phones)
+        return {"ports": port}
+    # metrics scrapers and probes of the namespace only
+    return {"from": [{"podSelector": {}}], "ports": port}
+
+
 def service_manifests(svc: Service) -> list[dict[str, Any]]:
     labels = {LABEL: svc.name}
     loopback = svc.name in LOOPBACK_ONLY
@@ -301,8 +310,7 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
         "spec": {
             "podSelector": {"matchLabels": labels},
             "policyTypes": ["Ingress", "Egress"],
-            # only probes/metrics scrapers in the namespace (and the console's users through notify's Service)
-            "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": svc.port, "protocol": "TCP"}]}],
+            "ingress": [_ingress(svc)],
             "egress": egress,
         },
     }
@@ -351,7 +359,11 @@ def kafka_manifests() -> list[dict[str, Any]]:
                 "version": "3.9.0", "metadataVersion": "3.9-IV0",
                 "listeners": [
                     # suite pods only (NetworkPolicy); becomes authenticated once shared.kafka speaks SCRAM
-                    {"name": "plain", "port": 9092, "type": "internal", "tls": False},
+                    {"name": "plain", "port": 9092, "type": "internal", "tls": False,
+                     "networkPolicyPeers": [
+                         {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "cityops"}}},
+                         # KEDA's operator reads consumer lag
+                         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]},
                     # everyone else: each KafkaUser's ACLs apply
                     {"name": "scram", "port": 9093, "type": "internal", "tls": True,
                      "authentication": {"type": "scram-sha-512"}},

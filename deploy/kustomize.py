@@ -1,6 +1,6 @@
 """A `kustomize build` equivalent for the features k8s/ uses, so CI validates what a cluster would get:
 resources (files and bases), namespace, labels (pairs, metadata only), images (newName/newTag),
-strategic-merge patches (maps merged, lists of named items merged by `name`), configMapGenerator
+strategic-merge patches by name or by `target: {kind}` (maps merged, lists of named items merged by `name`), configMapGenerator
 (files, no name hash). Anything else in a kustomization is refused, so a new feature cannot be
 silently ignored by the validation.
 """
@@ -51,6 +51,18 @@ def build(directory: Path) -> list[dict[str, Any]]:
         out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
     for patch in k.get("patches", []):
         for doc in load_docs(directory / patch["path"]):
+            if "target" in patch:  # one patch for every resource of a kind
+                sel = patch["target"]
+                hits = [d for d in out if d["kind"] == sel["kind"]
+                        and ("name" not in sel or d["metadata"]["name"] == sel["name"])]
+                if not hits:
+                    raise KustomizeError(f"{kfile}: patch {patch['path']} matches no {sel}")
+                body = {key: v for key, v in doc.items() if key not in ("metadata", "apiVersion", "kind")}
+                for d in hits:
+                    merged = merge(d, body)
+                    d.clear()
+                    d.update(merged)
+                continue
             target = _find(out, doc["kind"], doc["metadata"]["name"])
             if target is None:
                 raise KustomizeError(f"{kfile}: patch {patch['path']} targets missing "

@@ -153,3 +153,13 @@ def test_each_service_listens_where_its_probes_and_service_reach_it(svc):
     else:
         assert any(svc.overrides.get(f) == "0.0.0.0" for f in host_fields), (
             f"{svc.name} would listen on loopback only: set its host setting to 0.0.0.0 in deploy/services.py")
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_topic_replication_fits_the_brokers(overlay):
+    docs = build(ROOT / "k8s/overlays" / overlay)
+    brokers = sum(d["spec"]["replicas"] for d in docs
+                  if d["kind"] == "KafkaNodePool" and "broker" in d["spec"]["roles"])
+    min_isr = next(d for d in docs if d["kind"] == "Kafka")["spec"]["kafka"]["config"]["min.insync.replicas"]
+    for t in (d for d in docs if d["kind"] == "KafkaTopic"):
+        assert min_isr <= t["spec"]["replicas"] <= brokers, t["metadata"]["name"]
