@@ -106,3 +106,26 @@ def test_kustomize_refuses_what_it_does_not_implement(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
     with pytest.raises(KustomizeError, match="missing.yaml"):
         build(tmp_path)
+
+
+def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists():
+    import fnmatch
+    import re
+
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", text, flags=re.M)
+    assert [s for _, s in stages] == ["build", "runtime"]
+    final = text.split("AS runtime", 1)[1]
+    assert re.search(r"^USER\s+10001", final, flags=re.M), "the runtime stage must not run as root"
+    assert "build-essential" not in final, "compilers stay in the build stage"
+    ignored = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.M):
+        *sources, _dest = line.split()
+        for src in sources:
+            src = src.rstrip("/")
+            assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
+            assert not any(fnmatch.fnmatch(src, pat) for pat in ignored), f"{src} is excluded by .dockerignore"
+    # every module the compose jobs run is in the image
+    for job in ("deploy.mqtt", "deploy.topics"):
+        assert (ROOT / (job.replace(".", "/") + ".py")).exists()
