@@ -6,12 +6,14 @@
    regression per sensor; blocked cross-validation over the history gives out-of-sample residuals
    that set each sensor's residual scale and the alarm thresholds, then the model is fitted on all of it.
 2. :class:`LeakMonitor` turns new readings into residuals, orients them so that a leak pushes
-   them up (pressure falls, inflow rises — the sign comes from the leak signatures), and runs
-   one-sided CUSUMs on each flow sensor, on each DMA's mean pressure residual and on the whole
-   network. An alarm opens a leak; the residual pattern over the following `localise_hours`
-   locates it (see localisation.py) and becomes the new baseline, so a second leak is a second
-   change. A later alarm whose pattern matches a known leak (a slowly growing leak getting
-   bigger) updates that leak instead of opening another one.
+   them up (pressure falls, inflow rises — the sign comes from the leak signatures), averages
+   them over `smooth_hours` and runs one-sided CUSUMs, with thresholds calibrated on the
+   out-of-sample history, on: the water balance (inflow from reservoirs minus tank storage
+   change, see :func:`add_water_balance`) when every supply is metered; otherwise each DMA's
+   mean pressure residual and the whole network's. An alarm opens a leak; the residual pattern
+   over the following `localise_hours` locates it (see localisation.py) and becomes the new
+   baseline, so a second leak is a second change. A later alarm whose pressure pattern matches
+   a known leak nearby (a slowly growing leak getting bigger) updates that leak instead.
 
 Known operations (tank filling, valve changes) enter as features when they are measured, and
 as explicit suppression windows when they come from config (`suppress`).

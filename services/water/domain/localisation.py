@@ -1,14 +1,16 @@
 """Leak localisation: simulated leak signatures at candidate pipes, matched against observed residuals.
 
 The sensitivity matrix holds, for every candidate pipe, how each sensor moves per m³/h of
-leak at that pipe (pressure in m, flow in m³/h). It is computed with the EPANET engine that
-ships with wntr — one steady-state solve per junction, at a few times of day — and cached on
-disk under the network file's hash and the sensor set, so a restart does not recompute it.
+leak at that pipe (pressure in m, flow in m³/h), averaged over a day. It is computed with the
+EPANET engine that ships with wntr — one 24-hour extended-period run per junction through the
+toolkit, without files in between — and cached on disk under the network file's hash and the
+sensor set, so a restart does not recompute it.
 A pipe's signature is the mean of its two end junctions' signatures (a leak in mid-pipe).
 
 Matching is a one-sided generalised likelihood-ratio test per pipe: with residuals `r` and
 noise scales `sigma`, the best leak flow at pipe k is q = max(0, s·r / s·s) (weighted by
 1/sigma²) and the score is the explained variance (s·r)² / s·s. Pipes are ranked by score.
+The monitor matches pressures only, centred (see :func:`localise`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from services.water.domain.network import WaterNetwork
 # EPANET toolkit codes (epanet2.h)
 _EN_DEMAND, _EN_PRESSURE, _EN_BASEDEMAND, _EN_PATTERN = 9, 11, 1, 2
 _EN_FLOW = 8
-_EN_PATTERNSTART = 4
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,6 @@ def sensitivity_matrix(
     sensors: list[Sensor],
     *,
     cache_dir: Path | None = None,
-    hours_of_day: tuple[float, ...] = (3.0, 11.0, 19.0),
 ) -> SensitivityMatrix:
     """Leak signatures of every pipe at the sensors, from the disk cache when present."""
     cache_dir = cache_dir or default_cache_dir()
@@ -84,7 +84,7 @@ def sensitivity_matrix(
             return SensitivityMatrix(sensors, [str(p) for p in z["pipes"]], z["per_m3h"], net.file_hash)
         except (OSError, ValueError, KeyError):
             pass  # a half-written cache file: recompute and overwrite it
-    node_sig = _junction_signatures(net, sensors, hours_of_day)
+    node_sig = _junction_signatures(net, sensors)
     pipes, rows = [], []
     for pipe in net.pipes:
         a, b = net.link_nodes[pipe]
@@ -103,7 +103,7 @@ def sensitivity_matrix(
     return SensitivityMatrix(sensors, pipes, mat, net.file_hash)
 
 
-def _junction_signatures(net: WaterNetwork, sensors: list[Sensor], hours: tuple[float, ...]) -> dict[str, np.ndarray]:
+def _junction_signatures(net: WaterNetwork, sensors: list[Sensor]) -> dict[str, np.ndarray]:
     """Mean response of the sensors over a day to a constant leak at each junction.
 
     An extended-period run (hourly steps over 24 h) per junction, so the signature includes

@@ -8,13 +8,11 @@ and drainage catchments with a rainstorm flood.
   river level and a rain gauge every 5 minutes; a linear-reservoir level driven by the rain.
 - Timing (deterministic, documented in `config["timing"]`): first 40 % of the period normal;
   the growing leak starts at start + 0.42 × hours and ramps over 12 h; the burst at
-  start + 0.55 × hours; the storm's rain peaks at start + 0.8 × hours — the same rule the
+  start + 0.62 × hours; the storm's rain peaks at start + 0.8 × hours — the same rule the
   weather domain's generator uses for its stations — with a peak intensity from the seed.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -37,9 +35,9 @@ _PREFIX = {"pressure": "wp", "flow": "wf", "level": "wl", "demand": "wm"}
 
 
 def network_path() -> str:
-    import wntr
-
     from pathlib import Path
+
+    import wntr
 
     return str(Path(wntr.__file__).parent / "library" / "networks" / NETWORK)
 
@@ -209,4 +207,4 @@ def _drainage(city: City, start: pd.Timestamp, hours: float, seed: int):
     return catchments, specs, pd.concat(parts, ignore_index=True), truth
 
 
-__all__ = ["generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h", "math"]
+__all__ = ["generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h"]
