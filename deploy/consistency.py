@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def discover_settings(root: Path = ROOT) -> dict[str, type[BaseSettings]]:
-    """Every settings class of a service: services/*/settings.py and shared/notify/settings.py."""
+    """Every settings class of a service: services/*/settings.py and shared/*/settings.py (notify, api, ...)."""
     found: dict[str, type[BaseSettings]] = {}
-    files = [*sorted((root / "services").glob("*/settings.py")), root / "shared/notify/settings.py"]
+    files = [*sorted((root / "services").glob("*/settings.py")), *sorted((root / "shared").glob("*/settings.py"))]
     for f in files:
         module = ".".join(f.relative_to(root).with_suffix("").parts)
         mod = importlib.import_module(module)
@@ -70,9 +70,9 @@ def check_settings(compose_file: Path, k8s_dir: Path) -> list[str]:
     discovered = discover_settings()
     used = {s.settings for s in SERVICES}
     for ref in discovered:
-        if ref not in used:
-            problems.append(f"{ref} is not the settings of any service in deploy/services.py: set `settings=` "
-                            "of its service there and run `python -m deploy.generate`")
+        if ref.split(":")[0] not in used:
+            problems.append(f"{ref} is not the settings of any service in deploy/services.py: add the service "
+                            "(or set `settings=` of its service) there and run `python -m deploy.generate`")
     known = all_setting_env_names()
     cenv = compose_env(compose_file)
     compose_data = yaml.safe_load(compose_file.read_text())
@@ -80,7 +80,8 @@ def check_settings(compose_file: Path, k8s_dir: Path) -> list[str]:
     for svc in SERVICES:
         cls = settings_class(svc)
         needed = {env_name(cls, f) for f in required_fields(cls)}
-        needed |= {env_name(cls, f) for f in REQUIRED_BY_DEPLOYMENT.get(svc.name, ())}
+        if cls.__module__ == svc.settings:
+            needed |= {env_name(cls, f) for f in REQUIRED_BY_DEPLOYMENT.get(svc.name, ())}
         for where, have in (("docker-compose.yml", set(cenv.get(svc.name, {}))), ("k8s", kenv.get(svc.name, set()))):
             for name in sorted(needed - have):
                 problems.append(f"{svc.name}: {name} is required by {svc.settings} but not set in {where}; "

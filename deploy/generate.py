@@ -171,11 +171,12 @@ def compose() -> dict[str, Any]:
     for svc in SERVICES:
         cls = settings_class(svc)
         depends: dict[str, Any] = {
-            "kafka": {"condition": "service_healthy"},
-            "kafka-topics": {"condition": "service_completed_successfully"},
             "timescaledb": {"condition": "service_healthy"},
             "migrate": {"condition": "service_completed_successfully"},
         }
+        if svc.consumes or svc.produces:
+            depends["kafka"] = {"condition": "service_healthy"}
+            depends["kafka-topics"] = {"condition": "service_completed_successfully"}
         spec: dict[str, Any] = {
             "image": f"{IMAGE}:${{CITYOPS_VERSION:-latest}}",
             "command": ["cityops", *svc.argv, "--port", str(svc.port)],
@@ -191,8 +192,9 @@ def compose() -> dict[str, Any]:
             depends["mosquitto"] = {"condition": "service_healthy"}
             spec["volumes"] = [f"mqtt-config:{Path(MQTT_CREDENTIALS_PATH).parent}:ro"]
         spec["depends_on"] = depends
-        if svc.name == "notify":
-            spec["ports"] = [f"${{NOTIFY_PUBLISH_PORT:-{svc.port}}}:{svc.port}"]
+        if svc.public:
+            var = f"{svc.name.upper().replace('-', '_')}_PUBLISH_PORT"
+            spec["ports"] = [f"${{{var}:-{svc.port}}}:{svc.port}"]
         services[svc.name] = spec
     # project name: `docker compose -p cityops` (the vendored Compose schema predates top-level `name`)
     return {
@@ -235,8 +237,8 @@ def _probe(path: str, port: int, period: int, failures: int, loopback: bool = Fa
 
 def _ingress(svc: Service) -> dict[str, Any]:
     port = [{"port": svc.port, "protocol": "TCP"}]
-    if svc.name == "notify":
-        # the dispatcher console and the field app come from outside (ingress controller, phones)
+    if svc.public:
+        # the dispatcher console, the field app, dashboards and city systems come from outside
         return {"ports": port}
     # metrics scrapers and probes of the namespace only
     return {"from": [{"podSelector": {}}], "ports": port}
@@ -290,11 +292,12 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
     pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(svc.name, "service"),
            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}}
     egress: list[dict[str, Any]] = [
-        {"to": [{"podSelector": {"matchLabels": {"strimzi.io/cluster": KAFKA_CLUSTER}}}],
-         "ports": [{"port": 9092, "protocol": "TCP"}]},
         {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
          "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
     ]
+    if svc.consumes or svc.produces:
+        egress.append({"to": [{"podSelector": {"matchLabels": {"strimzi.io/cluster": KAFKA_CLUSTER}}}],
+                       "ports": [{"port": 9092, "protocol": "TCP"}]})
     if svc.needs_db:
         egress.append({"to": [{"podSelector": {"matchLabels": {LABEL: "timescaledb"}}}],
                        "ports": [{"port": 5432, "protocol": "TCP"}]})
@@ -399,12 +402,15 @@ def _acl(topic: str, ops: list[str]) -> dict[str, Any]:
 def user_manifests() -> list[dict[str, Any]]:
     users = []
     for svc in SERVICES:
+        if not (svc.consumes or svc.produces):
+            continue
         acls = [_acl(t, ["Read", "Describe"]) for t in svc.consumes]
         acls += [_acl(t, ["Write", "Describe"]) for t in svc.produces if t not in svc.consumes]
         acls += [_acl(t, ["Write"]) for t in svc.produces if t in svc.consumes]
         if svc.group:
             # prefix: CITYOPS_KAFKA_GROUP_PREFIX may put a run's name in front of the group
-            acls.append({"resource": {"type": "group", "name": svc.group, "patternType": "literal"},
+            pattern = "prefix" if svc.group_is_prefix else "literal"
+            acls.append({"resource": {"type": "group", "name": svc.group, "patternType": pattern},
                          "operations": ["Read"]})
         users.append(_user(svc.name, acls))
     public = [t.name for t in KAFKA_TOPICS if t.access == "public"]

@@ -26,8 +26,8 @@ def prod():
 
 
 def test_settings_are_discovered_and_set_everywhere():
-    assert {"services.ingest.settings:IngestSettings", "shared.notify.settings:NotifySettings"} <= set(
-        discover_settings())
+    assert {"services.ingest.settings:IngestSettings", "shared.notify.settings:NotifySettings",
+            "shared.api.settings:ApiSettings"} <= set(discover_settings())
     assert check_settings(ROOT / "docker-compose.yml", PROD) == []
     assert check_settings(ROOT / "docker-compose.yml", ROOT / "k8s/overlays/dev") == []
 
@@ -93,7 +93,9 @@ def test_kafka_acls_give_each_service_only_its_topics(prod):
     topics = {a["resource"]["name"] for a in outside if a["resource"]["type"] == "topic"}
     assert topics == {n for n, a in access.items() if a == "public"}
     assert all(set(a["operations"]) <= {"Read", "Describe"} for a in outside)
-    for svc in SERVICES:
+    users = {d["metadata"]["name"] for d in prod if d["kind"] == "KafkaUser"}
+    assert users == {s.name for s in SERVICES if s.consumes or s.produces} | {OUTSIDE_READER}
+    for svc in (s for s in SERVICES if s.consumes or s.produces):
         acls = _acls(prod, svc.name)
         granted = {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic"}
         assert granted == set(svc.consumes) | set(svc.produces), svc.name
