@@ -57,12 +57,14 @@ def _py_health(port: int, path: str = "/readyz") -> dict[str, Any]:
             "start_period": "60s"}
 
 
-def _compose_env(svc_fields: dict[str, str | None], cls: Any) -> dict[str, str]:
+def _compose_env(svc_fields: dict[str, str | None], cls: Any, optional: tuple[str, ...] = ()) -> dict[str, str]:
     env: dict[str, str] = {}
     for field, value in svc_fields.items():
         name = env_name(cls, field)
         if value is not None:
             env[name] = value
+        elif field in optional:
+            env[name] = f"${{{field.upper()}:-}}"  # empty = not configured (the channel says so when used)
         elif field == "db_url":
             env[name] = "postgresql://cityops:${DB_PASSWORD:?set DB_PASSWORD in .env}@timescaledb:5432/cityops"
         else:
@@ -180,7 +182,7 @@ def compose() -> dict[str, Any]:
         spec: dict[str, Any] = {
             "image": f"{IMAGE}:${{CITYOPS_VERSION:-latest}}",
             "command": ["cityops", *svc.argv, "--port", str(svc.port)],
-            "environment": _compose_env(env_fields(svc, "compose"), cls),
+            "environment": _compose_env(env_fields(svc, "compose"), cls, svc.optional_secrets),
             "healthcheck": _py_health(svc.port),
             "read_only": True,
             "tmpfs": ["/tmp"],
