@@ -141,7 +141,7 @@ def attribute_exceedances(
         scale = np.maximum(a_src.max(axis=0), 1e-12)
         a = np.hstack([a_src / scale, a_bg])
         # a little ridge keeps the fit unique when sources are nearly collinear (stacks in one park)
-        lam = 1e-5 * max(float(np.abs(b).max()), 1.0)
+        lam = 1e-3 * max(float(np.abs(b).max()), 1.0)
         a_aug = np.vstack([a, np.hstack([np.eye(n_src) * lam, np.zeros((n_src, len(ts)))])])
         b_aug = np.concatenate([b, np.zeros(n_src)])
         coef, _ = nnls(a_aug, b_aug, maxiter=50 * a.shape[1])
