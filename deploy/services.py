@@ -57,30 +57,33 @@ class Service:
 
 OBS = tuple(OBSERVATION_TOPIC.values())
 
+# shared.service.serve listens on CITYOPS_HTTP_HOST: the pod's address, so probes and Services reach it
+LISTEN_ALL = {"http_host": "0.0.0.0"}
+
 SERVICES: list[Service] = [
     Service("ingest-gateway", ("ingest", "gateway"), 8101, "services.ingest.app",
             "services.ingest.settings",
-            produces=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), mqtt_user="svc-ingest"),
+            produces=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), mqtt_user="svc-ingest", overrides=LISTEN_ALL),
     Service("ingest-sink", ("ingest", "sink"), 8102, "services.ingest.app", "services.ingest.settings",
             consumes=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), produces=(DEADLETTER,),
-            group="cityops-sink-observations", autoscale=True, memory_mi=768),
+            group="cityops-sink-observations", autoscale=True, memory_mi=768, overrides=LISTEN_ALL),
     Service("air-quality", ("air", "serve"), 8110, "services.air_quality.app", "services.air_quality.settings",
             consumes=(OBSERVATION_TOPIC["air"], OBSERVATION_TOPIC["weather"]),
             produces=("cityops.air.grid.v1", "cityops.air.forecast.v1", "cityops.air.attribution.v1",
                       ALERTS, TASKS, DEADLETTER),
-            group="cityops-air", autoscale=True, memory_mi=1024, cpu_m=500),
+            group="cityops-air", autoscale=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
     Service("weather", ("weather", "serve"), 8111, "services.weather.app", "services.weather.settings",
             consumes=(OBSERVATION_TOPIC["weather"],),
             produces=("cityops.weather.nowcast.v1", "cityops.weather.bulletins.v1", ALERTS, DEADLETTER),
-            group="cityops-weather", autoscale=True, memory_mi=1024, cpu_m=500),
+            group="cityops-weather", autoscale=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
     Service("water", ("water", "serve"), 8112, "services.water.app", "services.water.settings",
             consumes=(OBSERVATION_TOPIC["water"],), produces=(ALERTS, TASKS, DEADLETTER),
-            group="cityops-water", autoscale=True, memory_mi=1024, cpu_m=500),
+            group="cityops-water", autoscale=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
     Service("emergency", ("emergency", "serve"), 8113, "services.emergency.app", "services.emergency.settings",
             consumes=(OBSERVATION_TOPIC["equipment"], OBSERVATION_TOPIC["safety"], PERSONAL_OBSERVATIONS),
             produces=("cityops.emergency.incidents.v1", ALERTS, TASKS, DEADLETTER),
             # EmergencySettings.emergency_group_prefix: its groups are named from this prefix
-            group="cityops-emergency", group_is_prefix=True, autoscale=True, memory_mi=768),
+            group="cityops-emergency", group_is_prefix=True, autoscale=True, memory_mi=768, overrides=LISTEN_ALL),
     Service("notify", ("notify", "serve"), 8120, "shared.notify.app", "shared.notify.settings",
             consumes=(ALERTS, TASKS, TASK_UPDATES), produces=(DELIVERIES, TASK_UPDATES, DEADLETTER),
             group="cityops-notify", mqtt_user="svc-notify", autoscale=True,
@@ -96,7 +99,7 @@ SERVICES: list[Service] = [
 # httpGet probes and the Service cannot reach them. Until their owners add `<service>_host`, their probes
 # run inside the pod (exec) and they get no Service traffic. A service leaves this set by getting a
 # host override above; tests/test_deploy_consistency.py fails if a listed one already has a host field.
-LOOPBACK_ONLY = {"ingest-gateway", "ingest-sink", "air-quality", "weather", "water", "emergency"}
+LOOPBACK_ONLY: set[str] = set()
 # notify must sign console sessions with one key across replicas: the secret is required in deployment
 # (the API and emergency accept the same tokens); emergency's worker pseudonyms must not change with the pod.
 # Applied once the service has its own settings class.

@@ -61,10 +61,14 @@ async def serve(
     workers: list[Callable[[asyncio.Event], Awaitable[None]]],
     *,
     port: int,
-    host: str = "127.0.0.1",
+    host: str | None = None,
 ) -> int:
+    import os
+
     import uvicorn
 
+    # loopback on a laptop; a container sets CITYOPS_HTTP_HOST=0.0.0.0 so probes and Services reach it
+    host = host or os.environ.get("CITYOPS_HTTP_HOST", "127.0.0.1")
     setup_logging()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -33,6 +33,8 @@ class PlatformSettings(BaseSettings):
     mqtt_credentials: Path | None = None
     state_dir: Path = state_dir()
     log_level: str = "INFO"
+    # where the service's HTTP endpoints listen (read by shared.service.serve); 0.0.0.0 in containers
+    http_host: str = "127.0.0.1"
     # read by shared.kafka.consumer(): isolate a run's consumer groups, and where fresh groups start
     kafka_group_prefix: str = ""
     kafka_start_at_ms: int | None = None
