@@ -241,7 +241,7 @@ def render(r: dict) -> str:
         "## Speed and memory",
         "",
         f"- grid update, {gs['cells']} cells from {gs['sensors']} sensors: {gs['seconds_best_of_3']:.3f} s (target ≤ 2 s)",
-        f"- peak RSS of the whole benchmark: {r['peak_rss_mb']:.0f} MB; total run {r['total_seconds']:.0f} s "
+        f"- peak RSS of this run: {r['peak_rss_mb']:.0f} MB; total run {r['total_seconds']:.0f} s "
         f"(sections run: {r.get('sections_rerun', 'all')})",
         "",
     ]
