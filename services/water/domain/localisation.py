@@ -1,10 +1,10 @@
 """Leak localisation: simulated leak signatures at candidate pipes, matched against observed residuals.
 
 The sensitivity matrix holds, for every candidate pipe, how each sensor moves per m³/h of
-leak at that pipe (pressure in m, flow in m³/h), averaged over a day. It is computed with the
-EPANET engine that ships with wntr — one 24-hour extended-period run per junction through the
-toolkit, without files in between — and cached on disk under the network file's hash and the
-sensor set, so a restart does not recompute it.
+leak at that pipe (pressure in m, flow in m³/h). It is computed with the EPANET engine that
+ships with wntr — steady-state solves per junction at three times of day through the toolkit,
+without files in between — and cached on disk under the network file's hash and the sensor
+set, so a restart does not recompute it.
 A pipe's signature is the mean of its two end junctions' signatures (a leak in mid-pipe).
 
 Matching is a one-sided generalised likelihood-ratio test per pipe: with residuals `r` and
@@ -29,6 +29,7 @@ from services.water.domain.network import WaterNetwork
 # EPANET toolkit codes (epanet2.h)
 _EN_DEMAND, _EN_PRESSURE, _EN_BASEDEMAND, _EN_PATTERN = 9, 11, 1, 2
 _EN_FLOW = 8
+_EN_PATTERNSTART = 4
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def sensitivity_matrix(
 ) -> SensitivityMatrix:
     """Leak signatures of every pipe at the sensors, from the disk cache when present."""
     cache_dir = cache_dir or default_cache_dir()
-    path = cache_dir / f"sens-{net.file_hash}-{_sensor_key(sensors)}-eps1.npz"
+    path = cache_dir / f"sens-{net.file_hash}-{_sensor_key(sensors)}-ss1.npz"
     if path.exists():
         try:
             z = np.load(path, allow_pickle=False)
@@ -103,13 +104,14 @@ def sensitivity_matrix(
     return SensitivityMatrix(sensors, pipes, mat, net.file_hash)
 
 
-def _junction_signatures(net: WaterNetwork, sensors: list[Sensor]) -> dict[str, np.ndarray]:
-    """Mean response of the sensors over a day to a constant leak at each junction.
+def _junction_signatures(net: WaterNetwork, sensors: list[Sensor], hours: tuple[float, ...] = (3.0, 11.0, 19.0)) -> dict[str, np.ndarray]:
+    """Steady-state response of the sensors to a leak at each junction, averaged over `hours` of the day.
 
-    An extended-period run (hourly steps over 24 h) per junction, so the signature includes
-    what a leak does over hours — tanks drain, pumps run longer — and matches residuals averaged
-    over a day. The leak replaces the junction's own customer demand by a constant outflow `q0`
-    much larger than it; the response is scaled by the mean outflow actually added.
+    Tank heads are held where they are, which is what the monitor's residuals mean: its
+    expectations are conditioned on the measured tank levels, so the part of a leak's effect
+    that goes through draining tanks is already in the expectation, not in the residual.
+    A day-long extended-period signature was tried: on the benchmark it put 25 % of top
+    candidates within 1 km (this one 20 %), none within 300 m either way, at 15 times the cost.
     """
     import copy
 
@@ -117,10 +119,7 @@ def _junction_signatures(net: WaterNetwork, sensors: list[Sensor]) -> dict[str, 
     from wntr.epanet import toolkit
 
     wn = copy.deepcopy(net.wn)
-    wn.options.time.duration = 24 * 3600
-    wn.options.time.hydraulic_timestep = 3600
-    wn.options.time.report_timestep = 3600
-    wn.options.quality.parameter = "NONE"
+    wn.options.time.duration = 0
     wn.options.hydraulic.demand_model = "DDA"  # linear response; PDD is used where the data are simulated
     with tempfile.TemporaryDirectory() as tmp:
         inp = os.path.join(tmp, "net.inp")
@@ -136,48 +135,48 @@ def _junction_signatures(net: WaterNetwork, sensors: list[Sensor]) -> dict[str, 
                 elif s.kind == "pressure":
                     kinds.append(("node", en.ENgetnodeindex(s.element)))
                 else:
-                    kinds.append(("none", 0))
+                    kinds.append(("none", 0))  # tank levels and meters do not move in a snapshot
 
-            def day_mean(node_idx: int) -> tuple[np.ndarray, float]:
-                acc, dem, n = np.zeros(len(sensors)), 0.0, 0
-                en.ENinitH(0)
-                while True:
-                    t = en.ENrunH()
-                    if t % 3600 == 0:
-                        for i, (k, idx) in enumerate(kinds):
-                            if k == "link":
-                                acc[i] += en.ENgetlinkvalue(idx, _EN_FLOW)
-                            elif k == "node":
-                                acc[i] += en.ENgetnodevalue(idx, _EN_PRESSURE)
-                        if node_idx:
-                            dem += en.ENgetnodevalue(node_idx, _EN_DEMAND)
-                        n += 1
-                    if en.ENnextH() <= 0:
-                        break
-                return acc / max(n, 1), dem / max(n, 1)
+            def read() -> np.ndarray:
+                out = np.zeros(len(sensors))
+                for i, (k, idx) in enumerate(kinds):
+                    if k == "link":
+                        out[i] = en.ENgetlinkvalue(idx, _EN_FLOW)
+                    elif k == "node":
+                        out[i] = en.ENgetnodevalue(idx, _EN_PRESSURE)
+                return out
 
             junctions = net.junctions
             total_base = sum(float(wn.get_node(j).base_demand) for j in junctions) * 3600.0
-            q0 = max(1.0, 0.02 * total_base)
-            base, _ = day_mean(0)
-            out = {}
-            for j in junctions:
-                idx = en.ENgetnodeindex(j)
-                d0 = en.ENgetnodevalue(idx, _EN_BASEDEMAND)
-                pat = en.ENgetnodevalue(idx, _EN_PATTERN)
-                en.ENsetnodevalue(idx, _EN_PATTERN, 0)
-                en.ENsetnodevalue(idx, _EN_BASEDEMAND, q0)
-                resp, dem = day_mean(idx)
-                en.ENsetnodevalue(idx, _EN_BASEDEMAND, d0)
-                en.ENsetnodevalue(idx, _EN_PATTERN, pat)
-                # the customer's own mean demand is small next to q0 and is subtracted as a mean
-                added = dem - d0
-                if added > 1e-9:
-                    out[j] = (resp - base) / added
+            q0 = max(1.0, 0.02 * total_base)  # m³/h: small enough to stay near-linear
+            acc = {j: np.zeros(len(sensors)) for j in junctions}
+            for h in hours:
+                en.ENsettimeparam(_EN_PATTERNSTART, int(h * 3600))
+                en.ENinitH(0)
+                en.ENrunH()
+                base = read()
+                for j in junctions:
+                    idx = en.ENgetnodeindex(j)
+                    d0 = en.ENgetnodevalue(idx, _EN_BASEDEMAND)
+                    pat = en.ENgetnodevalue(idx, _EN_PATTERN)
+                    dem0 = en.ENgetnodevalue(idx, _EN_DEMAND)
+                    # a leak is extra outflow on top of the customer demand at this hour
+                    if d0 > 0 and dem0 > 0:
+                        en.ENsetnodevalue(idx, _EN_BASEDEMAND, d0 + q0 * d0 / dem0)
+                    else:
+                        en.ENsetnodevalue(idx, _EN_PATTERN, 0)
+                        en.ENsetnodevalue(idx, _EN_BASEDEMAND, q0)
+                    en.ENinitH(0)
+                    en.ENrunH()
+                    added = en.ENgetnodevalue(idx, _EN_DEMAND) - dem0
+                    if added > 1e-9:
+                        acc[j] += (read() - base) / added
+                    en.ENsetnodevalue(idx, _EN_BASEDEMAND, d0)
+                    en.ENsetnodevalue(idx, _EN_PATTERN, pat)
             en.ENcloseH()
         finally:
             en.ENclose()
-    return out
+    return {j: v / len(hours) for j, v in acc.items()}
 
 
 def localise(
