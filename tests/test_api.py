@@ -42,11 +42,20 @@ def servers(db_url, filled, tmp_path_factory):
     procs = {}
     for name, rate in (("main", "100000"), ("tight", "5")):
         port = _port()
-        env = {**os.environ, "CITYOPS_DB_URL": db_url, "CITYOPS_API_RATE_PER_MIN": rate,
-               "CITYOPS_API_SESSION_SECRET": "test-secret-" + name}
+        env = {
+            **os.environ,
+            "CITYOPS_DB_URL": db_url,
+            "CITYOPS_API_RATE_PER_MIN": rate,
+            "CITYOPS_API_SESSION_SECRET": "test-secret-" + name,
+        }
         log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen([sys.executable, "-m", "shared.cli", "api", "serve", "--port", str(port)], cwd=ROOT,
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "api", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         procs[name] = (p, f"http://127.0.0.1:{port}", log)
 
     def ready(url):
@@ -57,7 +66,11 @@ def servers(db_url, filled, tmp_path_factory):
 
     try:
         for name, (p, url, _) in procs.items():
-            wait_for(lambda: p.poll() is not None or ready(url), timeout=90, what=f"api {name} /readyz")
+            wait_for(
+                lambda p=p, url=url: p.poll() is not None or ready(url),
+                timeout=90,
+                what=f"api {name} /readyz",
+            )
             assert p.poll() is None, (logs / f"{name}.log").read_text()
         yield {k: v[1] for k, v in procs.items()}
     finally:
@@ -77,24 +90,37 @@ def test_no_token_is_a_problem_that_says_what_to_do(servers):
     r = httpx.get(servers["main"] + "/api/v1/air/latest")
     assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
     body = r.json()
-    assert body["status"] == 401 and body["type"].endswith("/not_logged_in") and "POST /api/v1/token" in body["detail"]
+    assert (
+        body["status"] == 401
+        and body["type"].endswith("/not_logged_in")
+        and "POST /api/v1/token" in body["detail"]
+    )
     assert r.headers["www-authenticate"] == "Bearer"
-    bad = httpx.post(servers["main"] + "/api/v1/token", json={"username": "opendata-demo", "password": "nope"})
+    bad = httpx.post(
+        servers["main"] + "/api/v1/token", json={"username": "opendata-demo", "password": "nope"}
+    )
     assert bad.status_code == 401 and bad.json()["type"].endswith("/bad_credentials")
 
 
 def test_open_data_reads_latest_with_filters_and_pages(servers):
     h = login(servers["main"], "opendata-demo")
-    first = httpx.get(servers["main"] + "/api/v1/air/latest", params={"quantity": "pm25", "limit": 5}, headers=h)
+    first = httpx.get(
+        servers["main"] + "/api/v1/air/latest", params={"quantity": "pm25", "limit": 5}, headers=h
+    )
     assert first.status_code == 200, first.text
     p1 = first.json()
     assert len(p1["items"]) == 5 and p1["next_offset"] == 5
     assert all(i["quantity"] == "pm25" and i["qc"] in (1, 2) for i in p1["items"])
-    p2 = httpx.get(servers["main"] + "/api/v1/air/latest", params={"quantity": "pm25", "limit": 5, "offset": 5},
-                   headers=h).json()
+    p2 = httpx.get(
+        servers["main"] + "/api/v1/air/latest",
+        params={"quantity": "pm25", "limit": 5, "offset": 5},
+        headers=h,
+    ).json()
     assert {i["sensor_id"] for i in p1["items"]}.isdisjoint({i["sensor_id"] for i in p2["items"]})
     district = p1["items"][0]["district"]
-    d = httpx.get(servers["main"] + "/api/v1/air/latest", params={"district": district, "limit": 1000}, headers=h)
+    d = httpx.get(
+        servers["main"] + "/api/v1/air/latest", params={"district": district, "limit": 1000}, headers=h
+    )
     assert d.json()["items"] and {i["district"] for i in d.json()["items"]} == {district}
     bad = httpx.get(servers["main"] + "/api/v1/air/latest", params={"quantity": "gold"}, headers=h)
     assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "quantity"]
@@ -103,18 +129,39 @@ def test_open_data_reads_latest_with_filters_and_pages(servers):
 def test_history_buckets_agree_with_the_storage_query(servers, db_url, filled):
     h = login(servers["main"], "opendata-demo")
     start, end = filled["start"], filled["end"]
-    r = httpx.get(servers["main"] + "/api/v1/water/history", headers=h, params={
-        "quantity": "pressure", "bucket": "1h", "sensor_id": "wp-10", "start": start.isoformat(),
-        "end": end.isoformat()})
+    r = httpx.get(
+        servers["main"] + "/api/v1/water/history",
+        headers=h,
+        params={
+            "quantity": "pressure",
+            "bucket": "1h",
+            "sensor_id": "wp-10",
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["aggregation"] == "date_bin" and body["items"]
     with psycopg.connect(db_url) as conn:
-        want = conn.execute(queries.BUCKETED_MEANS, {"width": timedelta(hours=1), "sensor_id": "wp-10",
-                                                     "quantity": "pressure", "start": start, "end": end}).fetchall()
-    assert [(i["n"], round(i["avg_value"], 9)) for i in body["items"]] == [(w[4], round(w[1], 9)) for w in want]
-    rev = httpx.get(servers["main"] + "/api/v1/water/history", headers=h,
-                    params={"start": end.isoformat(), "end": start.isoformat()})
+        want = conn.execute(
+            queries.BUCKETED_MEANS,
+            {
+                "width": timedelta(hours=1),
+                "sensor_id": "wp-10",
+                "quantity": "pressure",
+                "start": start,
+                "end": end,
+            },
+        ).fetchall()
+    assert [(i["n"], round(i["avg_value"], 9)) for i in body["items"]] == [
+        (w[4], round(w[1], 9)) for w in want
+    ]
+    rev = httpx.get(
+        servers["main"] + "/api/v1/water/history",
+        headers=h,
+        params={"start": end.isoformat(), "end": start.isoformat()},
+    )
     assert rev.status_code == 400 and "must be after start" in rev.json()["detail"]
 
 
@@ -124,7 +171,9 @@ def test_geojson_and_no_personal_sensors(servers):
     assert r.headers["content-type"] == "application/geo+json"
     fc = r.json()
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) > 50
-    assert all(f["geometry"]["type"] == "Point" and len(f["geometry"]["coordinates"]) == 2 for f in fc["features"])
+    assert all(
+        f["geometry"]["type"] == "Point" and len(f["geometry"]["coordinates"]) == 2 for f in fc["features"]
+    )
     assert not [f for f in fc["features"] if f["properties"]["kind"] == "wearable"]
     for path in ("/api/v1/air/grid.geojson", "/api/v1/water/leaks.geojson"):
         g = httpx.get(servers["main"] + path, headers=h)
@@ -140,15 +189,22 @@ def test_roles_guard_incidents_and_personal_data(servers, db_url):
     denied = httpx.get(url + "/api/v1/emergency/worker-observations", params=params, headers=viewer)
     assert denied.status_code == 403 and "'admin'" in denied.json()["detail"]
     with psycopg.connect(db_url) as conn:
-        before = conn.execute("SELECT count(*) FROM audit_log WHERE action = 'read_personal_data'").fetchone()[0]
+        before = conn.execute(
+            "SELECT count(*) FROM audit_log WHERE action = 'read_personal_data'"
+        ).fetchone()[0]
     ok = httpx.get(url + "/api/v1/emergency/worker-observations", params=params, headers=admin)
     assert ok.status_code == 200 and len(ok.json()["items"]) == 10
     with psycopg.connect(db_url) as conn:
-        rows = conn.execute("SELECT actor, detail FROM audit_log WHERE action = 'read_personal_data' "
-                            "ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT actor, detail FROM audit_log WHERE action = 'read_personal_data' ORDER BY id"
+        ).fetchall()
     assert len(rows) == before + 1 and rows[-1][0] == "sup-zhao" and rows[-1][1]["rows"] == 10
-    assert httpx.get(url + "/api/v1/emergency/worker-observations", params={"limit": 1},
-                     headers=admin).status_code == 422  # no reason, no personal data
+    assert (
+        httpx.get(
+            url + "/api/v1/emergency/worker-observations", params={"limit": 1}, headers=admin
+        ).status_code
+        == 422
+    )  # no reason, no personal data
 
 
 def test_rate_limit_answers_429_with_retry_after(servers):
@@ -181,11 +237,37 @@ def test_schemathesis_finds_no_server_error(servers, tmp_path):
     url = servers["main"]
     h = login(url, "sup-zhao")
     proc = subprocess.run(
-        [sys.executable, "-c", SCHEMATHESIS, "run", url + "/openapi.json", "--checks", "not_a_server_error", "-H",
-         f"Authorization: {h['Authorization']}", "--max-examples", "5", "--seed", "7", "--no-shrink",
-         "--phases", "examples,coverage,fuzzing", "--workers", "1", "--request-timeout", "20",
-         "--generation-allow-x00", "true", "--max-failures", "5"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        [
+            sys.executable,
+            "-c",
+            SCHEMATHESIS,
+            "run",
+            url + "/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "-H",
+            f"Authorization: {h['Authorization']}",
+            "--max-examples",
+            "5",
+            "--seed",
+            "7",
+            "--no-shrink",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--generation-allow-x00",
+            "true",
+            "--max-failures",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "Server error" not in out

@@ -46,8 +46,16 @@ def variable_values(conn: psycopg.Connection) -> dict[str, list[str]]:
     return {**out, **build.TEST_VARIABLES_FIXED}
 
 
-def check_target(conn: psycopg.Connection, sql: str, shape: build.Shape, *, start: datetime, end: datetime,
-                 variables: dict[str, list[str]], timescaledb: bool = False) -> int:
+def check_target(
+    conn: psycopg.Connection,
+    sql: str,
+    shape: build.Shape,
+    *,
+    start: datetime,
+    end: datetime,
+    variables: dict[str, list[str]],
+    timescaledb: bool = False,
+) -> int:
     """Run one panel query as Grafana would; fail unless it returns `shape`. Returns the row count."""
     expanded = macros.expand(sql, start=start, end=end, variables=variables, timescaledb=timescaledb)
     with conn.cursor() as cur:
@@ -84,7 +92,14 @@ def run_all(conn, dashboards: list[dict], start, end, timescaledb=False) -> dict
             for t in p["targets"]:
                 key = (d["uid"], p["id"], t["refId"])
                 counts[f"{d['uid']}/{p['title']}/{t['refId']}"] = check_target(
-                    conn, t["rawSql"], shapes[key], start=start, end=end, variables=variables, timescaledb=timescaledb)
+                    conn,
+                    t["rawSql"],
+                    shapes[key],
+                    start=start,
+                    end=end,
+                    variables=variables,
+                    timescaledb=timescaledb,
+                )
     return counts
 
 
@@ -92,7 +107,9 @@ def test_every_panel_query_returns_its_shape(db_url, filled):
     dashboards = checked_in_dashboards()
     assert {d["uid"] for d in dashboards} == {d.uid for d in build.DASHBOARDS}
     with psycopg.connect(db_url) as conn:
-        counts = run_all(conn, dashboards, filled["start"] - timedelta(hours=1), filled["end"] + timedelta(hours=1))
+        counts = run_all(
+            conn, dashboards, filled["start"] - timedelta(hours=1), filled["end"] + timedelta(hours=1)
+        )
     assert len(counts) == len(build.shapes()) >= 20
     with_rows = [k for k, n in counts.items() if n]
     print(f"{len(counts)} panel queries ran; {len(with_rows)} returned rows")
@@ -101,9 +118,11 @@ def test_every_panel_query_returns_its_shape(db_url, filled):
 
 def test_a_broken_panel_fails(db_url, filled):
     start, end = filled["start"], filled["end"]
-    for breakage in (lambda s: s.replace("avg(value) AS value", "avg(valu) AS value", 1),  # wrong column
-                     lambda s: s.replace("AS metric", "AS station", 1),  # wrong shape
-                     lambda s: s.replace("quantity IN ($pollutant)", "quantity IN ($pollutants)", 1)):  # unknown var
+    for breakage in (
+        lambda s: s.replace("avg(value) AS value", "avg(valu) AS value", 1),  # wrong column
+        lambda s: s.replace("AS metric", "AS station", 1),  # wrong shape
+        lambda s: s.replace("quantity IN ($pollutant)", "quantity IN ($pollutants)", 1),
+    ):  # unknown var
         dashboards = copy.deepcopy(checked_in_dashboards())
         eco = next(d for d in dashboards if d["uid"] == "cityops-ecology")
         trend = eco["panels"][1]
@@ -115,8 +134,14 @@ def test_a_broken_panel_fails(db_url, filled):
 def test_a_query_that_returns_nothing_fails_where_the_simulator_fills_the_table(db_url, filled):
     sql = build.ECOLOGY.panels[1].queries[0].sql.replace("domain = 'air'", "domain = 'nowhere'")
     with psycopg.connect(db_url) as conn, pytest.raises(AssertionError, match="no rows"):
-        check_target(conn, sql, build.ECOLOGY.panels[1].queries[0].shape, start=filled["start"], end=filled["end"],
-                     variables=variable_values(conn))
+        check_target(
+            conn,
+            sql,
+            build.ECOLOGY.panels[1].queries[0].shape,
+            start=filled["start"],
+            end=filled["end"],
+            variables=variable_values(conn),
+        )
 
 
 def test_personal_data_never_reaches_a_panel():
@@ -131,7 +156,9 @@ def test_titles_are_bilingual():
         for title in [d["title"], *(p["title"] for p in d["panels"])]:
             zh, _, en = title.partition(" / ")
             assert any("\u4e00" <= c <= "\u9fff" for c in zh), title
-            assert en[:1].isascii() and en[:1].isalpha() and not any("\u4e00" <= c <= "\u9fff" for c in en), title
+            assert en[:1].isascii() and en[:1].isalpha() and not any("\u4e00" <= c <= "\u9fff" for c in en), (
+                title
+            )
 
 
 def test_macros_expand_as_grafana_does():
@@ -139,9 +166,11 @@ def test_macros_expand_as_grafana_does():
     end = start + timedelta(hours=6)
     sql = "SELECT $__timeGroupAlias(time, '5m'), 1 WHERE $__timeFilter(time) AND d IN ($district) AND t > $__timeFrom()"
     plain = macros.expand(sql, start=start, end=end, variables={"district": ["d01", "o'x"]})
-    assert plain == ("SELECT floor(extract(epoch from time)/300)*300 AS \"time\", 1 WHERE time BETWEEN "
-                     "'2026-01-02T03:04:05.000000Z' AND '2026-01-02T09:04:05.000000Z' AND d IN ('d01','o''x') "
-                     "AND t > '2026-01-02T03:04:05.000000Z'")
+    assert plain == (
+        'SELECT floor(extract(epoch from time)/300)*300 AS "time", 1 WHERE time BETWEEN '
+        "'2026-01-02T03:04:05.000000Z' AND '2026-01-02T09:04:05.000000Z' AND d IN ('d01','o''x') "
+        "AND t > '2026-01-02T03:04:05.000000Z'"
+    )
     ts = macros.expand("SELECT $__timeGroup(time, 1h)", start=start, end=end, timescaledb=True)
     assert ts == "SELECT time_bucket('3600s',time)"
     with pytest.raises(macros.MacroError, match="not supported"):
@@ -160,6 +189,7 @@ def test_provisioning_files_are_generated_and_in_step(tmp_path):
 
 
 # --- provisioning over the HTTP API, against a stand-in that answers like Grafana ---------------------------
+
 
 class FakeGrafana(BaseHTTPRequestHandler):
     """Answers the handful of Grafana HTTP API calls provisioning makes, as Grafana 11 does."""
@@ -194,12 +224,18 @@ class FakeGrafana(BaseHTTPRequestHandler):
         s = self.state
         if self.path.startswith("/api/folders/"):
             uid = self.path.rsplit("/", 1)[1]
-            return self._send(200, s["folders"][uid]) if uid in s["folders"] else self._send(
-                404, {"message": "folder not found", "status": "not-found"})
+            return (
+                self._send(200, s["folders"][uid])
+                if uid in s["folders"]
+                else self._send(404, {"message": "folder not found", "status": "not-found"})
+            )
         if self.path.startswith("/api/datasources/uid/"):
             uid = self.path.rsplit("/", 1)[1]
-            return self._send(200, s["datasources"][uid]) if uid in s["datasources"] else self._send(
-                404, {"message": "Data source not found"})
+            return (
+                self._send(200, s["datasources"][uid])
+                if uid in s["datasources"]
+                else self._send(404, {"message": "Data source not found"})
+            )
         self._send(404, {"message": "Not found"})
 
     def do_POST(self):
@@ -278,6 +314,7 @@ def test_provision_wrong_url_says_so(capsys):
 
 
 def test_generated_json_matches_checked_in(tmp_path):
-    assert [json.loads(provisioning_files()[f"dashboards/json/{d['uid']}.json"]) for d in checked_in_dashboards()] \
-        == checked_in_dashboards()
+    assert [
+        json.loads(provisioning_files()[f"dashboards/json/{d['uid']}.json"]) for d in checked_in_dashboards()
+    ] == checked_in_dashboards()
     assert Path(PROVISIONING / "datasources" / "cityops.yaml").exists()

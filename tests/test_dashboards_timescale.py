@@ -45,10 +45,14 @@ def ts():
     v = Validator(keep, max_age=timedelta(days=30))
     now = datetime.now(UTC)
     records = []
-    for i, (sid, gw, t, vals) in enumerate(zip(msgs["sensor_id"], msgs["gateway_id"], msgs["time"], msgs["values"],
-                                               strict=True)):
-        res = v.validate(f"city/{gw}/{sid}", json.dumps({"sensor_id": sid, "time": t.isoformat(),
-                                                          "values": vals}).encode(), now)
+    for i, (sid, gw, t, vals) in enumerate(
+        zip(msgs["sensor_id"], msgs["gateway_id"], msgs["time"], msgs["values"], strict=True)
+    ):
+        res = v.validate(
+            f"city/{gw}/{sid}",
+            json.dumps({"sensor_id": sid, "time": t.isoformat(), "values": vals}).encode(),
+            now,
+        )
         if isinstance(res, Accepted):
             records.append(Record(res.topic, 0, i, res.value))
     rows, _, _ = ObservationSink._rows(None, records, {})  # type: ignore[arg-type]
@@ -56,10 +60,23 @@ def ts():
         migrate.migrate(conn)
         upsert_sensors(conn, list(keep.values()))
         for r in rows:
-            conn.execute(queries.INSERT_OBSERVATION, dict(zip(
-                ("time", "sensor_id", "quantity", "value", "unit", "qc", "domain", "district"), r[:8], strict=True)))
-        yield {"conn": conn, "conninfo": server.conninfo, "rows": len(rows),
-               "start": (end - timedelta(hours=3)).to_pydatetime(), "end": end.to_pydatetime() + timedelta(minutes=1)}
+            conn.execute(
+                queries.INSERT_OBSERVATION,
+                dict(
+                    zip(
+                        ("time", "sensor_id", "quantity", "value", "unit", "qc", "domain", "district"),
+                        r[:8],
+                        strict=True,
+                    )
+                ),
+            )
+        yield {
+            "conn": conn,
+            "conninfo": server.conninfo,
+            "rows": len(rows),
+            "start": (end - timedelta(hours=3)).to_pydatetime(),
+            "end": end.to_pydatetime() + timedelta(minutes=1),
+        }
 
 
 def _epoch(t) -> float:
@@ -70,25 +87,39 @@ def test_every_panel_runs_on_timescaledb_and_agrees_with_plain_grouping(ts):
     conn, start, end = ts["conn"], ts["start"], ts["end"]
     assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     shapes = build.shapes()
-    variables = {"district": [r[0] for r in conn.execute(build.TEST_VARIABLES_SQL["district"]).fetchall()],
-                 **build.TEST_VARIABLES_FIXED}
+    variables = {
+        "district": [r[0] for r in conn.execute(build.TEST_VARIABLES_SQL["district"]).fetchall()],
+        **build.TEST_VARIABLES_FIXED,
+    }
     compared = 0
     for d in checked_in_dashboards():
         for p in d["panels"]:
             for t in p["targets"]:
                 shape = shapes[(d["uid"], p["id"], t["refId"])]
-                check_target(conn, t["rawSql"], shape, start=start, end=end, variables=variables, timescaledb=True)
+                check_target(
+                    conn, t["rawSql"], shape, start=start, end=end, variables=variables, timescaledb=True
+                )
                 if "$__timeGroup" not in t["rawSql"]:
                     continue
                 got = {}
                 for flag in (True, False):
-                    sql = macros.expand(t["rawSql"], start=start, end=end, variables=variables, timescaledb=flag)
+                    sql = macros.expand(
+                        t["rawSql"], start=start, end=end, variables=variables, timescaledb=flag
+                    )
                     cur = conn.execute(sql)
                     names = [c.name for c in cur.description]
                     got[flag] = sorted(
-                        (_epoch(r[names.index("time")]), *(r[names.index(x)] for x in shape.labels),
-                         *(round(float(r[names.index(x)]), 6) for x in shape.values if r[names.index(x)] is not None))
-                        for r in cur.fetchall())
+                        (
+                            _epoch(r[names.index("time")]),
+                            *(r[names.index(x)] for x in shape.labels),
+                            *(
+                                round(float(r[names.index(x)]), 6)
+                                for x in shape.values
+                                if r[names.index(x)] is not None
+                            ),
+                        )
+                        for r in cur.fetchall()
+                    )
                 assert got[True] == got[False], f"time_bucket and floor(epoch) disagree for {p['title']}"
                 compared += bool(got[True])
     assert compared >= 4, "too few panels had rows to compare"
@@ -103,8 +134,18 @@ def test_api_history_time_bucket_equals_date_bin(ts):
             out = {}
             for flag in (True, False):
                 out[flag] = await repository.history(
-                    conn, timescale=flag, domains=["air"], quantity="pm25", width="15 minutes", start=ts["start"],
-                    end=ts["end"], district=None, sensor_id=None, limit=1000, offset=0)
+                    conn,
+                    timescale=flag,
+                    domains=["air"],
+                    quantity="pm25",
+                    width="15 minutes",
+                    start=ts["start"],
+                    end=ts["end"],
+                    district=None,
+                    sensor_id=None,
+                    limit=1000,
+                    offset=0,
+                )
             return out
 
     ts["conn"].close()  # PGlite serves one connection at a time

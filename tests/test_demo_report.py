@@ -11,8 +11,14 @@ import pytest
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def open_report(path):
@@ -27,7 +33,9 @@ def open_report(path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(path.resolve().as_uri(), wait_until="load", timeout=60_000)
             imgs = page.eval_on_selector_all(
-                "img", "els => els.map(e => ({src: e.getAttribute('src'), w: e.naturalWidth, ok: e.complete}))")
+                "img",
+                "els => els.map(e => ({src: e.getAttribute('src'), w: e.naturalWidth, ok: e.complete}))",
+            )
             text = page.inner_text("body")
             assert not errors, errors
             return imgs, text
@@ -47,14 +55,24 @@ def test_report_renders_with_every_image_loaded(db_url, filled, tmp_path):
     from shared.demo import report
 
     sim, counts = filled
-    summary = {"published_total": counts["observations"], "rows_stored": counts["observations"],
-               "dead_lettered": counts["dead_letters"], "latency": {}, "scenarios": [], "alerts": 0}
+    summary = {
+        "published_total": counts["observations"],
+        "rows_stored": counts["observations"],
+        "dead_lettered": counts["dead_letters"],
+        "latency": {},
+        "scenarios": [],
+        "alerts": 0,
+    }
     path = report.write(summary, sim, SimpleNamespace(db_url=db_url), tmp_path)
     imgs, text = open_report(path)
     srcs = {i["src"] for i in imgs}
     # figures drawn from what the simulator alone fills: the stations at the peak, observed temperature,
     # the network with its pressure sensors and the injected leaks
-    assert {"report_files/pollution_peak.png", "report_files/nowcast.png", "report_files/leak_map.png"} <= srcs
+    assert {
+        "report_files/pollution_peak.png",
+        "report_files/nowcast.png",
+        "report_files/leak_map.png",
+    } <= srcs
     assert imgs and all(i["ok"] and i["w"] > 0 for i in imgs), imgs
     # what the services have not written yet is said plainly, in both languages
     assert "no data for alert and delivery timeline" in text and "暂无数据" in text
@@ -75,8 +93,9 @@ def test_report_survives_an_empty_database(db_url, tmp_path):
         from shared.storage.migrate import split_statements
 
         for f in ("0001_core.sql", "0002_products.sql", "0003_timeseries.plain.sql"):
-            for stmt in split_statements((report.Path(__file__).parents[1] / "shared/storage/migrations" / f)
-                                         .read_text()):
+            for stmt in split_statements(
+                (report.Path(__file__).parents[1] / "shared/storage/migrations" / f).read_text()
+            ):
                 if "restricted" not in stmt:
                     conn.execute(stmt)
     path = report.write({"latency": {}}, None, SimpleNamespace(db_url=empty_url), tmp_path)
@@ -85,8 +104,10 @@ def test_report_survives_an_empty_database(db_url, tmp_path):
     assert text.count("暂无数据") >= 3
 
 
-@pytest.mark.skipif(os.environ.get("CITYOPS_TEST_DEMO_REPORT") != "1",
-                    reason="the full demo run takes minutes: set CITYOPS_TEST_DEMO_REPORT=1")
+@pytest.mark.skipif(
+    os.environ.get("CITYOPS_TEST_DEMO_REPORT") != "1",
+    reason="the full demo run takes minutes: set CITYOPS_TEST_DEMO_REPORT=1",
+)
 def test_report_of_the_real_demo_has_every_plot(demo_db):
     path = demo_db["out_dir"] / "report.html"
     assert path.exists(), f"cityops demo wrote no report; see {demo_db['out_dir'] / 'demo-stdout.log'}"

@@ -42,7 +42,9 @@ def test_export_validates_against_the_smart_data_models(db_url, filled):
     aq = by_type["AirQualityObserved"]
     assert all(0.0 <= e["relativeHumidity"] <= 1.0 for e in aq if "relativeHumidity" in e)
     assert all(-180.0 <= e["windDirection"] <= 180.0 for e in aq if "windDirection" in e)
-    assert any("pm25" in e for e in aq) and all(e["id"].startswith("urn:ngsi-ld:AirQualityObserved:") for e in aq)
+    assert any("pm25" in e for e in aq) and all(
+        e["id"].startswith("urn:ngsi-ld:AirQualityObserved:") for e in aq
+    )
     assert len({e["id"] for e in entities}) == len(entities)
     # wearables never leave: no entity refers to a personal sensor
     with psycopg.connect(db_url) as conn:
@@ -51,15 +53,34 @@ def test_export_validates_against_the_smart_data_models(db_url, filled):
 
 
 def _alert(**over) -> dict:
-    a = {"alert_id": "a-1", "domain": "air", "kind": "pm25_exceedance", "severity": "major", "title_zh": "PM2.5 超标",
-         "title_en": "PM2.5 above limit", "message_zh": "d05 区 PM2.5 超标", "message_en": "PM2.5 above limit in d05",
-         "lat": 30.25, "lon": 120.15, "district": "d05", "raised_at": datetime(2026, 11, 27, 9, tzinfo=UTC),
-         "resolved_at": None}
+    a = {
+        "alert_id": "a-1",
+        "domain": "air",
+        "kind": "pm25_exceedance",
+        "severity": "major",
+        "title_zh": "PM2.5 超标",
+        "title_en": "PM2.5 above limit",
+        "message_zh": "d05 区 PM2.5 超标",
+        "message_en": "PM2.5 above limit in d05",
+        "lat": 30.25,
+        "lon": 120.15,
+        "district": "d05",
+        "raised_at": datetime(2026, 11, 27, 9, tzinfo=UTC),
+        "resolved_at": None,
+    }
     return {**a, **over}
 
 
-@pytest.mark.parametrize("domain,severity", [("air", "major"), ("weather", "info"), ("safety", "critical"),
-                                             ("water", "minor"), ("equipment", "major")])
+@pytest.mark.parametrize(
+    "domain,severity",
+    [
+        ("air", "major"),
+        ("weather", "info"),
+        ("safety", "critical"),
+        ("water", "minor"),
+        ("equipment", "major"),
+    ],
+)
 def test_alerts_become_valid_alert_entities(domain, severity):
     e = fiware.alert_entity(_alert(domain=domain, severity=severity))
     assert fiware.validate(e) == []
@@ -73,14 +94,18 @@ def test_the_schemas_catch_a_broken_entity():
     assert fiware.validate({**e, "location": {"type": "Blob", "coordinates": [1, 2]}})
     for model in ("AirQualityObserved", "WeatherObserved", "WaterObserved", "Alert"):
         s = fiware.schema(model)
-        assert s["x-source"].startswith("pysmartdatamodels") and s["$id"].startswith("https://smart-data-models")
+        assert s["x-source"].startswith("pysmartdatamodels") and s["$id"].startswith(
+            "https://smart-data-models"
+        )
 
 
 def test_asyncapi_page_is_generated_and_in_step():
     html = render()
-    assert OUT.read_text(encoding="utf-8") == html, "docs/asyncapi.html is out of date: cityops opendata asyncapi-html"
+    assert OUT.read_text(encoding="utf-8") == html, (
+        "docs/asyncapi.html is out of date: cityops opendata asyncapi-html"
+    )
     assert "cityops.observations.air.v1" in html and 'class="restricted"' in html
-    assert html.count("<section id=\"msg-") >= 10
+    assert html.count('<section id="msg-') >= 10
 
 
 @pytest.mark.stack
@@ -98,9 +123,12 @@ def test_quickstart_consumer_runs_against_kafka(stack_env):
     sensor = next(s for s in sim.sensors if s.domain == "air")
     msgs = sim.messages()
     row = msgs[msgs["sensor_id"] == sensor.sensor_id].iloc[-1]
-    payload = json.dumps({"sensor_id": sensor.sensor_id, "time": row["time"].isoformat(), "values": row["values"]})
-    res = Validator({sensor.sensor_id: sensor}).validate(f"city/{sensor.gateway_id}/{sensor.sensor_id}",
-                                                        payload.encode(), datetime.now(UTC))
+    payload = json.dumps(
+        {"sensor_id": sensor.sensor_id, "time": row["time"].isoformat(), "values": row["values"]}
+    )
+    res = Validator({sensor.sensor_id: sensor}).validate(
+        f"city/{sensor.gateway_id}/{sensor.sensor_id}", payload.encode(), datetime.now(UTC)
+    )
     assert isinstance(res, Accepted)
     topic = f"test.opendata.{secrets.token_hex(4)}"
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
@@ -120,7 +148,13 @@ def test_quickstart_consumer_runs_against_kafka(stack_env):
             await p.stop()
 
     asyncio.run(publish())
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=90,
-                          env={**os.environ, **stack_env, "TOPIC": topic, "GROUP": topic, "ONCE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, **stack_env, "TOPIC": topic, "GROUP": topic, "ONCE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(sensor.sensor_id + " ") and "pm25" in proc.stdout

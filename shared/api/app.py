@@ -34,8 +34,13 @@ def build(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         from psycopg_pool import AsyncConnectionPool
 
-        pool = AsyncConnectionPool(settings.db_url, min_size=1, max_size=settings.api_pool_max, open=False,
-                                   kwargs={"autocommit": True})
+        pool = AsyncConnectionPool(
+            settings.db_url,
+            min_size=1,
+            max_size=settings.api_pool_max,
+            open=False,
+            kwargs={"autocommit": True},
+        )
         await pool.open(wait=True, timeout=60)
         async with pool.connection() as conn:
             app.state.timescale = await repository.detect_timescale(conn)
@@ -49,7 +54,9 @@ def build(settings: ApiSettings) -> FastAPI:
 
     app = FastAPI(title="CityOps query API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.accounts = load_accounts(settings.api_roster, settings.api_consumers)
-    app.state.secret = settings.api_session_secret or settings.notify_session_secret or secrets.token_urlsafe(32)
+    app.state.secret = (
+        settings.api_session_secret or settings.notify_session_secret or secrets.token_urlsafe(32)
+    )
     app.state.limiter = RateLimiter(settings.api_rate_per_min)
     problems.install(app)
 
@@ -57,7 +64,9 @@ def build(settings: ApiSettings) -> FastAPI:
     async def reject_nul(request: Request, call_next):
         # PostgreSQL text cannot hold NUL: say so instead of failing in the driver
         if "%00" in request.url.query or "%00" in request.url.path or "\x00" in request.url.path:
-            return problems.problem(request, 400, "nul_character", "remove the NUL (%00) character from the URL")
+            return problems.problem(
+                request, 400, "nul_character", "remove the NUL (%00) character from the URL"
+            )
         return await call_next(request)
 
     for r in (common.router, air.router, water.router, weather.router, emergency.router):

@@ -28,5 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         s = ApiSettings()  # type: ignore[call-arg]
     except ValidationError as exc:
         missing = ", ".join("CITYOPS_" + str(e["loc"][0]).upper() for e in exc.errors())
-        raise SystemExit(f"error: bad or missing settings {missing}: run `cityops stack up` first, or export them")
+        raise SystemExit(
+            f"error: bad or missing settings {missing}: run `cityops stack up` first, or export them"
+        ) from None
     return asyncio.run(serve("api", build(s), [], port=args.port or s.api_port, host=args.host or s.api_host))

@@ -58,8 +58,13 @@ def caller(request: Request) -> Caller:
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
     claims = read_token(state.secret, token) if token else None
     if claims is None or claims.get("sub") not in state.accounts:
-        raise ApiError(401, "not_logged_in", "log in first: POST /api/v1/token with username and password, then "
-                       "send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "not_logged_in",
+            "log in first: POST /api/v1/token with username and password, then "
+            "send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     c = Caller(claims["sub"], claims["role"])
     state.limiter.take(c.id)
     return c
@@ -68,8 +73,12 @@ def caller(request: Request) -> Caller:
 def need(min_role: str):
     def dep(c: Annotated[Caller, Depends(caller)]) -> Caller:
         if c.role != "admin" and RANK.get(c.role, -1) < RANK[min_role]:
-            raise ApiError(403, "forbidden", f"role {c.role!r} may not read this; it needs {min_role!r} or higher "
-                           "(ask the CityOps administrator for an account with that role)")
+            raise ApiError(
+                403,
+                "forbidden",
+                f"role {c.role!r} may not read this; it needs {min_role!r} or higher "
+                "(ask the CityOps administrator for an account with that role)",
+            )
         return c
 
     return dep
@@ -95,8 +104,13 @@ class RateLimiter:
         if tokens < 1.0:
             wait = (1.0 - tokens) / self.rate
             self.buckets[key] = (tokens, now)
-            raise ApiError(429, "rate_limited", f"more than {self.capacity:.0f} requests a minute: retry after "
-                           f"{wait:.1f} s, or page with larger `limit`", headers={"Retry-After": f"{wait:.0f}"})
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {self.capacity:.0f} requests a minute: retry after "
+                f"{wait:.1f} s, or page with larger `limit`",
+                headers={"Retry-After": f"{wait:.0f}"},
+            )
         self.buckets[key] = (tokens - 1.0, now)
 
 
@@ -106,12 +120,18 @@ class Page:
     offset: int
 
     def wrap(self, items: list) -> dict:
-        return {"items": items, "limit": self.limit, "offset": self.offset,
-                "next_offset": self.offset + self.limit if len(items) == self.limit else None}
+        return {
+            "items": items,
+            "limit": self.limit,
+            "offset": self.offset,
+            "next_offset": self.offset + self.limit if len(items) == self.limit else None,
+        }
 
 
-def page(limit: Annotated[int, Query(ge=1, le=1000, description="rows per page")] = 100,
-         offset: Annotated[int, Query(ge=0, le=1_000_000, description="rows to skip (use next_offset)")] = 0) -> Page:
+def page(
+    limit: Annotated[int, Query(ge=1, le=1000, description="rows per page")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="rows to skip (use next_offset)")] = 0,
+) -> Page:
     return Page(limit, offset)
 
 
@@ -129,16 +149,22 @@ def _utc(t: datetime) -> datetime:
 
 
 def time_range(
-    start: Annotated[datetime | None, Query(description="inclusive, ISO 8601 (default: end minus 24 h)",
-                                            examples=["2026-11-27T00:00:00Z"])] = None,
-    end: Annotated[datetime | None, Query(description="exclusive, ISO 8601 (default: now)",
-                                          examples=["2026-11-28T00:00:00Z"])] = None,
+    start: Annotated[
+        datetime | None,
+        Query(description="inclusive, ISO 8601 (default: end minus 24 h)", examples=["2026-11-27T00:00:00Z"]),
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        Query(description="exclusive, ISO 8601 (default: now)", examples=["2026-11-28T00:00:00Z"]),
+    ] = None,
 ) -> Range:
     try:
         e = _utc(end) if end else datetime.now(UTC)
         s = _utc(start) if start else e - timedelta(hours=24)
     except (OverflowError, ValueError) as exc:
-        raise ApiError(400, "bad_time_range", f"cannot use that time ({exc}): send ISO 8601 with a zone") from None
+        raise ApiError(
+            400, "bad_time_range", f"cannot use that time ({exc}): send ISO 8601 with a zone"
+        ) from None
     if not (EARLIEST <= s <= LATEST and EARLIEST <= e <= LATEST):
         raise ApiError(400, "bad_time_range", "start and end must lie between 1970 and 2200")
     if e <= s:

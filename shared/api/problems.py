@@ -16,23 +16,46 @@ PROBLEM_MEDIA = "application/problem+json"
 class ApiError(Exception):
     """A domain error that carries its HTTP status, a short code and words that say what to do."""
 
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any):
-        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers or {}, extra
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ):
+        self.status, self.code, self.detail, self.headers, self.extra = (
+            status,
+            code,
+            detail,
+            headers or {},
+            extra,
+        )
 
 
-def problem(request: Request, status: int, code: str, detail: str, headers: dict[str, str] | None = None,
-            **extra: Any) -> JSONResponse:
-    body = {"type": PROBLEM_BASE + code, "title": code.replace("_", " "), "status": status, "detail": detail,
-            "instance": request.url.path, **extra}
+def problem(
+    request: Request, status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": PROBLEM_BASE + code,
+        "title": code.replace("_", " "),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA, headers=headers)
 
 
 PROBLEM_SCHEMA = {
     "description": "Problem details (RFC 7807)",
-    "content": {PROBLEM_MEDIA: {"example": {
-        "type": PROBLEM_BASE + "not_logged_in", "title": "not logged in", "status": 401,
-        "detail": "log in first: POST /api/v1/token with username and password, then send "
-                  "'Authorization: Bearer <token>'", "instance": "/api/v1/air/latest"}}},
+    "content": {
+        PROBLEM_MEDIA: {
+            "example": {
+                "type": PROBLEM_BASE + "not_logged_in",
+                "title": "not logged in",
+                "status": 401,
+                "detail": "log in first: POST /api/v1/token with username and password, then send "
+                "'Authorization: Bearer <token>'",
+                "instance": "/api/v1/air/latest",
+            }
+        }
+    },
 }
 
 
@@ -45,7 +68,9 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": [str(x) for x in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
         where = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:3])
-        return problem(request, 422, "invalid_request", f"fix these parameters and retry: {where}", errors=errors)
+        return problem(
+            request, 422, "invalid_request", f"fix these parameters and retry: {where}", errors=errors
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

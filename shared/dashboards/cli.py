@@ -8,15 +8,25 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grafana", help="Grafana dashboards as code: push over the HTTP API or write provisioning/")
+    p = sub.add_parser(
+        "grafana", help="Grafana dashboards as code: push over the HTTP API or write provisioning/"
+    )
     cmds = p.add_subparsers(dest="grafana_command", metavar="ACTION")
     cmds.required = True
-    s = cmds.add_parser("provision", help="create or update the folder, data source and dashboards (idempotent)")
+    s = cmds.add_parser(
+        "provision", help="create or update the folder, data source and dashboards (idempotent)"
+    )
     s.add_argument("--url", required=True, help="Grafana base URL, e.g. http://grafana:3000")
-    s.add_argument("--token", default=os.environ.get("CITYOPS_GRAFANA_TOKEN"),
-                   help="service-account token (default CITYOPS_GRAFANA_TOKEN)")
-    s.add_argument("--db-host", default=os.environ.get("CITYOPS_GRAFANA_DB_HOST", "postgres:5432"),
-                   help="host:port of PostgreSQL as Grafana reaches it")
+    s.add_argument(
+        "--token",
+        default=os.environ.get("CITYOPS_GRAFANA_TOKEN"),
+        help="service-account token (default CITYOPS_GRAFANA_TOKEN)",
+    )
+    s.add_argument(
+        "--db-host",
+        default=os.environ.get("CITYOPS_GRAFANA_DB_HOST", "postgres:5432"),
+        help="host:port of PostgreSQL as Grafana reaches it",
+    )
     s.add_argument("--db-name", default=os.environ.get("CITYOPS_GRAFANA_DB_NAME", "cityops"))
     s.add_argument("--db-user", default=os.environ.get("CITYOPS_GRAFANA_DB_USER", "grafana_reader"))
     s.add_argument("--timescaledb", action="store_true", help="the database has TimescaleDB (time_bucket)")
@@ -32,18 +42,27 @@ def _provision(args: argparse.Namespace) -> int:
     from shared.dashboards.provision import ProvisionError, push
 
     if not args.token:
-        print("error: no token: pass --token or set CITYOPS_GRAFANA_TOKEN (a Grafana service-account token)",
-              file=sys.stderr)
+        print(
+            "error: no token: pass --token or set CITYOPS_GRAFANA_TOKEN (a Grafana service-account token)",
+            file=sys.stderr,
+        )
         return 2
-    ds = build.datasource(host=args.db_host, database=args.db_name, user=args.db_user, timescaledb=args.timescaledb,
-                          password=os.environ.get("CITYOPS_GRAFANA_DB_PASSWORD"))
+    ds = build.datasource(
+        host=args.db_host,
+        database=args.db_name,
+        user=args.db_user,
+        timescaledb=args.timescaledb,
+        password=os.environ.get("CITYOPS_GRAFANA_DB_PASSWORD"),
+    )
     try:
         done = push(args.url, args.token, datasource=ds, timeout=args.timeout)
     except ProvisionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"folder {done['folder']}, data source {done['datasource']}, "
-          f"{len(done['dashboards'])} dashboards: {', '.join(d['uid'] for d in done['dashboards'])}")
+    print(
+        f"folder {done['folder']}, data source {done['datasource']}, "
+        f"{len(done['dashboards'])} dashboards: {', '.join(d['uid'] for d in done['dashboards'])}"
+    )
     return 0
 
 
@@ -53,8 +72,10 @@ def _files(args: argparse.Namespace) -> int:
     if args.check:
         bad = drift()
         if bad:
-            print(f"error: provisioning/ is out of date ({', '.join(bad)}): run `cityops grafana files`",
-                  file=sys.stderr)
+            print(
+                f"error: provisioning/ is out of date ({', '.join(bad)}): run `cityops grafana files`",
+                file=sys.stderr,
+            )
             return 1
         print("provisioning/ is up to date")
         return 0

@@ -49,16 +49,20 @@ def fill(db_url: str, sim) -> dict[str, Any]:
         upsert_sensors(conn, sim.sensors)
         conn.execute(
             "UPDATE sensors SET meta = meta || jsonb_build_object('worker_id', 'w-' || sensor_id) "
-            "WHERE personal AND NOT meta ? 'worker_id'")
+            "WHERE personal AND NOT meta ? 'worker_id'"
+        )
         conn.commit()
         registry = load_sensors(conn)
-        worker_of = dict(conn.execute("SELECT sensor_id, meta->>'worker_id' FROM sensors WHERE personal").fetchall())
+        worker_of: dict[str, str] = dict(
+            conn.execute("SELECT sensor_id, meta->>'worker_id' FROM sensors WHERE personal").fetchall()
+        )
     msgs = sim.messages()
     received = datetime.now(UTC)
     v = Validator(registry, max_age=timedelta(days=30))
     records, dead = [], []
-    for i, (sid, gw, t, vals) in enumerate(zip(msgs["sensor_id"], msgs["gateway_id"], msgs["time"], msgs["values"],
-                                               strict=True)):
+    for i, (sid, gw, t, vals) in enumerate(
+        zip(msgs["sensor_id"], msgs["gateway_id"], msgs["time"], msgs["values"], strict=True)
+    ):
         payload = json.dumps({"sensor_id": sid, "time": t.isoformat(), "values": vals, "seq": i}).encode()
         res = v.validate(f"city/{gw}/{sid}", payload, received)
         if isinstance(res, Accepted):
@@ -71,9 +75,15 @@ def fill(db_url: str, sim) -> dict[str, Any]:
             dead.append((res, b["gateway_id"], b["payload"], -1))
     dls = []
     for res, gw, payload, i in dead:
-        _, value, _ = kafka.dead_letter(stage="gateway", reason_code=res.reason_code, reason=res.reason,
-                                        origin=f"mqtt:city/{gw}#{i}", original=payload, gateway_id=gw,
-                                        sensor_id=res.sensor_id)
+        _, value, _ = kafka.dead_letter(
+            stage="gateway",
+            reason_code=res.reason_code,  # type: ignore[arg-type]
+            reason=res.reason,
+            origin=f"mqtt:city/{gw}#{i}",
+            original=payload,
+            gateway_id=gw,
+            sensor_id=res.sensor_id,
+        )
         dls.append(repository.dead_letter_row(json.loads(value)))
     rows, worker_rows, more_dls = ObservationSink._rows(None, records, worker_of)  # type: ignore[arg-type]
 
@@ -82,9 +92,14 @@ def fill(db_url: str, sim) -> dict[str, Any]:
             return await repository.write_observations(conn, rows, worker_rows, dls + more_dls)
 
     n_obs, n_worker, n_dl = asyncio.run(write())
-    return {"observations": n_obs, "worker_observations": n_worker, "dead_letters": n_dl,
-            "sensors": len(sim.sensors), "start": sim.start.to_pydatetime(),
-            "end": (sim.start + pd_hours(sim.hours)).to_pydatetime()}
+    return {
+        "observations": n_obs,
+        "worker_observations": n_worker,
+        "dead_letters": n_dl,
+        "sensors": len(sim.sensors),
+        "start": sim.start.to_pydatetime(),
+        "end": (sim.start + pd_hours(sim.hours)).to_pydatetime(),
+    }
 
 
 def pd_hours(h: float):

@@ -30,8 +30,15 @@ def _rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def expand(sql: str, *, start: datetime, end: datetime, variables: dict[str, list[str]] | None = None,
-           timescaledb: bool = False, interval: timedelta = timedelta(minutes=5)) -> str:
+def expand(
+    sql: str,
+    *,
+    start: datetime,
+    end: datetime,
+    variables: dict[str, list[str]] | None = None,
+    timescaledb: bool = False,
+    interval: timedelta = timedelta(minutes=5),
+) -> str:
     """SQL as Grafana sends it: macros for the time range [start, end], then `$var` (multi-value
     variables become a quoted, comma-separated list, as Grafana formats them for SQL)."""
     frm, to = f"'{_rfc3339(start)}'", f"'{_rfc3339(end)}'"
@@ -59,7 +66,9 @@ def expand(sql: str, *, start: datetime, end: datetime, variables: dict[str, lis
             return group(args) + ' AS "time"'
         if name == "interval":
             return f"{interval.total_seconds():.0f}s"
-        raise MacroError(f"macro $__{name} is not supported by this expander: add it to shared/dashboards/macros.py")
+        raise MacroError(
+            f"macro $__{name} is not supported by this expander: add it to shared/dashboards/macros.py"
+        )
 
     out = _MACRO.sub(one, sql)
     variables = variables or {}
@@ -67,7 +76,9 @@ def expand(sql: str, *, start: datetime, end: datetime, variables: dict[str, lis
     def var(m: re.Match) -> str:
         name = m.group(1)
         if name not in variables:
-            raise MacroError(f"template variable ${name} has no value: define it in the dashboard's templating")
+            raise MacroError(
+                f"template variable ${name} has no value: define it in the dashboard's templating"
+            )
         return ",".join("'" + v.replace("'", "''") + "'" for v in variables[name])
 
     return _VAR.sub(var, out)

@@ -39,18 +39,24 @@ def _call(url: str, fn, *args, **kwargs):
     except GrafanaUnauthorizedError as exc:
         raise ProvisionError(
             f"Grafana at {url} refused the token (HTTP 401): create a service-account token with the Editor "
-            "role (Administration > Service accounts) and pass it with --token") from exc
+            "role (Administration > Service accounts) and pass it with --token"
+        ) from exc
     except GrafanaClientError as exc:
         if getattr(exc, "status_code", None) == 403:
-            raise ProvisionError(f"Grafana at {url} says the token may not do this (HTTP 403): give its service "
-                                 "account the Editor or Admin role") from exc
+            raise ProvisionError(
+                f"Grafana at {url} says the token may not do this (HTTP 403): give its service "
+                "account the Editor or Admin role"
+            ) from exc
         raise
     except GrafanaServerError as exc:
-        raise ProvisionError(f"Grafana at {url} failed with a server error ({exc}): check the Grafana log") from exc
+        raise ProvisionError(
+            f"Grafana at {url} failed with a server error ({exc}): check the Grafana log"
+        ) from exc
     except (niquests.exceptions.ConnectionError, niquests.exceptions.Timeout) as exc:
         raise ProvisionError(
             f"cannot reach Grafana at {url} ({type(exc).__name__}): check the URL and port "
-            "(e.g. http://grafana:3000) and that Grafana is running") from exc
+            "(e.g. http://grafana:3000) and that Grafana is running"
+        ) from exc
 
 
 def _status(exc: Exception) -> int | None:
@@ -83,8 +89,12 @@ def push(url: str, token: str, *, datasource: dict[str, Any], timeout: float = 1
         _call(url, api.datasource.create_datasource, datasource)
         done["datasource"] = "created"
     for dash in build.all_dashboards():
-        body = {"dashboard": {**dash, "id": None}, "folderUid": build.FOLDER_UID, "overwrite": True,
-                "message": "cityops grafana provision"}
+        body = {
+            "dashboard": {**dash, "id": None},
+            "folderUid": build.FOLDER_UID,
+            "overwrite": True,
+            "message": "cityops grafana provision",
+        }
         res = _call(url, api.dashboard.update_dashboard, body)
         done["dashboards"].append({"uid": dash["uid"], "status": (res or {}).get("status", "success")})
     return done
@@ -94,16 +104,37 @@ def provisioning_files(*, datasource: dict[str, Any] | None = None) -> dict[str,
     """Relative path under provisioning/ -> file text, for Grafana's file provisioning."""
     ds = dict(datasource or build.datasource(password=None))
     ds.pop("uid", None)
-    ds_file = {"apiVersion": 1, "datasources": [{
-        **ds, "uid": build.DATASOURCE_UID, "editable": False,
-        # the password comes from the environment of the Grafana container, never from the repo
-        "secureJsonData": {"password": "$CITYOPS_GRAFANA_DB_PASSWORD"},
-    }]}
-    provider = {"apiVersion": 1, "providers": [{
-        "name": "cityops", "orgId": 1, "folder": build.FOLDER_TITLE, "folderUid": build.FOLDER_UID,
-        "type": "file", "disableDeletion": False, "allowUiUpdates": False, "updateIntervalSeconds": 60,
-        "options": {"path": "/etc/grafana/provisioning/dashboards/json", "foldersFromFilesStructure": False},
-    }]}
+    ds_file = {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                **ds,
+                "uid": build.DATASOURCE_UID,
+                "editable": False,
+                # the password comes from the environment of the Grafana container, never from the repo
+                "secureJsonData": {"password": "$CITYOPS_GRAFANA_DB_PASSWORD"},
+            }
+        ],
+    }
+    provider = {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "cityops",
+                "orgId": 1,
+                "folder": build.FOLDER_TITLE,
+                "folderUid": build.FOLDER_UID,
+                "type": "file",
+                "disableDeletion": False,
+                "allowUiUpdates": False,
+                "updateIntervalSeconds": 60,
+                "options": {
+                    "path": "/etc/grafana/provisioning/dashboards/json",
+                    "foldersFromFilesStructure": False,
+                },
+            }
+        ],
+    }
     out = {
         "datasources/cityops.yaml": yaml.safe_dump(ds_file, sort_keys=False, allow_unicode=True),
         "dashboards/cityops.yaml": yaml.safe_dump(provider, sort_keys=False, allow_unicode=True),
@@ -126,7 +157,10 @@ def write_files(root: Path = PROVISIONING) -> list[Path]:
 def drift(root: Path = PROVISIONING) -> list[str]:
     """Files under provisioning/ that differ from what the code generates (empty when in step)."""
     want = provisioning_files()
-    out = [rel for rel, text in want.items()
-           if not (root / rel).exists() or (root / rel).read_text(encoding="utf-8") != text]
+    out = [
+        rel
+        for rel, text in want.items()
+        if not (root / rel).exists() or (root / rel).read_text(encoding="utf-8") != text
+    ]
     extra = {str(p.relative_to(root)) for p in (root / "dashboards" / "json").glob("*.json")} - set(want)
     return sorted(out + list(extra))

@@ -68,46 +68,91 @@ def pollution_peak(conn, sim, path: Path) -> tuple[Path, str]:
     pollutant = (ep or {}).get("pollutant", "pm25")
     peak = conn.execute(
         "SELECT valid_at FROM air_grid WHERE pollutant = %s GROUP BY 1 ORDER BY max(value) DESC LIMIT 1",
-        (pollutant,)).fetchone()
+        (pollutant,),
+    ).fetchone()
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     note = ""
     if peak:
-        cells = conn.execute("SELECT lon, lat, value FROM air_grid WHERE pollutant = %s AND valid_at = %s",
-                             (pollutant, peak[0])).fetchall()
-        sc = ax.scatter([c[0] for c in cells], [c[1] for c in cells], c=[c[2] for c in cells], cmap="inferno_r",
-                        marker="s", s=60)
+        cells = conn.execute(
+            "SELECT lon, lat, value FROM air_grid WHERE pollutant = %s AND valid_at = %s",
+            (pollutant, peak[0]),
+        ).fetchall()
+        sc = ax.scatter(
+            [c[0] for c in cells],
+            [c[1] for c in cells],
+            c=[c[2] for c in cells],
+            cmap="inferno_r",
+            marker="s",
+            s=60,
+        )
         when, what = peak[0], "grid estimate 网格估算"
     else:
         # no grid product: the stations' own hourly means at the peak hour still show the plume
         row = conn.execute(
             "SELECT bucket FROM observations_hourly WHERE domain = 'air' AND quantity = %s "
-            "GROUP BY 1 ORDER BY max(avg_value) DESC LIMIT 1", (pollutant,)).fetchone()
+            "GROUP BY 1 ORDER BY max(avg_value) DESC LIMIT 1",
+            (pollutant,),
+        ).fetchone()
         if not row:
             raise NoData(f"no {pollutant} grid estimates (air_grid) and no air observations")
         pts = conn.execute(
             "SELECT s.lon, s.lat, h.avg_value FROM observations_hourly h JOIN sensors s USING (sensor_id) "
-            "WHERE h.domain = 'air' AND h.quantity = %s AND h.bucket = %s", (pollutant, row[0])).fetchall()
-        sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], cmap="inferno_r", s=40,
-                        edgecolors="k", linewidths=0.3)
+            "WHERE h.domain = 'air' AND h.quantity = %s AND h.bucket = %s",
+            (pollutant, row[0]),
+        ).fetchall()
+        sc = ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            c=[p[2] for p in pts],
+            cmap="inferno_r",
+            s=40,
+            edgecolors="k",
+            linewidths=0.3,
+        )
         when, what = row[0], "station hourly means 站点小时均值"
         note = "no data for the grid estimate (air_grid is empty): stations shown instead / 无网格估算数据，显示站点值"
     fig.colorbar(sc, ax=ax, label=f"{pollutant} µg/m³")
     traced = conn.execute(
         "SELECT source_id, contribution FROM source_attributions WHERE pollutant = %s "
-        "ORDER BY abs(extract(epoch FROM at - %s)), rank LIMIT 1", (pollutant, when)).fetchone()
+        "ORDER BY abs(extract(epoch FROM at - %s)), rank LIMIT 1",
+        (pollutant, when),
+    ).fetchone()
     if ep:
-        ax.scatter([ep["lon"]], [ep["lat"]], marker="*", s=380, c="cyan", edgecolors="k",
-                   label=f"injected source 注入源 {ep['source_id']}")
+        ax.scatter(
+            [ep["lon"]],
+            [ep["lat"]],
+            marker="*",
+            s=380,
+            c="cyan",
+            edgecolors="k",
+            label=f"injected source 注入源 {ep['source_id']}",
+        )
     if traced:
-        src = next((s for sc_ in (sim.scenarios if sim else []) for s in sc_.config.get("sources", [])
-                    if isinstance(s, dict) and s.get("source_id") == traced[0]), None)
+        src = next(
+            (
+                s
+                for sc_ in (sim.scenarios if sim else [])
+                for s in sc_.config.get("sources", [])
+                if isinstance(s, dict) and s.get("source_id") == traced[0]
+            ),
+            None,
+        )
         if src and "lat" in src:
-            ax.scatter([src["lon"]], [src["lat"]], marker="X", s=200, c="lime", edgecolors="k",
-                       label=f"traced source 溯源结果 {traced[0]}")
+            ax.scatter(
+                [src["lon"]],
+                [src["lat"]],
+                marker="X",
+                s=200,
+                c="lime",
+                edgecolors="k",
+                label=f"traced source 溯源结果 {traced[0]}",
+            )
         else:
             ax.plot([], [], " ", label=f"traced source 溯源结果 {traced[0]} ({traced[1]:.1f} µg/m³)")
     else:
-        note += ("; " if note else "") + "no data for source tracing (source_attributions is empty) / 无溯源结果"
+        note += (
+            "; " if note else ""
+        ) + "no data for source tracing (source_attributions is empty) / 无溯源结果"
     ax.set_title(f"污染峰值 Pollution peak — {what}\n{when:%Y-%m-%d %H:%M} UTC")
     ax.set_xlabel("lon")
     ax.set_ylabel("lat")
@@ -119,14 +164,18 @@ def nowcast_vs_observed(conn, sim, path: Path) -> tuple[Path, str]:
     plt = _plt()
     fc = conn.execute(
         "SELECT station_id, valid_at, value, p10, p90 FROM forecasts WHERE domain = 'weather' AND variable = 'temp' "
-        "AND horizon_h = 1 ORDER BY station_id, valid_at").fetchall()
+        "AND horizon_h = 1 ORDER BY station_id, valid_at"
+    ).fetchall()
     station = fc[0][0] if fc else None
-    obs_sql = ("SELECT bucket, avg_value FROM observations_hourly WHERE quantity = 'temp' AND sensor_id = %s "
-               "ORDER BY bucket")
+    obs_sql = (
+        "SELECT bucket, avg_value FROM observations_hourly WHERE quantity = 'temp' AND sensor_id = %s "
+        "ORDER BY bucket"
+    )
     if station is None:
         any_station = conn.execute(
             "SELECT sensor_id FROM observations_hourly WHERE quantity = 'temp' AND domain IN ('weather', 'air') "
-            "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()
+            "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
         if not any_station:
             raise NoData("no nowcasts (forecasts) and no temperature observations")
         station = any_station[0]
@@ -140,7 +189,9 @@ def nowcast_vs_observed(conn, sim, path: Path) -> tuple[Path, str]:
         t = [f[1] for f in mine]
         ax.plot(t, [f[2] for f in mine], "C0-", label="nowcast +1 h 临近预报")
         if all(f[3] is not None and f[4] is not None for f in mine):
-            ax.fill_between(t, [f[3] for f in mine], [f[4] for f in mine], color="C0", alpha=0.2, label="p10–p90")
+            ax.fill_between(
+                t, [f[3] for f in mine], [f[4] for f in mine], color="C0", alpha=0.2, label="p10–p90"
+            )
     else:
         note = "no data for nowcasts (forecasts is empty): observed only / 无临近预报数据，仅显示实况"
     ax.set_title(f"临近预报与实况 Nowcast vs observed — temperature, {station}")
@@ -158,23 +209,44 @@ def leak_map(conn, sim, path: Path) -> tuple[Path, str]:
 
     net = load_network(network_path())
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    segs = [[net.node_xy[a], net.node_xy[b]] for a, b in net.link_nodes.values() if a in net.node_xy and b in net.node_xy]
+    segs = [
+        [net.node_xy[a], net.node_xy[b]]
+        for a, b in net.link_nodes.values()
+        if a in net.node_xy and b in net.node_xy
+    ]
     ax.add_collection(LineCollection(segs, colors="#bbbbbb", linewidths=0.8))
     ax.autoscale()
-    nodes = [r[0] for r in conn.execute(
-        "SELECT meta->>'node' FROM sensors WHERE domain = 'water' AND kind = 'pressure'").fetchall() if r[0]]
+    nodes = [
+        r[0]
+        for r in conn.execute(
+            "SELECT meta->>'node' FROM sensors WHERE domain = 'water' AND kind = 'pressure'"
+        ).fetchall()
+        if r[0]
+    ]
     pts = [net.node_xy[n] for n in nodes if n in net.node_xy]
     if pts:
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, c="#1f77b4", zorder=3,
-                   label="pressure sensor 压力计")
-    leak = conn.execute("SELECT leak_id, pipe_id, candidates FROM leaks ORDER BY detected_at LIMIT 1").fetchone()
+        ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            s=16,
+            c="#1f77b4",
+            zorder=3,
+            label="pressure sensor 压力计",
+        )
+    leak = conn.execute(
+        "SELECT leak_id, pipe_id, candidates FROM leaks ORDER BY detected_at LIMIT 1"
+    ).fetchone()
     note = ""
     if leak:
         cands = [c for c in leak[2] if isinstance(c, dict) and c.get("pipe_id") in net.link_nodes][:10]
         for rank, c in reversed(list(enumerate(cands, start=1))):
             a, b = net.link_nodes[c["pipe_id"]]
-            ax.plot(*zip(net.node_xy[a], net.node_xy[b], strict=True), color=(1.0, 0.55 * (rank - 1) / len(cands), 0),
-                    linewidth=4 if rank == 1 else 2.5, label="candidate pipes 候选管段" if rank == 1 else None)
+            ax.plot(
+                *zip(net.node_xy[a], net.node_xy[b], strict=True),
+                color=(1.0, 0.55 * (rank - 1) / len(cands), 0),
+                linewidth=4 if rank == 1 else 2.5,
+                label="candidate pipes 候选管段" if rank == 1 else None,
+            )
             ax.annotate(str(rank), net.link_midpoint_xy(c["pipe_id"]), fontsize=8)
         title = f"漏损定位 Leak {leak[0]} — top candidate {leak[1]}"
     else:
@@ -183,8 +255,14 @@ def leak_map(conn, sim, path: Path) -> tuple[Path, str]:
     for scen, marker in (("pipe_burst", "burst 爆管"), ("incipient_leak", "incipient leak 渐进漏损")):
         t = _truth(sim, scen)
         if t and t.get("pipe_id") in net.link_nodes:
-            ax.scatter(*net.link_midpoint_xy(t["pipe_id"]), marker="*", s=260, edgecolors="k",
-                       label=f"injected {marker} ({t['pipe_id']})", zorder=4)
+            ax.scatter(
+                *net.link_midpoint_xy(t["pipe_id"]),
+                marker="*",
+                s=260,
+                edgecolors="k",
+                label=f"injected {marker} ({t['pipe_id']})",
+                zorder=4,
+            )
     ax.set_title(title)
     ax.set_aspect("equal")
     ax.set_xticks([])
@@ -197,13 +275,17 @@ def leak_map(conn, sim, path: Path) -> tuple[Path, str]:
 def alert_timeline(conn, sim, path: Path) -> tuple[Path, str]:
     plt = _plt()
     since = (sim.start.to_pydatetime() - timedelta(days=1)) if sim is not None else datetime(2000, 1, 1)
-    alerts = conn.execute("SELECT alert_id, domain, severity, raised_at FROM alerts WHERE raised_at >= %s "
-                          "ORDER BY raised_at", (since,)).fetchall()
+    alerts = conn.execute(
+        "SELECT alert_id, domain, severity, raised_at FROM alerts WHERE raised_at >= %s ORDER BY raised_at",
+        (since,),
+    ).fetchall()
     if not alerts:
         raise NoData("no alerts were raised (alerts is empty)")
     dl = conn.execute(
         "SELECT d.channel, d.status, coalesce(d.sent_at, d.created_at) FROM deliveries d "
-        "WHERE d.subject_id = ANY(%s)", ([a[0] for a in alerts],)).fetchall()
+        "WHERE d.subject_id = ANY(%s)",
+        ([a[0] for a in alerts],),
+    ).fetchall()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     domains = sorted({a[1] for a in alerts})
     colours = {"info": "#999999", "minor": "#f2c14e", "major": "#f78154", "critical": "#c1121f"}
@@ -211,10 +293,17 @@ def alert_timeline(conn, sim, path: Path) -> tuple[Path, str]:
         ax.scatter(a[3], domains.index(a[1]), c=colours.get(a[2], "k"), s=40, zorder=3)
     channels = sorted({d[0] for d in dl})
     for d in dl:
-        ax.scatter(d[2], len(domains) + channels.index(d[0]), marker="|" if d[1] == "sent" else "x", s=80,
-                   c="C0" if d[1] == "sent" else "C3")
-    ax.set_yticks(range(len(domains) + len(channels)),
-                  [f"alert: {x}" for x in domains] + [f"delivery: {c}" for c in channels])
+        ax.scatter(
+            d[2],
+            len(domains) + channels.index(d[0]),
+            marker="|" if d[1] == "sent" else "x",
+            s=80,
+            c="C0" if d[1] == "sent" else "C3",
+        )
+    ax.set_yticks(
+        range(len(domains) + len(channels)),
+        [f"alert: {x}" for x in domains] + [f"delivery: {c}" for c in channels],
+    )
     ax.set_title(f"告警与送达时间线 Alerts and deliveries — {len(alerts)} alerts, {len(dl)} deliveries")
     note = "" if dl else "no data for deliveries (deliveries is empty) / 无送达记录"
     return _save(fig, path), note
@@ -272,20 +361,27 @@ def write(summary: dict, sim, settings, out_dir: Path) -> Path:
                 body = f'<p class="nodata">暂无数据 / no data for {html.escape(en.lower())}: {html.escape(str(exc))}</p>'
             except Exception as exc:  # a broken figure must not cost the reader the rest of the report
                 logger.exception("report figure %s failed", key)
-                body = (f'<p class="nodata">图表生成失败 / could not draw {html.escape(en.lower())}: '
-                        f'{html.escape(type(exc).__name__)}: {html.escape(str(exc))} — see the demo log</p>')
+                body = (
+                    f'<p class="nodata">图表生成失败 / could not draw {html.escape(en.lower())}: '
+                    f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))} — see the demo log</p>"
+                )
             sections.append(f'<section id="{key}">{head}{body}</section>')
     scen = "".join(
         f"<tr><td>{html.escape(str(s.get('domain')))}</td><td>{html.escape(str(s.get('scenario')))}</td>"
         f"<td>{ {True: '检出 DETECTED', False: '漏检 MISSED', None: '未检查 not checked'}[s.get('detected')] }</td></tr>"
-        for s in summary.get("scenarios", []))
-    facts = [("messages published 发布消息", summary.get("published_total")),
-             ("accepted to Kafka 进入 Kafka", summary.get("accepted_to_kafka")),
-             ("dead-lettered 死信", summary.get("dead_lettered")),
-             ("readings stored 入库读数", summary.get("rows_stored")),
-             ("every message accounted for 全部消息可追溯", summary.get("accounted")),
-             ("alerts raised 告警", summary.get("alerts"))]
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts if v is not None)
+        for s in summary.get("scenarios", [])
+    )
+    facts = [
+        ("messages published 发布消息", summary.get("published_total")),
+        ("accepted to Kafka 进入 Kafka", summary.get("accepted_to_kafka")),
+        ("dead-lettered 死信", summary.get("dead_lettered")),
+        ("readings stored 入库读数", summary.get("rows_stored")),
+        ("every message accounted for 全部消息可追溯", summary.get("accounted")),
+        ("alerts raised 告警", summary.get("alerts")),
+    ]
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts if v is not None
+    )
     page = f"""<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>CityOps 演示报告 / demo report</title>
 <style>body{{font-family:"{CJK_FONT}",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
@@ -293,8 +389,8 @@ img{{max-width:100%;border:1px solid #ddd}} .note{{color:#8a6d3b}} .nodata{{colo
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
 <body><h1>CityOps 演示报告 / Demo report</h1>
 <table>{rows}</table>
-<h2>注入场景 / Injected scenarios</h2><table>{scen or '<tr><td>no scenarios in the summary</td></tr>'}</table>
-{''.join(sections)}
+<h2>注入场景 / Injected scenarios</h2><table>{scen or "<tr><td>no scenarios in the summary</td></tr>"}</table>
+{"".join(sections)}
 </body></html>
 """
     path = out_dir / "report.html"

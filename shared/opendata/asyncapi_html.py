@@ -72,14 +72,33 @@ def render(source: Path = SOURCE) -> str:
     messages = []
     for key, m in sorted(doc.get("components", {}).get("messages", {}).items()):
         ref = m.get("payload", {}).get("$ref", "")
-        schema = json.loads((source.parent / ref).read_text()) if ref.startswith("./") else m.get("payload", {})
+        schema = (
+            json.loads((source.parent / ref).read_text()) if ref.startswith("./") else m.get("payload", {})
+        )
         req = set(schema.get("required", []))
-        fields = [{"name": n, "type": _type(p), "required": n in req, "description": p.get("description", "")}
-                  for n, p in schema.get("properties", {}).items()]
+        fields = [
+            {"name": n, "type": _type(p), "required": n in req, "description": p.get("description", "")}
+            for n, p in schema.get("properties", {}).items()
+        ]
         kafka_key = m.get("bindings", {}).get("kafka", {}).get("key", {}).get("description")
-        messages.append((key, {"title": m.get("title"), "contentType": m.get("contentType", "application/json"),
-                               "key": kafka_key, "ref": ref or "(inline)", "fields": fields,
-                               "schema_text": json.dumps(schema, indent=1, ensure_ascii=False)}))
+        messages.append(
+            (
+                key,
+                {
+                    "title": m.get("title"),
+                    "contentType": m.get("contentType", "application/json"),
+                    "key": kafka_key,
+                    "ref": ref or "(inline)",
+                    "fields": fields,
+                    "schema_text": json.dumps(schema, indent=1, ensure_ascii=False),
+                },
+            )
+        )
     env = Environment(autoescape=select_autoescape(default=True), keep_trailing_newline=True)
-    return env.from_string(TEMPLATE).render(asyncapi=doc["asyncapi"], info=doc["info"], servers=doc["servers"],
-                                            channels=doc["channels"], messages=messages)
+    return env.from_string(TEMPLATE).render(
+        asyncapi=doc["asyncapi"],
+        info=doc["info"],
+        servers=doc["servers"],
+        channels=doc["channels"],
+        messages=messages,
+    )

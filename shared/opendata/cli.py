@@ -10,7 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("opendata", help="open data: FIWARE Smart Data Models export, AsyncAPI page")
     cmds = p.add_subparsers(dest="opendata_command", metavar="ACTION")
     cmds.required = True
-    e = cmds.add_parser("export", help="observations (hourly) and alerts as NGSI-LD Smart Data Models, validated")
+    e = cmds.add_parser(
+        "export", help="observations (hourly) and alerts as NGSI-LD Smart Data Models, validated"
+    )
     e.add_argument("--start", required=True, help="ISO 8601, inclusive")
     e.add_argument("--end", required=True, help="ISO 8601, exclusive")
     e.add_argument("--out", required=True, help="output file (.jsonld: a JSON array of entities)")
@@ -53,7 +55,10 @@ def _asyncapi(args: argparse.Namespace) -> int:
     html = render()
     if args.check:
         if not OUT.exists() or OUT.read_text(encoding="utf-8") != html:
-            print("error: docs/asyncapi.html is out of date: run `cityops opendata asyncapi-html`", file=sys.stderr)
+            print(
+                "error: docs/asyncapi.html is out of date: run `cityops opendata asyncapi-html`",
+                file=sys.stderr,
+            )
             return 1
         print("docs/asyncapi.html is up to date")
         return 0

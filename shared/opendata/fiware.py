@@ -31,16 +31,40 @@ CONTEXT = {
 _PCT = ("relativeHumidity", lambda v: round(v / 100.0, 4))
 _DIR = ("windDirection", lambda v: round(((v + 180.0) % 360.0) - 180.0, 2))
 MAPPING: dict[str, tuple[list[str], dict[str, tuple[str, Any]]]] = {
-    "AirQualityObserved": (["air"], {"pm25": ("pm25", None), "pm10": ("pm10", None), "no2": ("no2", None),
-                                     "o3": ("o3", None), "temp": ("temperature", None), "rh": _PCT,
-                                     "wind_speed": ("windSpeed", None), "wind_dir": _DIR}),
-    "WeatherObserved": (["weather"], {"temp": ("temperature", None), "rh": _PCT, "wind_speed": ("windSpeed", None),
-                                      "wind_dir": _DIR, "rain": ("precipitation", None),
-                                      "pressure": ("atmosphericPressure", None)}),
+    "AirQualityObserved": (
+        ["air"],
+        {
+            "pm25": ("pm25", None),
+            "pm10": ("pm10", None),
+            "no2": ("no2", None),
+            "o3": ("o3", None),
+            "temp": ("temperature", None),
+            "rh": _PCT,
+            "wind_speed": ("windSpeed", None),
+            "wind_dir": _DIR,
+        },
+    ),
+    "WeatherObserved": (
+        ["weather"],
+        {
+            "temp": ("temperature", None),
+            "rh": _PCT,
+            "wind_speed": ("windSpeed", None),
+            "wind_dir": _DIR,
+            "rain": ("precipitation", None),
+            "pressure": ("atmosphericPressure", None),
+        },
+    ),
     "WaterObserved": (["water"], {"water_level": ("height", None), "flow": ("flow", None)}),
 }
-ALERT_CATEGORY = {"air": "environment", "weather": "weather", "water": "environment", "equipment": "security",
-                  "safety": "health", "emergency": "security"}
+ALERT_CATEGORY = {
+    "air": "environment",
+    "weather": "weather",
+    "water": "environment",
+    "equipment": "security",
+    "safety": "health",
+    "emergency": "security",
+}
 ALERT_SEVERITY = {"info": "informational", "minor": "low", "major": "high", "critical": "critical"}
 PROVIDER = "CityOps"
 
@@ -66,9 +90,11 @@ def observed_entities(rows: list[dict], model: str) -> list[dict]:
         if e is None:
             e = out[key] = {
                 "id": f"urn:ngsi-ld:{model}:cityops:{r['sensor_id']}:{r['bucket']:%Y%m%dT%H}",
-                "type": model, "dateObserved": _iso(r["bucket"]),
+                "type": model,
+                "dateObserved": _iso(r["bucket"]),
                 "location": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
-                "refDevice": f"urn:ngsi-ld:Device:cityops:{r['sensor_id']}", "dataProvider": PROVIDER,
+                "refDevice": f"urn:ngsi-ld:Device:cityops:{r['sensor_id']}",
+                "dataProvider": PROVIDER,
                 "source": "https://cityops.example/api/v1",
                 "@context": [CONTEXT[model], CORE_CONTEXT],
             }
@@ -81,12 +107,18 @@ def observed_entities(rows: list[dict], model: str) -> list[dict]:
 
 def alert_entity(a: dict) -> dict:
     e: dict[str, Any] = {
-        "id": f"urn:ngsi-ld:Alert:cityops:{a['alert_id']}", "type": "Alert",
-        "category": ALERT_CATEGORY.get(a["domain"], "security"), "subCategory": a["kind"],
-        "severity": ALERT_SEVERITY.get(a["severity"], "medium"), "alertSource": f"cityops:{a['domain']}",
-        "dateIssued": _iso(a["raised_at"]), "validFrom": _iso(a["raised_at"]),
-        "name": f"{a['title_zh']} / {a['title_en']}", "description": f"{a['message_zh']} / {a['message_en']}",
-        "dataProvider": PROVIDER, "@context": [CONTEXT["Alert"], CORE_CONTEXT],
+        "id": f"urn:ngsi-ld:Alert:cityops:{a['alert_id']}",
+        "type": "Alert",
+        "category": ALERT_CATEGORY.get(a["domain"], "security"),
+        "subCategory": a["kind"],
+        "severity": ALERT_SEVERITY.get(a["severity"], "medium"),
+        "alertSource": f"cityops:{a['domain']}",
+        "dateIssued": _iso(a["raised_at"]),
+        "validFrom": _iso(a["raised_at"]),
+        "name": f"{a['title_zh']} / {a['title_en']}",
+        "description": f"{a['message_zh']} / {a['message_en']}",
+        "dataProvider": PROVIDER,
+        "@context": [CONTEXT["Alert"], CORE_CONTEXT],
     }
     if a["resolved_at"]:
         e["validTo"] = _iso(a["resolved_at"])

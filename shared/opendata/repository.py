@@ -24,11 +24,13 @@ ORDER BY raised_at, alert_id
 """
 
 
-def hourly(conn: psycopg.Connection, *, domains: list[str], quantities: list[str], start: datetime,
-           end: datetime) -> list[dict]:
+def hourly(
+    conn: psycopg.Connection, *, domains: list[str], quantities: list[str], start: datetime, end: datetime
+) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(HOURLY, {"domains": domains, "quantities": quantities, "start": start,
-                                    "end": end}).fetchall()
+        return cur.execute(
+            HOURLY, {"domains": domains, "quantities": quantities, "start": start, "end": end}
+        ).fetchall()
 
 
 def alerts(conn: psycopg.Connection, *, start: datetime, end: datetime) -> list[dict]:

@@ -18,16 +18,27 @@ MODELS = ("AirQualityObserved", "WeatherObserved", "WaterObserved", "Alert")
 OUT = Path(__file__).parent / "schemas"
 SOURCE = "pysmartdatamodels 0.8.2.0 (PyPI), model-assets/smartdatamodels.json.gz + datamodels_metadata.json"
 _KEYS = ("type", "format", "enum", "minimum", "maximum", "items", "description")
-GEOMETRY = {"type": "object", "required": ["type", "coordinates"], "properties": {
-    "type": {"type": "string", "enum": ["Point", "LineString", "Polygon", "MultiPoint", "MultiLineString",
-                                       "MultiPolygon"]},
-    "coordinates": {"type": "array"}}}
+GEOMETRY = {
+    "type": "object",
+    "required": ["type", "coordinates"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": ["Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon"],
+        },
+        "coordinates": {"type": "array"},
+    },
+}
 
 
 def build(assets: Path) -> dict[str, dict]:
-    props = json.load(gzip.open(assets / "smartdatamodels.json.gz"))
-    meta = {m["dataModel"]: m for m in json.load(open(assets / "datamodels_metadata.json"))
-            if m.get("dataModel") in MODELS}
+    with gzip.open(assets / "smartdatamodels.json.gz") as f:
+        props = json.load(f)
+    meta = {
+        m["dataModel"]: m
+        for m in json.loads((assets / "datamodels_metadata.json").read_text())
+        if m.get("dataModel") in MODELS
+    }
     out = {}
     for model in MODELS:
         m = meta[model]
@@ -47,9 +58,15 @@ def build(assets: Path) -> dict[str, dict]:
         properties["type"] = {"type": "string", "enum": [model], "description": "NGSI-LD entity type"}
         properties["location"] = GEOMETRY
         out[model] = {
-            "$schema": "http://json-schema.org/draft-07/schema#", "$id": m["$id"], "title": m["title"],
-            "description": m["description"], "x-model-version": m["version"], "x-source": SOURCE,
-            "type": "object", "required": m["required"], "properties": dict(sorted(properties.items())),
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "$id": m["$id"],
+            "title": m["title"],
+            "description": m["description"],
+            "x-model-version": m["version"],
+            "x-source": SOURCE,
+            "type": "object",
+            "required": m["required"],
+            "properties": dict(sorted(properties.items())),
         }
     return out
 

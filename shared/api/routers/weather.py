@@ -15,26 +15,57 @@ Variable = Literal["temp", "rh", "wind_speed", "wind_dir", "rain", "pressure"]
 
 
 @router.get("/latest", summary="Newest good value per station", responses=_obs.example(_obs.LATEST_EXAMPLE))
-async def latest(request: Request, _: OpenData, page: Paging, quantity: Variable | None = None,
-                 district: _obs.District = None, sensor_id: _obs.SensorId = None) -> dict:
+async def latest(
+    request: Request,
+    _: OpenData,
+    page: Paging,
+    quantity: Variable | None = None,
+    district: _obs.District = None,
+    sensor_id: _obs.SensorId = None,
+) -> dict:
     return await _obs.latest(request, ["weather"], quantity, district, sensor_id, page)
 
 
-@router.get("/history", summary="Bucketed mean/min/max of good data per station",
-            responses=_obs.example(_obs.HISTORY_EXAMPLE))
-async def history(request: Request, _: OpenData, page: Paging, rng: TimeRange, quantity: Variable = "temp",
-                  bucket: _obs.Bucket = "1h", district: _obs.District = None, sensor_id: _obs.SensorId = None) -> dict:
+@router.get(
+    "/history",
+    summary="Bucketed mean/min/max of good data per station",
+    responses=_obs.example(_obs.HISTORY_EXAMPLE),
+)
+async def history(
+    request: Request,
+    _: OpenData,
+    page: Paging,
+    rng: TimeRange,
+    quantity: Variable = "temp",
+    bucket: _obs.Bucket = "1h",
+    district: _obs.District = None,
+    sensor_id: _obs.SensorId = None,
+) -> dict:
     return await _obs.history(request, ["weather"], quantity, bucket, rng, district, sensor_id, page)
 
 
 @router.get("/nowcasts", summary="Nowcasts valid in the range, with p10/p90")
-async def nowcasts(request: Request, _: OpenData, page: Paging, rng: TimeRange, variable: Variable = "temp",
-                   station_id: _obs.SensorId = None,
-                   horizon_h: Annotated[int | None, Query(ge=0, le=240, examples=[1])] = None) -> dict:
+async def nowcasts(
+    request: Request,
+    _: OpenData,
+    page: Paging,
+    rng: TimeRange,
+    variable: Variable = "temp",
+    station_id: _obs.SensorId = None,
+    horizon_h: Annotated[int | None, Query(ge=0, le=240, examples=[1])] = None,
+) -> dict:
     async with request.app.state.pool.connection() as conn:
-        rows = await repository.forecasts(conn, domain="weather", variable=variable, station_id=station_id,
-                                          start=rng.start, end=rng.end, horizon_h=horizon_h, limit=page.limit,
-                                          offset=page.offset)
+        rows = await repository.forecasts(
+            conn,
+            domain="weather",
+            variable=variable,
+            station_id=station_id,
+            start=rng.start,
+            end=rng.end,
+            horizon_h=horizon_h,
+            limit=page.limit,
+            offset=page.offset,
+        )
     return page.wrap(rows)
 
 
