@@ -8,7 +8,7 @@ from shared.batch_io import run_batch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    em = sub.add_parser("emergency", help="emergency: equipment fault detection")
+    em = sub.add_parser("emergency", help="emergency: equipment fault detection and the streaming service")
     cmds = em.add_subparsers(dest="emergency_command", metavar="ACTION")
     cmds.required = True
 
@@ -20,6 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mset: MSET state estimation (default); hybrid: MSET or linear residuals, whichever "
                         "explains the state (extrapolates proportional relations); pca: the PCA T²+Q baseline")
     p.set_defaults(func=_detect)
+
+    sv = cmds.add_parser("serve", help="the streaming service: machines, worker safety, gas, incidents (port 8113)")
+    sv.add_argument("--port", type=int, default=None, help="HTTP port (default CITYOPS_EMERGENCY_PORT or 8113)")
+    sv.set_defaults(func=_serve)
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from services.emergency import app
+
+    return app.run(a.port)
 
 
 def _detect(a: argparse.Namespace) -> int:

@@ -173,6 +173,11 @@ class SafetyMonitor:
         st.zones = frozenset(restricted)
         return alerts
 
+    def open_conditions(self, worker_id: str) -> dict[str, int]:
+        """The conditions (kind -> grade) open for a worker right now; a kind leaving this set has cleared."""
+        st = self._state.get(worker_id)
+        return dict(st.open) if st is not None else {}
+
     @staticmethod
     def _alert(r: WearableReading, kind: str, sev: Severity, value: float, zone_ids: tuple[str, ...]) -> SafetyAlert:
         zh, en, unit = ALERT_NAMES[kind]

@@ -268,10 +268,72 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
         "pumping_stations": {sid: {k: v for k, v in s.items() if k != "station_id"} for sid, s in sites.items()},
         "gas_sources": [{"source_id": "PS-3-wetwell", "station_id": "PS-3", "lat": pit3.y, "lon": pit3.x,
                          "gas": "H2S", "threshold_mg_m3": H2S_EVACUATE_MG_M3, "detector": det_id,
-                         "release_rate_g_s_assumed": rate_g_s}],
+                         "release_rate_g_s_assumed": rate_g_s,
+                         # the site's prevailing wind, for the plume when no nowcast has arrived
+                         "prevailing_wind_from_deg": wind_from, "prevailing_wind_speed_ms": wind_speed}],
         # personal: the roster maps wearables to workers; only the restricted side may read it
         "wearables": roster,
         "gas_limits": asdict(GasLimits()),
         "retention_days": DEFAULT_RETENTION_DAYS,
     }
     return DomainScenario("emergency", sensors, readings, truth, config)
+
+
+def _alert_time(a: dict[str, Any]) -> pd.Timestamp | None:
+    ev = a.get("evidence") or {}
+    t = ev.get("observed_at") or a.get("raised_at")
+    if t is None:
+        return None
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def check_detection(truth: dict[str, Any], alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Did the services detect one injected scenario? Judged on the alert rows the demo collected.
+
+    equipment_fault: a fault alert on the right machine, after the fault began, naming one of its channels;
+    gas_release: a release alert for the right source while the gas was out, with a downwind evacuation area;
+    worker_fall: a fall or man-down alert in the right hazard zone while the worker was down (workers are
+    pseudonymous on the shared topic, so the zone and the time identify the event);
+    restricted_entry: an entry alert for the right zone during the intrusion.
+    """
+    start = pd.Timestamp(truth["start"])
+    end = pd.Timestamp(truth["end"]) if truth.get("end") else None
+    sc = truth.get("scenario")
+    em = [a for a in alerts if a.get("domain") == "emergency"]
+
+    def window(a: dict[str, Any], slack_min: float = 10.0) -> bool:
+        t = _alert_time(a)
+        return t is not None and t >= start and (end is None or t <= end + pd.Timedelta(minutes=slack_min))
+
+    hits: list[dict[str, Any]] = []
+    note = ""
+    if sc == "equipment_fault":
+        same = [a for a in em if a.get("kind") == "equipment_fault"
+                and (a.get("evidence") or {}).get("machine_id") == truth["machine_id"] and window(a)]
+        hits = [a for a in same if set((a.get("evidence") or {}).get("channels") or []) & set(truth["channels"])]
+        note = (f"fault alert on {truth['machine_id']} naming {', '.join(truth['channels'])}" if hits else
+                f"{len(same)} alerts on {truth['machine_id']}, none naming the faulty channels" if same else
+                f"no fault alert on {truth['machine_id']} after {start.isoformat()}")
+    elif sc == "gas_release":
+        same = [a for a in em if a.get("kind") == "gas_release"
+                and (a.get("evidence") or {}).get("source_id") == truth["source_id"] and window(a)]
+        hits = [a for a in same if float((a.get("evidence") or {}).get("downwind_m") or 0) > 0]
+        note = (f"release alert with a {hits[0]['evidence']['downwind_m']} m downwind evacuation area" if hits else
+                "release alert without an evacuation area" if same else f"no release alert for {truth['source_id']}")
+    elif sc in ("worker_fall", "restricted_entry"):
+        kinds = {"fall", "man_down"} if sc == "worker_fall" else {"restricted_entry"}
+        hits = [a for a in em if a.get("kind") in kinds and window(a, 5.0)
+                and truth["zone_id"] in ((a.get("evidence") or {}).get("zone_ids") or [])]
+        if sc == "worker_fall" and hits and not any(a.get("severity") == "critical" for a in hits):
+            note = "detected, but never raised to critical inside the hazard zone"
+        else:
+            note = f"{', '.join(sorted({a['kind'] for a in hits}))} alert in {truth['zone_id']}" if hits else \
+                f"no {'/'.join(sorted(kinds))} alert in {truth['zone_id']} during the event"
+    else:
+        return {"detected": None, "at": None, "delay_min": None, "note": f"unknown scenario {sc!r}"}
+    if not hits:
+        return {"detected": False, "at": None, "delay_min": None, "note": note}
+    first = min(_alert_time(a) for a in hits)
+    return {"detected": True, "at": first.isoformat(), "delay_min": round((first - start).total_seconds() / 60, 1),
+            "note": note}

@@ -1,0 +1,66 @@
+"""Wiring of the emergency service: two stream consumers, the report drawer, retention, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.emergency.settings import EmergencySettings
+from shared.service import Readiness, health_app, serve
+
+logger = logging.getLogger("cityops.emergency")
+
+
+def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = None):
+    """The service object, its workers and the HTTP app (the DB pool opens in the first worker)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.emergency import endpoints, repository
+    from services.emergency.handlers import EQUIPMENT_TOPICS, SAFETY_TOPICS, EmergencyService
+    from shared import kafka
+    from shared.stream import StreamProcessor
+
+    pool = AsyncConnectionPool(s.db_url, min_size=1, max_size=4, open=False)
+    svc = EmergencyService(s, pool, config=config)
+    equipment = StreamProcessor("emergency-equipment", s.kafka_bootstrap, EQUIPMENT_TOPICS,
+                                f"{s.emergency_group_prefix}-equipment", svc.handle_equipment, readiness,
+                                max_records=500)
+    # wearables: small batches and short polls keep wearable -> alert latency low
+    safety = StreamProcessor("emergency-safety", s.kafka_bootstrap, SAFETY_TOPICS, f"{s.emergency_group_prefix}-safety",
+                             svc.handle_safety, readiness, max_records=500, poll_ms=100)
+
+    async def db_and_reports(stop: asyncio.Event) -> None:
+        await pool.open(wait=True, timeout=60)
+        readiness.set("db")
+        producer = kafka.producer(s.kafka_bootstrap)
+        await producer.start()
+        try:
+            await svc.reporter(stop, producer)
+        finally:
+            await producer.stop()
+            await pool.close()
+
+    async def streams(stop: asyncio.Event) -> None:
+        while not readiness.state.get("db"):
+            await asyncio.sleep(0.1)
+        await asyncio.gather(equipment.run(stop), safety.run(stop))
+
+    async def retention(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            deleted = await asyncio.to_thread(repository.enforce_retention, s.db_url, s.emergency_retention_days)
+            logger.info("retention enforced", extra={"fields": {"deleted": deleted}})
+            try:
+                await asyncio.wait_for(stop.wait(), s.emergency_retention_interval_s)
+            except TimeoutError:
+                pass
+
+    app = health_app("emergency", readiness)
+    endpoints.mount(app, s, pool, svc)
+    return svc, app, [db_and_reports, streams, retention]
+
+
+def run(port: int | None = None) -> int:
+    s = EmergencySettings()  # type: ignore[call-arg]
+    readiness = Readiness("db", "kafka")
+    _, app, workers = build(s, readiness)
+    return asyncio.run(serve("emergency", app, workers, port=port or s.emergency_port))

@@ -1,0 +1,684 @@
+"""Stream handlers of the emergency service: machines, worker safety, gas releases, cross-domain incidents.
+
+Two consumers share one :class:`EmergencyService` (its per-sensor state and the incidents):
+
+- equipment observations -> per-machine `hybrid` fault detector, trained on the first part of
+  each machine's stream (off the event loop) -> equipment_health rows, fault alerts, an
+  `inspect_equipment` task and a pumping-station incident;
+- safety and personal observations, other domains' alerts and the weather nowcasts -> worker
+  safety alerts (pseudonymous on the shared topic), gas-release evacuation incidents, flood
+  incidents from rainstorm + drain alerts.
+
+Everything is judged in simulated time (`observed_at`). Alert ids are `stable_id(dedup_key,
+episode start)` and incident ids come from what they are about, so a replayed batch gives the
+same ids; the database takes them with upserts on the natural keys. Reports and maps are drawn
+by a separate loop (:meth:`EmergencyService.reporter`) so that no drawing delays an alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from schemas.alerts import Alert, GeoPoint
+from schemas.observations import Observation
+from schemas.products import Incident as IncidentMsg
+from schemas.products import StationForecast
+from schemas.tasks import FieldTask
+from schemas.topics import ALERTS, OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
+from services.emergency.domain import incidents as inc_rules
+from services.emergency.domain.fault import OnlineFaultMonitor, fit_detector
+from services.emergency.domain.privacy import pseudonymise, shared_alert
+from services.emergency.domain.safety import (
+    ALERT_NAMES,
+    GasLimits,
+    SafetyAlert,
+    SafetyMonitor,
+    Severity,
+    reading_from_message,
+)
+from services.emergency.domain.zones import Zone
+from services.emergency.settings import EmergencySettings
+from shared.city import City, District, default_city
+from shared.stream import Output, PoisonRecord, alert_output, output, stable_id, task_output
+
+logger = logging.getLogger("cityops.emergency")
+SOURCE = "emergency"
+INCIDENTS = "cityops.emergency.incidents.v1"
+NOWCASTS = "cityops.weather.nowcast.v1"
+EQUIPMENT = OBSERVATION_TOPIC["equipment"]
+SAFETY = OBSERVATION_TOPIC["safety"]
+SEVERITY = {1: "minor", 2: "major", 3: "critical"}
+LEVEL = {1: "yellow", 2: "orange", 3: "red"}
+INCIDENT_KIND = {"flood": "flood", "gas_evacuation": "gas_release", "pumping_station_fault": "equipment_fault",
+                 "worker_safety": "worker_safety"}
+# events rather than conditions: each is its own episode and never "clears"
+EVENT_KINDS = {"fall", "sos", "restricted_entry"}
+# worker alerts that call a crew out (the others are alerts only)
+CALL_OUT_KINDS = {"fall", "man_down", "sos", "gas_h2s", "gas_co", "gas_lel", "o2_low", "o2_high"}
+# hourly rain rate a rainstorm signal level stands for, when the alert carries no rate
+RAIN_MM_H_OF_LEVEL = {"blue": 16.0, "yellow": 20.0, "orange": 32.0, "red": 40.0}
+
+
+def city_from_config(d: dict[str, Any] | None) -> City:
+    if not d:
+        return default_city()
+    return City(d.get("name", "city"), float(d["centre_lat"]), float(d["centre_lon"]), tuple(
+        District(x["district_id"], x["name_zh"], x["name_en"], tuple(x["bbox"]), x.get("land_use", "urban"),
+                 bool(x.get("low_lying", False))) for x in d["districts"]))
+
+
+def _limits(d: dict[str, Any] | None) -> GasLimits:
+    if not d:
+        return GasLimits()
+    return GasLimits(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _ts(t: datetime | str) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _good_values(obs: Observation) -> dict[str, float]:
+    """Only QARTOD pass / not-evaluated values feed the models."""
+    return {q: v.value for q, v in obs.values.items() if v.qc in (1, 2)}
+
+
+def _parse(events: list[dict], prefix: str) -> list[Observation]:
+    """All observations of a batch, validated before any state changes (so a poison batch replays cleanly)."""
+    out = []
+    for env in events:
+        if not str(env.get("type", "")).startswith(prefix):
+            continue
+        try:
+            out.append(Observation.model_validate(env["payload"]))
+        except ValidationError as exc:
+            raise PoisonRecord(f"not an Observation: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    return out
+
+
+@dataclass
+class _Machine:
+    machine_id: str
+    station_id: str | None
+    sensor_id: str
+    lat: float
+    lon: float
+    district: str | None
+    train: list[dict[str, float]] = field(default_factory=list)
+    monitor: OnlineFaultMonitor | None = None
+    last: pd.Timestamp | None = None
+    episode_start: pd.Timestamp | None = None
+    alert_id: str | None = None
+    incident_id: str | None = None
+    normal_run: int = 0
+    peak: float = 0.0
+
+
+@dataclass
+class _Detector:
+    source: dict[str, Any]
+    release_at: pd.Timestamp | None = None
+    alert_id: str | None = None
+    incident_id: str | None = None
+    below: int = 0
+    peak_ppm: float = 0.0
+
+
+@dataclass
+class _Episode:
+    start: pd.Timestamp
+    alert_id: str
+    grade: int
+    absent: int = 0
+
+
+@dataclass
+class _Tracked:
+    incident: inc_rules.Incident
+    related: list[str] = field(default_factory=list)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    report_path: str | None = None
+    map_path: str | None = None
+    public_location: tuple[float, float] | None = None
+    dirty: bool = True
+    needs_report: bool = False
+
+
+class EmergencyService:
+    """State and handlers of the emergency stream service (one instance per process)."""
+
+    def __init__(self, settings: EmergencySettings, pool, *, config: dict[str, Any] | None = None):
+        self.s = settings
+        self.pool = pool
+        cfg = settings.load_city_config() if config is None else config
+        em = cfg.get("domains", {}).get("emergency", {})
+        self.city = city_from_config(cfg.get("city"))
+        self.zones = [Zone.from_config(z) for z in em.get("zones", [])]
+        self.limits = _limits(em.get("gas_limits"))
+        self.machine_cfg = {m["sensor_id"]: m for m in em.get("machines", [])}
+        self.stations: dict[str, dict[str, Any]] = em.get("pumping_stations", {})
+        self.gas_sources = {g["detector"]: g for g in em.get("gas_sources", []) if g.get("detector")}
+        self.worker_of = {sid: w["worker_id"] for sid, w in em.get("wearables", {}).items()}
+        self.train_until = _ts(em["train_until"]) if em.get("train_until") else None
+        self.key = settings.pseudonym_key()
+        self.out_dir = settings.emergency_state_dir
+        self.machines: dict[str, _Machine] = {}
+        self.detectors: dict[str, _Detector] = {}
+        self.safety = SafetyMonitor(self.zones, self.limits)
+        self.episodes: dict[str, dict[str, _Episode]] = {}  # pseudonym -> kind -> episode
+        self.worker_incident: dict[str, str] = {}  # pseudonym -> open incident id
+        self.incidents: dict[str, _Tracked] = {}
+        self.wind: tuple[pd.Timestamp, float | None, float | None] | None = None
+        self.rain: list[inc_rules.RainNowcast] = []
+        self.drains: list[inc_rules.DrainLevel] = []
+        self.fits = 0
+        self.last_seen: dict[str, pd.Timestamp] = {}  # sensor -> newest observed_at handled
+
+    # -- equipment ------------------------------------------------------------------------
+
+    def _machine(self, obs: Observation) -> _Machine:
+        m = self.machines.get(obs.sensor_id)
+        if m is None:
+            c = self.machine_cfg.get(obs.sensor_id, {})
+            m = self.machines[obs.sensor_id] = _Machine(
+                c.get("machine_id", obs.sensor_id), c.get("station_id"), obs.sensor_id, obs.lat, obs.lon, obs.district)
+        return m
+
+    def _training_done(self, m: _Machine, t: pd.Timestamp) -> bool:
+        if self.train_until is not None and len(m.train) >= 20:
+            return t > self.train_until
+        return len(m.train) >= self.s.emergency_train_samples
+
+    async def handle_equipment(self, events: list[dict]) -> list[Output]:
+        obs = _parse(events, "observation.equipment")
+        out: list[Output] = []
+        health: list[tuple] = []
+        for o in obs:
+            t = _ts(o.observed_at)
+            m = self._machine(o)
+            if m.last is not None and t <= m.last:
+                continue  # a replayed or late sample: its row and alerts exist already
+            m.last = t
+            sample = _good_values(o)
+            if m.monitor is None:
+                if not self._training_done(m, t):
+                    m.train.append(sample)
+                    continue
+                await self._fit(m)
+                if m.monitor is None:
+                    m.train.append(sample)
+                    continue
+            score, flag, channels, started = m.monitor.update(sample)
+            health.append((t.to_pydatetime(), m.machine_id, score, flag,
+                           {"channels": channels, "sensor_id": m.sensor_id}))
+            out += self._fault_rules(m, t, score, flag, channels, started, sample)
+        if health:
+            async with self.pool.connection() as conn:
+                from services.emergency import repository
+
+                await repository.write_equipment_health(conn, health)
+        out += await self._flush_incidents()
+        return out
+
+    async def _fit(self, m: _Machine) -> None:
+        frame = pd.DataFrame(m.train)
+        try:
+            # seconds of linear algebra: not on the event loop
+            det = await asyncio.to_thread(fit_detector, frame, model=self.s.emergency_fault_model)
+        except ValueError as exc:
+            logger.warning("cannot fit machine yet", extra={"fields": {"machine": m.machine_id, "error": str(exc)}})
+            return
+        m.monitor = OnlineFaultMonitor(det)
+        m.train = []
+        self.fits += 1
+        logger.info("machine detector trained", extra={"fields": {"machine": m.machine_id, "rows": len(frame)}})
+
+    def _fault_rules(self, m: _Machine, t: pd.Timestamp, score: float, flag: bool, channels: list[str],
+                     started: bool, sample: dict[str, float]) -> list[Output]:
+        out: list[Output] = []
+        dedup = f"emergency:equipment_fault:{m.machine_id}"
+        if flag:
+            m.normal_run = 0
+            m.peak = max(m.peak, score)
+        if started and m.episode_start is None:
+            m.episode_start, m.peak = t, score
+            m.alert_id = stable_id(dedup, t.isoformat())
+            st = self.stations.get(m.station_id or "", {})
+            where_zh = st.get("name_zh", m.station_id or m.sensor_id)
+            where_en = st.get("name_en", m.station_id or m.sensor_id)
+            chans = ", ".join(channels) or "several channels"
+            evidence = {"observed_at": t.isoformat(), "machine_id": m.machine_id, "station_id": m.station_id,
+                        "score": round(score, 3), "threshold": 1.0, "channels": channels,
+                        "values": {c: round(v, 3) for c, v in sample.items()},
+                        "model": self.s.emergency_fault_model, "supplies": st.get("supplies", [])}
+            alert = Alert(
+                alert_id=m.alert_id, domain="emergency", kind="equipment_fault", severity="major", level="orange",
+                title_zh=f"设备故障预警：{where_zh} {m.machine_id}", title_en=f"Equipment fault warning: {where_en} {m.machine_id}",
+                message_zh=f"{m.machine_id} 运行状态偏离正常（评分 {score:.1f}，异常通道：{chans}）。"
+                           "请安排设备检修人员到场检查轴承与振动，必要时切换备用泵。",
+                message_en=f"{m.machine_id} is running away from normal (score {score:.1f}; deviating: {chans}). "
+                           "Send an equipment crew to check bearings and vibration; switch to the standby pump if needed.",
+                location=GeoPoint(lat=m.lat, lon=m.lon), district=m.district, dedup_key=dedup, raised_at=t,
+                evidence=evidence)
+            out.append(alert_output(alert, source=SOURCE))
+            tracked = None
+            if m.station_id in self.stations:
+                fault = inc_rules.EquipmentFault(t, m.machine_id, m.station_id, score, tuple(channels))
+                tracked = self._open(inc_rules.pumping_station_incident(fault, self.stations, self.city),
+                                     m.alert_id, public=(m.lat, m.lon))
+                m.incident_id = tracked.incident.incident_id
+            task = FieldTask(
+                task_id=stable_id("task", dedup, t.isoformat()), kind="inspect_equipment", domain="emergency",
+                priority="high", title_zh=f"检查设备 {m.machine_id}（{where_zh}）", title_en=f"Inspect {m.machine_id} ({where_en})",
+                description_zh=f"故障预警评分 {score:.1f}，异常通道：{chans}。检查轴承、振动和温度，报告是否需停机。",
+                description_en=f"Fault score {score:.1f}; deviating channels: {chans}. Check bearing, vibration and "
+                               "temperature; report whether the pump must stop.",
+                location=GeoPoint(lat=m.lat, lon=m.lon), district=m.district, required_skills=["equipment"],
+                related_alert_id=m.alert_id, created_at=t,
+                evidence={**evidence, **({"map_png": tracked.map_path, "incident_id": tracked.incident.incident_id}
+                                         if tracked else {})})
+            out.append(task_output(task, source=SOURCE))
+            if tracked:
+                self._step(tracked, "dispatched", t, f"task {task.task_id}")
+        elif m.episode_start is not None and not flag:
+            m.normal_run += 1
+            if m.normal_run >= self.s.emergency_clear_after:
+                alert = Alert(
+                    alert_id=m.alert_id or stable_id(dedup, m.episode_start.isoformat()), domain="emergency",
+                    kind="equipment_fault", severity="minor", status="cleared",
+                    title_zh=f"设备恢复正常：{m.machine_id}", title_en=f"Equipment back to normal: {m.machine_id}",
+                    message_zh=f"{m.machine_id} 已连续 {m.normal_run} 个样本正常，预警解除；请在检修记录中注明处理结果。",
+                    message_en=f"{m.machine_id} has been normal for {m.normal_run} samples; warning cleared. "
+                               "Record what was done in the maintenance log.",
+                    location=GeoPoint(lat=m.lat, lon=m.lon), district=m.district, dedup_key=dedup, raised_at=t,
+                    evidence={"observed_at": t.isoformat(), "episode_start": m.episode_start.isoformat(),
+                              "peak_score": round(m.peak, 3), "score": round(score, 3)})
+                out.append(alert_output(alert, source=SOURCE))
+                if m.incident_id in self.incidents:
+                    self._step(self.incidents[m.incident_id], "resolved", t, "machine back to normal")
+                m.episode_start = m.alert_id = m.incident_id = None
+                m.normal_run = 0
+        return out
+
+    # -- safety: wearables, fixed detectors, other domains --------------------------------
+
+    async def handle_safety(self, events: list[dict]) -> list[Output]:
+        personal = _parse([e for e in events if e.get("type") == "observation.personal"], "observation.personal")
+        fixed = _parse([e for e in events if e.get("type") == "observation.safety"], "observation.safety")
+        others = []
+        for env in events:
+            typ = env.get("type")
+            try:
+                if typ == "alert":
+                    others.append(Alert.model_validate(env["payload"]))
+                elif typ == "weather.nowcast":
+                    others.append(StationForecast.model_validate(env["payload"]))
+            except ValidationError as exc:
+                raise PoisonRecord(f"bad {typ}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        out: list[Output] = []
+        for x in others:
+            if isinstance(x, StationForecast):
+                self._wind_from(x)
+        for o in personal:
+            out += self._worker(o)
+        for o in fixed:
+            out += self._gas(o)
+        for o in (*personal, *fixed):
+            t = _ts(o.observed_at)
+            if o.sensor_id not in self.last_seen or t > self.last_seen[o.sensor_id]:
+                self.last_seen[o.sensor_id] = t
+        for x in others:
+            if isinstance(x, Alert):
+                out += self._cross_domain(x)
+        out += await self._flush_incidents()
+        return out
+
+    def _worker(self, o: Observation) -> list[Output]:
+        t = _ts(o.observed_at)
+        worker_id = self.worker_of.get(o.sensor_id, o.sensor_id)
+        pid = pseudonymise(worker_id, self.key)
+        vals = {q: v for q, v in _good_values(o).items()}
+        alerts = self.safety.update(reading_from_message(t, worker_id, vals))
+        open_now = self.safety.open_conditions(worker_id)
+        eps = self.episodes.setdefault(pid, {})
+        out: list[Output] = []
+        for a in alerts:
+            out += self._worker_alert(a, pid, o, eps)
+        for kind, ep in list(eps.items()):
+            if kind in open_now:
+                ep.absent = 0
+                continue
+            ep.absent += 1
+            if ep.absent >= self.s.emergency_worker_clear_after:
+                out.append(self._worker_cleared(kind, ep, pid, o.district, t))
+                del eps[kind]
+        if not eps and pid in self.worker_incident:
+            tracked = self.incidents.get(self.worker_incident.pop(pid))
+            if tracked is not None:
+                self._step(tracked, "resolved", t, "worker's alarms cleared")
+        return out
+
+    def _worker_alert(self, a: SafetyAlert, pid: str, o: Observation, eps: dict[str, _Episode]) -> list[Output]:
+        district = self.city.district_of(a.lat, a.lon) if not math.isnan(a.lat) else o.district
+        district = district or o.district
+        dedup = f"emergency:worker:{pid}:{a.kind}"
+        ep = eps.get(a.kind) if a.kind not in EVENT_KINDS else None
+        status = "raised"
+        if ep is not None:
+            status = "updated"
+            ep.grade, ep.absent = max(ep.grade, int(a.severity)), 0
+            alert_id = ep.alert_id
+        else:
+            alert_id = stable_id(dedup, a.time.isoformat())
+            if a.kind not in EVENT_KINDS:
+                eps[a.kind] = _Episode(a.time, alert_id, int(a.severity))
+        view = shared_alert(a, self.key, district)
+        zh, en, _ = ALERT_NAMES[a.kind]
+        sev = int(a.severity)
+        alert = Alert(
+            alert_id=alert_id, domain="emergency", kind=a.kind, severity=SEVERITY[sev], level=LEVEL[sev],
+            status=status, title_zh=f"人员安全{a.severity.label_zh}：{zh}", title_en=f"Worker safety {a.severity.name.lower()}: {en}",
+            message_zh=view["message_zh"] + "。请立即通过对讲或电话联系该人员，必要时派人到场；身份与位置见受限系统。",
+            message_en=view["message_en"] + ". Call the worker on radio or phone now and send help if there is no answer; "
+                                            "identity and position are in the restricted system.",
+            location=None, district=district, dedup_key=dedup, raised_at=a.time,
+            evidence={"observed_at": a.time.isoformat(), "worker": pid, "grade": sev, "zone_ids": view["zone_ids"]})
+        out = [alert_output(alert, source=SOURCE)]
+        if a.severity >= Severity.ALARM and a.kind in CALL_OUT_KINDS:
+            out += self._worker_incident(a, pid, alert_id, district)
+        return out
+
+    def _worker_incident(self, a: SafetyAlert, pid: str, alert_id: str, district: str | None) -> list[Output]:
+        open_id = self.worker_incident.get(pid)
+        if open_id in self.incidents:
+            tr = self.incidents[open_id]
+            if alert_id not in tr.related:
+                tr.related.append(alert_id)
+                tr.dirty = True
+            return []
+        view = shared_alert(a, self.key, district)
+        masked = dataclasses.replace(a, worker_id=pid, message_zh=view["message_zh"], message_en=view["message_en"])
+        inc = inc_rules.worker_incident(masked, self.city)
+        if inc is None:
+            return []
+        zone = next((z for z in self.zones if z.zone_id in a.zone_ids), None)
+        # the public incident shows the zone, never the worker's own position
+        public = (zone.polygon.centroid.y, zone.polygon.centroid.x) if zone else None
+        tr = self._open(inc, alert_id, public=public, points=[{"lat": a.lat, "lon": a.lon, "marker": "X",
+                                                               "color": "#c00"}])
+        self.worker_incident[pid] = inc.incident_id
+        zh, en, _ = ALERT_NAMES[a.kind]
+        task = FieldTask(
+            task_id=stable_id("task", inc.incident_id), kind="respond_incident", domain="emergency",
+            priority="urgent", title_zh=f"人员救援：{zh}", title_en=f"Worker rescue: {en}",
+            description_zh=f"人员 {pid} {zh}（{a.severity.label_zh}）。立即前往，携带急救包与气体检测仪；进入危险区须两人同行。",
+            description_en=f"Worker {pid}: {en} ({a.severity.name.lower()}). Go now with a first-aid kit and a gas "
+                           "monitor; enter hazard zones in pairs.",
+            # the crew must find the person: the task (internal topic) carries the last position
+            location=GeoPoint(lat=a.lat, lon=a.lon), district=district, required_skills=["incident_response"],
+            related_alert_id=alert_id, created_at=a.time,
+            evidence={"observed_at": a.time.isoformat(), "worker": pid, "kind": a.kind, "grade": int(a.severity),
+                      "zone_ids": list(a.zone_ids), "incident_id": inc.incident_id, "map_png": tr.map_path})
+        self._step(tr, "dispatched", a.time, f"task {task.task_id}")
+        return [task_output(task, source=SOURCE)]
+
+    def _worker_cleared(self, kind: str, ep: _Episode, pid: str, district: str | None, t: pd.Timestamp) -> Output:
+        zh, en, _ = ALERT_NAMES[kind]
+        alert = Alert(
+            alert_id=ep.alert_id, domain="emergency", kind=kind, severity="info", status="cleared",
+            title_zh=f"人员安全解除：{zh}", title_en=f"Worker safety cleared: {en}",
+            message_zh=f"人员 {pid}：{zh} 已恢复正常，警报解除；请确认人员状况并记录。",
+            message_en=f"Worker {pid}: {en} back to normal; alarm cleared. Confirm the worker is well and log it.",
+            location=None, district=district, dedup_key=f"emergency:worker:{pid}:{kind}", raised_at=t,
+            evidence={"observed_at": t.isoformat(), "worker": pid, "episode_start": ep.start.isoformat(),
+                      "max_grade": ep.grade})
+        return alert_output(alert, source=SOURCE)
+
+    def _wind_from(self, f: StationForecast) -> None:
+        if f.variable not in ("wind_dir", "wind_speed") or not f.values:
+            return
+        t = _ts(f.issued_at)
+        prev = self.wind if self.wind and self.wind[0] <= t else (t, None, None)
+        d, s = prev[1], prev[2]
+        if f.variable == "wind_dir":
+            d = float(f.values[0])
+        else:
+            s = float(f.values[0])
+        self.wind = (t, d, s)
+
+    def _current_wind(self, src: dict[str, Any], t: pd.Timestamp) -> tuple[inc_rules.Wind, str]:
+        if self.wind and self.wind[1] is not None and self.wind[2] is not None:
+            return inc_rules.Wind(self.wind[0], self.wind[1], self.wind[2]), "nowcast"
+        if "prevailing_wind_from_deg" in src:
+            return inc_rules.Wind(t, float(src["prevailing_wind_from_deg"]),
+                                  float(src.get("prevailing_wind_speed_ms", 2.0))), "site prevailing wind (config)"
+        return inc_rules.Wind(t, self.s.emergency_default_wind_from_deg,
+                              self.s.emergency_default_wind_speed_ms), "default wind (settings)"
+
+    def _gas(self, o: Observation) -> list[Output]:
+        vals = _good_values(o)
+        h2s = vals.get("h2s_ppm")
+        if h2s is None:
+            return []
+        t = _ts(o.observed_at)
+        src = self.gas_sources.get(o.sensor_id, {"source_id": o.sensor_id, "lat": o.lat, "lon": o.lon, "gas": "H2S"})
+        d = self.detectors.setdefault(o.sensor_id, _Detector(src))
+        low, high, _crit = self.limits.h2s_ppm
+        dedup = f"emergency:gas_release:{src['source_id']}"
+        out: list[Output] = []
+        if d.release_at is None and h2s >= high:
+            d.release_at, d.peak_ppm, d.below = t, h2s, 0
+            d.alert_id = stable_id(dedup, t.isoformat())
+            wind, wind_src = self._current_wind(src, t)
+            rel = inc_rules.GasRelease(t, src["source_id"], float(src.get("lat", o.lat)), float(src.get("lon", o.lon)),
+                                       src.get("gas", "H2S"), float(src.get("release_rate_g_s_assumed", 100.0)),
+                                       float(src.get("threshold_mg_m3", 30 * 34.08 / 24.45)))
+            inc, area = inc_rules.gas_evacuation_incident(rel, wind, self.city)
+            tr = self._open(inc, d.alert_id, public=(rel.lat, rel.lon))
+            d.incident_id = inc.incident_id
+            districts = list(inc.districts)
+            evidence = {"observed_at": t.isoformat(), "detector": o.sensor_id, "source_id": src["source_id"],
+                        "h2s_ppm": round(h2s, 2), "alarm_ppm": high, "wind_from_deg": wind.wind_from_deg,
+                        "wind_speed_ms": wind.wind_speed_ms, "wind_source": wind_src,
+                        "downwind_m": round(area.downwind_m), "stability": area.stability,
+                        "districts": districts, "area_geojson": inc.area_geojson(), "incident_id": inc.incident_id}
+            names_zh = "、".join(self.city.district(x).name_zh for x in districts)
+            names_en = ", ".join(self.city.district(x).name_en for x in districts)
+            alert = Alert(
+                alert_id=d.alert_id, domain="emergency", kind="gas_release", severity="critical", level="red",
+                title_zh=f"{rel.gas} 气体泄漏：{src['source_id']}", title_en=f"{rel.gas} release at {src['source_id']}",
+                message_zh=f"检测到 {rel.gas} {h2s:.0f} ppm。立即疏散下风向 {area.downwind_m:.0f} 米范围（涉及 {names_zh}），"
+                           "关闭泄漏源，救援人员佩戴正压式空气呼吸器进入。",
+                message_en=f"{rel.gas} at {h2s:.0f} ppm. Evacuate {area.downwind_m:.0f} m downwind now (affects "
+                           f"{names_en}), isolate the source; responders enter only with breathing apparatus.",
+                location=GeoPoint(lat=rel.lat, lon=rel.lon), district=o.district or (districts[0] if districts else None),
+                dedup_key=dedup, raised_at=t, evidence=evidence)
+            out.append(alert_output(alert, source=SOURCE))
+            task = FieldTask(
+                task_id=stable_id("task", inc.incident_id), kind="respond_incident", domain="emergency",
+                priority="urgent", title_zh=f"气体泄漏处置与疏散：{src['source_id']}",
+                title_en=f"Gas release response and evacuation: {src['source_id']}",
+                description_zh=f"{rel.gas} {h2s:.0f} ppm。组织下风向 {area.downwind_m:.0f} 米疏散，从上风向接近，佩戴呼吸器。",
+                description_en=f"{rel.gas} {h2s:.0f} ppm. Evacuate {area.downwind_m:.0f} m downwind; approach from "
+                               "upwind with breathing apparatus.",
+                location=GeoPoint(lat=rel.lat, lon=rel.lon), district=alert.district,
+                required_skills=["incident_response"], related_alert_id=d.alert_id, created_at=t,
+                evidence={**evidence, "map_png": tr.map_path})
+            out.append(task_output(task, source=SOURCE))
+            self._step(tr, "dispatched", t, f"task {task.task_id}")
+        elif d.release_at is not None:
+            d.peak_ppm = max(d.peak_ppm, h2s)
+            d.below = d.below + 1 if h2s < low else 0
+            if d.below >= 5:
+                alert = Alert(
+                    alert_id=d.alert_id or stable_id(dedup, d.release_at.isoformat()), domain="emergency",
+                    kind="gas_release", severity="info", status="cleared",
+                    title_zh=f"气体泄漏解除：{src['source_id']}", title_en=f"Gas release over: {src['source_id']}",
+                    message_zh=f"{src.get('gas', 'H2S')} 已连续 {d.below} 次低于 {low:g} ppm。复测确认后方可解除疏散。",
+                    message_en=f"{src.get('gas', 'H2S')} below {low:g} ppm for {d.below} readings. Re-measure before "
+                               "lifting the evacuation.",
+                    location=GeoPoint(lat=o.lat, lon=o.lon), district=o.district, dedup_key=dedup, raised_at=t,
+                    evidence={"observed_at": t.isoformat(), "episode_start": d.release_at.isoformat(),
+                              "peak_h2s_ppm": round(d.peak_ppm, 2), "h2s_ppm": round(h2s, 2)})
+                out.append(alert_output(alert, source=SOURCE))
+                if d.incident_id in self.incidents:
+                    self._step(self.incidents[d.incident_id], "resolved", t, "gas below the low alarm level")
+                d.release_at = d.alert_id = d.incident_id = None
+                d.below = 0
+        return out
+
+    def _cross_domain(self, a: Alert) -> list[Output]:
+        if a.domain == "emergency" or a.status == "cleared":
+            return []
+        t = _ts(a.raised_at)
+        kind = a.kind.lower()
+        low = [d.district_id for d in self.city.districts if d.low_lying]
+        districts = [a.district] if a.district else low
+        if a.domain == "weather" and "rainstorm" in kind:
+            rate = a.evidence.get("rain_mm_h") or RAIN_MM_H_OF_LEVEL.get(a.level or "", 16.0)
+            self.rain += [inc_rules.RainNowcast(t, d, float(rate)) for d in districts]
+        elif a.domain == "water" and ("drain" in kind or "flood" in kind):
+            lvl = a.evidence.get("level_m")
+            rise = a.evidence.get("rise_m_per_h")
+            self.drains += [inc_rules.DrainLevel(t, str(a.evidence.get("sensor_id", a.dedup_key)), d,
+                                                 float(lvl) if lvl is not None else math.nan,
+                                                 float(rise) if rise is not None else 0.2) for d in districts]
+        else:
+            return []
+        horizon = t - pd.Timedelta(hours=6)
+        self.rain = [r for r in self.rain if r.issued_at >= horizon]
+        self.drains = [d for d in self.drains if d.time >= horizon]
+        out: list[Output] = []
+        for inc in inc_rules.flood_incidents(self.rain, self.drains, self.city):
+            if inc.incident_id in self.incidents:
+                continue
+            did = inc.districts[0]
+            tr = self._open(inc, a.alert_id, public=(inc.lat, inc.lon))
+            dedup = f"emergency:flood:{did}"
+            alert_id = stable_id(dedup, inc.opened_at.isoformat())
+            tr.related.append(alert_id)
+            sev = int(inc.severity)
+            evidence = {"observed_at": inc.opened_at.isoformat(), "incident_id": inc.incident_id,
+                        "evidence": list(inc.evidence), "from_alerts": [a.alert_id]}
+            alert = Alert(
+                alert_id=alert_id, domain="emergency", kind="flood_incident", severity=SEVERITY[sev], level=LEVEL[sev],
+                title_zh=inc.title_zh, title_en=inc.title_en,
+                message_zh="暴雨临近且排水管位持续上涨。请预置排水泵、封闭下穿通道，通知低洼区居民做好转移准备。",
+                message_en="Rainstorm nowcast and rising drains. Pre-position pumps, close underpasses and tell "
+                           "residents of low-lying streets to be ready to move.",
+                location=GeoPoint(lat=inc.lat, lon=inc.lon), district=did, dedup_key=dedup, raised_at=inc.opened_at,
+                evidence=evidence)
+            task = FieldTask(
+                task_id=stable_id("task", inc.incident_id), kind="respond_incident", domain="emergency",
+                priority="high", title_zh=f"内涝防御：{did}", title_en=f"Flood defence: {did}",
+                description_zh="检查并清理雨水口，预置移动泵车，设置警戒。", description_en="Check and clear drains, "
+                "pre-position mobile pumps, put up warnings.", location=GeoPoint(lat=inc.lat, lon=inc.lon),
+                district=did, required_skills=["incident_response", "drain"], related_alert_id=alert_id,
+                created_at=inc.opened_at, evidence={**evidence, "map_png": tr.map_path})
+            out += [alert_output(alert, source=SOURCE), task_output(task, source=SOURCE)]
+            self._step(tr, "dispatched", inc.opened_at, f"task {task.task_id}")
+        return out
+
+    # -- incidents --------------------------------------------------------------------------
+
+    def _open(self, inc: inc_rules.Incident, alert_id: str, *, public: tuple[float, float] | None,
+              points: list[dict[str, Any]] | None = None) -> _Tracked:
+        tr = self.incidents.get(inc.incident_id)
+        if tr is None:
+            tr = self.incidents[inc.incident_id] = _Tracked(inc, [alert_id], points or [], public_location=public)
+            tr.map_path = str(self.out_dir / "maps" / f"{inc.incident_id}.png")
+            tr.report_path = str(self.out_dir / "reports" / f"{inc.incident_id}.html")
+        return tr
+
+    def _step(self, tr: _Tracked, state: str, at: pd.Timestamp, note: str) -> None:
+        last = tr.incident.timeline[-1].time if tr.incident.timeline else tr.incident.opened_at
+        try:
+            tr.incident = inc_rules.advance(tr.incident, state, max(at, last), "emergency-service", note)
+            tr.dirty = True
+        except inc_rules.InvalidTransition as exc:
+            logger.info("incident step skipped", extra={"fields": {"error": str(exc)}})
+
+    def message(self, tr: _Tracked, *, with_report: bool) -> IncidentMsg:
+        inc = tr.incident
+        updated = inc.timeline[-1].time if inc.timeline else inc.opened_at
+        loc = GeoPoint(lat=tr.public_location[0], lon=tr.public_location[1]) if tr.public_location else None
+        return IncidentMsg(
+            incident_id=inc.incident_id, kind=INCIDENT_KIND.get(inc.kind, "other"), status=inc.state.value,
+            severity=SEVERITY[int(inc.severity)], title_zh=inc.title_zh, title_en=inc.title_en, location=loc,
+            districts=list(inc.districts), opened_at=inc.opened_at, updated_at=updated,
+            related_alert_ids=list(tr.related), area_geojson=inc.area_geojson(),
+            report_path=tr.report_path if with_report and Path(tr.report_path or "").exists() else None)
+
+    async def _flush_incidents(self) -> list[Output]:
+        """Store changed incidents with their steps and publish them; the reporter draws their reports."""
+        from services.emergency import repository
+
+        out: list[Output] = []
+        changed = [tr for tr in self.incidents.values() if tr.dirty]
+        if not changed:
+            return out
+        async with self.pool.connection() as conn:
+            for tr in changed:
+                msg = self.message(tr, with_report=True)
+                steps = [(e.state.value, e.time.to_pydatetime(), e.note) for e in tr.incident.timeline]
+                await repository.upsert_incident(conn, msg, steps)
+                out.append(output(INCIDENTS, msg.incident_id, msg, source=SOURCE, occurred_at=msg.updated_at,
+                                  event_id=stable_id(msg.incident_id, msg.status, msg.updated_at.isoformat(),
+                                                     bool(msg.report_path))))
+                tr.dirty = False
+                tr.needs_report = True
+        return out
+
+    def render(self, tr: _Tracked) -> None:
+        """Draw the map PNG and the HTML report of one incident (blocking: run it in a thread)."""
+        from services.emergency.domain.report import map_png, render_report
+
+        inc = dataclasses.replace(tr.incident, lat=tr.public_location[0] if tr.public_location else tr.incident.lat,
+                                  lon=tr.public_location[1] if tr.public_location else tr.incident.lon)
+        png = map_png(inc, self.city, self.zones, tr.points)
+        Path(tr.map_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(tr.map_path).write_bytes(png)
+        html = render_report(inc, self.city, datetime.now(UTC).isoformat(timespec="seconds"), self.zones, tr.points)
+        Path(tr.report_path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tr.report_path + ".tmp")
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(tr.report_path)
+
+    async def reporter(self, stop: asyncio.Event, producer, every_s: float = 2.0) -> None:
+        """Every few seconds: draw the reports of changed incidents, mark resolved ones reported, publish."""
+        from services.emergency import repository
+
+        while not stop.is_set():
+            todo = [tr for tr in self.incidents.values() if tr.needs_report]
+            for tr in todo:
+                tr.needs_report = False
+                await asyncio.to_thread(self.render, tr)
+                if tr.incident.state == inc_rules.IncidentState.RESOLVED:
+                    self._step(tr, "reported", tr.incident.timeline[-1].time, f"report {tr.report_path}")
+                    await asyncio.to_thread(self.render, tr)
+                msg = self.message(tr, with_report=True)
+                steps = [(e.state.value, e.time.to_pydatetime(), e.note) for e in tr.incident.timeline]
+                async with self.pool.connection() as conn:
+                    await repository.upsert_incident(conn, msg, steps)
+                o = output(INCIDENTS, msg.incident_id, msg, source=SOURCE, occurred_at=msg.updated_at,
+                           event_id=stable_id(msg.incident_id, msg.status, msg.updated_at.isoformat(), True))
+                await (await producer.send(o.topic, o.value, key=o.key))
+                tr.dirty = False
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except TimeoutError:
+                pass
+
+
+SAFETY_TOPICS = [SAFETY, PERSONAL_OBSERVATIONS, ALERTS, NOWCASTS]
+EQUIPMENT_TOPICS = [EQUIPMENT]

@@ -1,0 +1,233 @@
+"""The emergency stream service against the real Kafka and PostgreSQL.
+
+The domain generator's pumps, wearables and gas detector (12 simulated hours, with a bearing
+fault, a fall in a hazard zone, a night intrusion and an H2S release) are published as
+Observation envelopes straight to the observation topics, under sensor and machine ids unique
+to this run. The service's two StreamProcessors run in-process with fresh consumer groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
+
+TAG = secrets.token_hex(3)
+START = pd.Timestamp("2026-11-26T10:00Z")  # 18:00 local: the 12 h run spans the night shift's events
+
+
+def _scenario():
+    from services.emergency.domain.simulate import generate
+    from shared.city import default_city
+
+    city = default_city()
+    sc = generate(city, START, 12, 3)
+    ren = {s.sensor_id: f"{s.sensor_id}-{TAG}" for s in sc.sensors}
+    specs = {ren[s.sensor_id]: s.model_copy(update={"sensor_id": ren[s.sensor_id]}) for s in sc.sensors}
+    cfg = json.loads(json.dumps(sc.config, default=str))
+    for m in cfg["machines"]:
+        m["sensor_id"], m["machine_id"] = ren[m["sensor_id"]], f"{m['machine_id']}-{TAG}"
+    for g in cfg["gas_sources"]:
+        g["detector"], g["source_id"] = ren[g["detector"]], f"{g['source_id']}-{TAG}"
+    cfg["wearables"] = {ren[k]: {**v, "worker_id": f"{v['worker_id']}-{TAG}"} for k, v in cfg["wearables"].items()}
+    readings = sc.readings.assign(sensor_id=sc.readings["sensor_id"].map(ren))
+    truth = [{**t, **({"machine_id": f"{t['machine_id']}-{TAG}"} if "machine_id" in t else {}),
+              **({"source_id": f"{t['source_id']}-{TAG}"} if "source_id" in t else {})} for t in sc.truth]
+    config = {"city": {"name": city.name, "centre_lat": city.centre_lat, "centre_lon": city.centre_lon,
+                       "districts": [{"district_id": d.district_id, "name_zh": d.name_zh, "name_en": d.name_en,
+                                      "bbox": list(d.bbox), "low_lying": d.low_lying} for d in city.districts]},
+              "domains": {"emergency": cfg}}
+    return specs, readings, truth, config
+
+
+def _envelopes(specs, readings) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) per reading, built the way the ingest gateway builds them."""
+    from schemas.topics import OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
+
+    out = []
+    for (t, sid), g in readings.groupby(["time", "sensor_id"], sort=True):
+        spec = specs[sid]
+        values = {q: {"value": float(v), "unit": spec.quantities[q].unit, "qc": 1, "qc_tests": {}}
+                  for q, v in zip(g["quantity"], g["value"], strict=True)}
+        env = {"event_id": f"{sid}|{t.isoformat()}", "type": f"observation.{'personal' if spec.personal else spec.domain}",
+               "schema_version": 1, "source": "test", "occurred_at": t.isoformat(), "ingested_at": t.isoformat(),
+               "payload": {"sensor_id": sid, "domain": spec.domain, "kind": spec.kind, "gateway_id": spec.gateway_id,
+                           "district": spec.district, "lat": spec.lat, "lon": spec.lon, "observed_at": t.isoformat(),
+                           "values": values}}
+        topic = PERSONAL_OBSERVATIONS if spec.personal else OBSERVATION_TOPIC[spec.domain]
+        out.append((topic, sid.encode(), json.dumps(env).encode()))
+    return out
+
+
+async def _publish(bootstrap: str, records) -> None:
+    from shared import kafka
+
+    p = kafka.producer(bootstrap)
+    await p.start()
+    try:
+        futs = [await p.send(t, v, key=k) for t, k, v in records]
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+
+async def _read(bootstrap: str, topic: str, since_ms: int, match) -> list[dict]:
+    """Every record of `topic` from `since_ms` on whose raw bytes `match` accepts."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        if not c.partitions_for_topic(topic):
+            await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+        c.assign(tps)
+        found = await c.offsets_for_times({tp: since_ms for tp in tps})
+        ends = await c.end_offsets(tps)
+        for tp in tps:
+            c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+        out = []
+        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
+            batch = await c.getmany(timeout_ms=1000, max_records=5000)
+            for recs in batch.values():
+                out += [r.value for r in recs if match(r.value)]
+        return [json.loads(v) for v in out]
+    finally:
+        await c.stop()
+
+
+async def _run_service(stack_env, db_url, config, tmp_path: Path, group: str, stop_when, timeout_s: float = 150):
+    """Run the service's processors and report drawer until `stop_when(svc)` holds; returns the service."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.emergency.handlers import EQUIPMENT_TOPICS, SAFETY_TOPICS, EmergencyService
+    from services.emergency.settings import EmergencySettings
+    from shared import kafka
+    from shared.service import Readiness
+    from shared.stream import StreamProcessor
+
+    s = EmergencySettings(db_url=db_url, state_dir=tmp_path, emergency_pseudonym_key="test-key-" + TAG * 4)
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=3, open=False)
+    await pool.open()
+    svc = EmergencyService(s, pool, config=config)
+    ready = Readiness("kafka")
+    procs = [StreamProcessor("em-eq", s.kafka_bootstrap, EQUIPMENT_TOPICS, f"{group}-eq", svc.handle_equipment, ready),
+             StreamProcessor("em-safety", s.kafka_bootstrap, SAFETY_TOPICS, f"{group}-safety", svc.handle_safety,
+                             ready, poll_ms=100)]
+    stop = asyncio.Event()
+    producer = kafka.producer(s.kafka_bootstrap)
+    await producer.start()
+    tasks = [asyncio.create_task(p.run(stop)) for p in procs] + [asyncio.create_task(svc.reporter(stop, producer, 0.5))]
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not await stop_when(svc):
+            for t in tasks:
+                if t.done():
+                    t.result()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"service did not finish in {timeout_s:.0f} s: processed "
+                                     f"{[p.processed for p in procs]}")
+            await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
+    return svc
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return _scenario()
+
+
+async def test_stream_finds_every_scenario_privately_and_replays_without_duplicates(
+        stack_env, db_url, scenario, tmp_path, monkeypatch):
+    from services.emergency.domain.simulate import check_detection
+
+    specs, readings, truth, config = scenario
+    records = _envelopes(specs, readings)
+    bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
+    since_ms = int(time.time() * 1000) - 1000
+    monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
+    await _publish(bootstrap, records)
+    n_per_sensor = readings.groupby("sensor_id")["time"].nunique()
+    pump2 = f"pump-ps-2-{TAG}"
+    last_times = readings.groupby("sensor_id")["time"].max().to_dict()
+
+    def counts():
+        with psycopg.connect(db_url) as conn:
+            return (conn.execute("SELECT count(*) FROM equipment_health").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM incidents").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM incident_events").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM incidents WHERE report_path IS NOT NULL").fetchone()[0])
+
+    async def done(svc):
+        m = svc.machines.get(pump2)
+        seen = m is not None and m.last is not None and m.last >= readings["time"].max()
+        workers_done = all(svc.last_seen.get(sid) == t for sid, t in last_times.items() if not sid.startswith("pump"))
+        n_inc = counts()
+        return seen and workers_done and n_inc[1] >= 3 and n_inc[3] == n_inc[1]
+
+    svc = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-emergency-test-{TAG}", done)
+    assert svc.fits == 3, "each pump's detector trains once on the first part of its stream"
+    health, n_incidents, n_events, n_reports = counts()
+    assert health >= sum(n_per_sensor[s] for s in n_per_sensor.index if s.startswith("pump")) * 0.5
+
+    keys = [TAG] + [k for k in svc.episodes]  # our machine/source ids carry TAG; workers appear as pseudonyms
+    pseudonyms = set(svc.episodes)
+    alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms,
+                         lambda v: any(k.encode() in v for k in keys))
+    rows = [{**a["payload"], "raised_at": a["payload"]["raised_at"]} for a in alerts]
+    results = {t["scenario"]: check_detection(t, rows) for t in truth}
+    assert all(r["detected"] for r in results.values()), results
+    assert results["equipment_fault"]["delay_min"] < 90
+
+    # privacy: a worker alert on the shared topic names a pseudonym only — no id, sensor, name, position, value
+    worker_alerts = [a for a in alerts if a["payload"]["dedup_key"].startswith("emergency:worker:")]
+    assert worker_alerts and {a["payload"]["evidence"]["worker"] for a in worker_alerts} <= pseudonyms
+    worker_ids = [w["worker_id"] for w in config["domains"]["emergency"]["wearables"].values()]
+    for a in worker_alerts:
+        raw = json.dumps(a, ensure_ascii=False)
+        assert a["payload"]["location"] is None
+        assert not any(w in raw for w in worker_ids) and "wb-" not in raw, raw
+        assert not {"lat", "lon", "heart_rate_bpm", "h2s_ppm"} & set(a["payload"]["evidence"]), raw
+    kinds = {a["payload"]["kind"] for a in worker_alerts}
+    assert {"fall", "man_down", "restricted_entry"} <= kinds
+    assert any(a["payload"]["kind"] == "man_down" and a["payload"]["severity"] == "critical" for a in worker_alerts)
+    assert any(a["payload"]["status"] == "cleared" for a in worker_alerts)
+
+    # products: incidents with steps and a written report; tasks with the roster's skills and a map
+    with psycopg.connect(db_url) as conn:
+        inc = dict(conn.execute("SELECT kind, report_path FROM incidents").fetchall())
+        steps = conn.execute("SELECT i.kind, e.status FROM incident_events e JOIN incidents i USING (incident_id)"
+                             ).fetchall()
+    assert {"equipment_fault", "gas_release", "worker_safety"} <= set(inc)
+    html = Path(inc["gas_release"]).read_text(encoding="utf-8")
+    assert "事件报告 Incident report" in html and "data:image/png;base64," in html
+    assert ("gas_release", "dispatched") in steps and ("gas_release", "resolved") in steps
+    tasks = await _read(bootstrap, "cityops.tasks.v1", since_ms, lambda v: any(k.encode() in v for k in keys))
+    by_kind = {t["payload"]["kind"]: t["payload"] for t in tasks}
+    assert by_kind["inspect_equipment"]["required_skills"] == ["equipment"]
+    assert by_kind["respond_incident"]["required_skills"][0] == "incident_response"
+    assert Path(by_kind["respond_incident"]["evidence"]["map_png"]).read_bytes()[:4] == b"\x89PNG"
+
+    # a replay of the same batch (new consumer groups, fresh process state) adds no rows and reuses alert ids
+    ids_first = {a["payload"]["alert_id"] for a in alerts}
+    since2 = int(time.time() * 1000)
+    monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
+    svc2 = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-emergency-replay-{TAG}", done)
+    assert counts() == (health, n_incidents, n_events, n_reports)
+    again = await _read(bootstrap, "cityops.alerts.v1", since2, lambda v: any(k.encode() in v for k in keys))
+    assert again and {a["payload"]["alert_id"] for a in again} <= ids_first
+    assert svc2.fits == 3
+    os.environ.pop("CITYOPS_KAFKA_START_AT_MS", None)
