@@ -1,0 +1,140 @@
+"""The emergency service as a real process (`cityops emergency serve`): retention of personal data on
+plain PostgreSQL, the audited and role-checked worker-track endpoint, and dead letters for bad records."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
+
+TAG = secrets.token_hex(3)
+SECRET = "test-secret-" + TAG
+PORT = 18600 + secrets.randbelow(300)
+
+
+@pytest.fixture(scope="module")
+def service(stack_env, db_url, tmp_path_factory):
+    state = tmp_path_factory.mktemp("emergency-state")
+    with psycopg.connect(db_url) as conn:
+        old, recent = datetime.now(UTC) - timedelta(days=10), datetime.now(UTC) - timedelta(hours=2)
+        for t, q, v in [(old, "heart_rate_bpm", 80.0), (recent, "heart_rate_bpm", 91.0), (recent, "lat", 30.2)]:
+            conn.execute("INSERT INTO restricted.worker_observations (time, sensor_id, worker_id, quantity, value, unit,"
+                         " qc, lat, lon) VALUES (%s, %s, %s, %s, %s, 'x', 1, 30.2, 120.1)",
+                         (t, f"wb-{TAG}", f"W-{TAG}", q, v))
+    env = {**os.environ, **stack_env, "CITYOPS_DB_URL": db_url, "CITYOPS_STATE_DIR": str(state),
+           "CITYOPS_NOTIFY_SESSION_SECRET": SECRET, "CITYOPS_EMERGENCY_RETENTION_INTERVAL_S": "1",
+           "CITYOPS_EMERGENCY_GROUP_PREFIX": f"cityops-emergency-privacy-{TAG}",
+           "CITYOPS_KAFKA_START_AT_MS": str(int(time.time() * 1000) - 2000)}
+    env.pop("CITYOPS_CITY_CONFIG", None)
+    log = state / "service.log"
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "emergency", "serve", "--port", str(PORT)],
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout=90, what="emergency service /readyz")
+    yield f"http://127.0.0.1:{PORT}"
+    proc.terminate()
+    proc.wait(30)
+
+
+def _token(role: str, sub: str = "officer-1") -> dict[str, str]:
+    from shared.notify.domain.auth import sign_token
+
+    return {"Authorization": "Bearer " + sign_token(SECRET, sub=sub, role=role)}
+
+
+def test_retention_deletes_expired_personal_rows(service, db_url):
+    def only_recent():
+        with psycopg.connect(db_url) as conn:
+            return conn.execute("SELECT count(*) FILTER (WHERE time < now() - interval '7 days'), count(*) "
+                                "FROM restricted.worker_observations WHERE worker_id = %s", (f"W-{TAG}",)).fetchone()
+    assert wait_for(lambda: only_recent()[0] == 0, timeout=30, what="retention job") is True
+    assert only_recent() == (0, 2)
+
+
+def test_worker_track_needs_the_role_and_every_read_is_audited(service, db_url):
+    url = f"{service}/emergency/workers/W-{TAG}/track"
+    params = {"reason": "fall investigation inc-1", "hours": 24}
+
+    def audits():
+        with psycopg.connect(db_url) as conn:
+            return conn.execute("SELECT actor, role, detail FROM audit_log WHERE subject = %s ORDER BY id",
+                                (f"worker:W-{TAG}",)).fetchall()
+
+    r = httpx.get(url, params=params, timeout=30)
+    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    r = httpx.get(url, params=params, headers=_token("viewer"), timeout=30)
+    assert r.status_code == 403 and "safety_officer" in r.json()["detail"]
+    assert httpx.get(url, params={"hours": 1}, headers=_token("admin"), timeout=30).status_code == 422
+    assert audits() == []
+    for who, role in [("officer-1", "safety_officer"), ("sup-zhao", "admin")]:
+        r = httpx.get(url, params=params, headers=_token(role, who), timeout=30)
+        assert r.status_code == 200, r.text
+        assert {row["quantity"] for row in r.json()["rows"]} == {"heart_rate_bpm", "lat"}
+    got = audits()
+    assert [(a, r) for a, r, _ in got] == [("officer-1", "safety_officer"), ("sup-zhao", "admin")]
+    assert got[0][2]["reason"] == "fall investigation inc-1" and got[0][2]["rows"] == 2
+
+
+def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(service, stack_env):
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from shared import kafka
+
+    bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
+    bad = json.dumps({"event_id": TAG, "type": "observation.safety", "payload": {"sensor_id": f"gas-{TAG}",
+                                                                                    "values": "nonsense"}}).encode()
+    since = int(time.time() * 1000) - 1000
+
+    async def go():
+        p = kafka.producer(bootstrap)
+        await p.start()
+        await (await p.send("cityops.observations.safety.v1", bad, key=f"gas-{TAG}".encode()))
+        await p.stop()
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:
+            await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
+            tps = [TopicPartition(kafka.DEADLETTER_TOPIC, i) for i in c.partitions_for_topic(kafka.DEADLETTER_TOPIC)]
+            c.assign(tps)
+            found = await c.offsets_for_times({tp: since for tp in tps})
+            ends = await c.end_offsets(tps)
+            for tp in tps:
+                c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for recs in (await c.getmany(timeout_ms=1000)).values():
+                    for r in recs:
+                        p = json.loads(r.value)["payload"]
+                        if base64.b64decode(p["original_b64"]) == bad:
+                            return p
+            return None
+        finally:
+            await c.stop()
+
+    dl = asyncio.run(go())
+    assert dl is not None, "no dead letter for the bad safety record"
+    assert dl["stage"] == "emergency-safety" and "Observation" in dl["reason"]
+    assert httpx.get(f"{service}/readyz", timeout=10).status_code == 200
+    assert httpx.get(f"{service}/emergency/incidents", timeout=10).json() == []
