@@ -32,7 +32,10 @@ def _port() -> int:
 def filled(db_url):
     from shared.dashboards import fill
 
-    return fill.fill(db_url, fill.simulate(8.0, 11))
+    sim = fill.simulate(8.0, 11)
+    counts = fill.fill(db_url, sim)
+    counts.update(fill.fill_air_products(db_url, sim))
+    return counts
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +178,10 @@ def test_geojson_and_no_personal_sensors(servers):
         f["geometry"]["type"] == "Point" and len(f["geometry"]["coordinates"]) == 2 for f in fc["features"]
     )
     assert not [f for f in fc["features"] if f["properties"]["kind"] == "wearable"]
-    for path in ("/api/v1/air/grid.geojson", "/api/v1/water/leaks.geojson"):
-        g = httpx.get(servers["main"] + path, headers=h)
-        assert g.status_code == 200 and g.json()["type"] == "FeatureCollection"
+    grid = httpx.get(servers["main"] + "/api/v1/air/grid.geojson", params={"limit": 1000}, headers=h).json()
+    assert len(grid["features"]) > 100 and all(f["properties"]["aqi"] is not None for f in grid["features"])
+    leaks = httpx.get(servers["main"] + "/api/v1/water/leaks.geojson", headers=h)
+    assert leaks.status_code == 200 and leaks.json()["type"] == "FeatureCollection"
 
 
 def test_roles_guard_incidents_and_personal_data(servers, db_url):

@@ -32,7 +32,9 @@ TEXT_OIDS = {25, 1043, 19}
 def filled(db_url: str) -> dict:
     from shared.dashboards import fill
 
-    counts = fill.fill(db_url, fill.simulate(8.0, 11))
+    sim = fill.simulate(8.0, 11)
+    counts = fill.fill(db_url, sim)
+    counts.update(fill.fill_air_products(db_url, sim))
     assert counts["observations"] > 1000
     return counts
 

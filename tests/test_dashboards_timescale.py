@@ -10,6 +10,7 @@ once and uses time_bucket() there, date_bin() elsewhere: both must agree too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,9 @@ def test_every_panel_runs_on_timescaledb_and_agrees_with_plain_grouping(ts):
         for p in d["panels"]:
             for t in p["targets"]:
                 shape = shapes[(d["uid"], p["id"], t["refId"])]
+                # this database holds observations only (no products): rows are required of those panels
+                if "FROM observations" not in t["rawSql"]:
+                    shape = dataclasses.replace(shape, rows_from_simulator=False)
                 check_target(
                     conn, t["rawSql"], shape, start=start, end=end, variables=variables, timescaledb=True
                 )

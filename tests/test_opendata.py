@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def filled(db_url):
     from shared.dashboards import fill
 
-    return fill.fill(db_url, fill.simulate(8.0, 11))
+    sim = fill.simulate(8.0, 11)
+    counts = fill.fill(db_url, sim)
+    counts.update(fill.fill_air_products(db_url, sim))
+    return counts
 
 
 @pytest.mark.stack
