@@ -1,0 +1,43 @@
+"""Run every benchmark, one after the other, and collect their result files.
+
+    python -m bench.run_all [--only ingest,air,...]
+
+Each benchmark measures its own baseline in the same run and writes bench/results/<name>.{json,md};
+this writes bench/results/SUMMARY.md linking them. A benchmark whose data set is absent says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from bench.common import RESULTS
+
+BENCHES = ["ingest", "air", "weather", "water", "emergency", "notify"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", default=None)
+    a = ap.parse_args(argv)
+    names = a.only.split(",") if a.only else BENCHES
+    rows = []
+    for name in names:
+        print(f"=== bench {name} ===", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        # each in its own process: its memory figures are its own, and one crash does not stop the rest
+        rc = subprocess.run([sys.executable, "-m", f"bench.{name}.run"]).returncode
+        rows.append((name, rc, time.monotonic() - t0))
+    lines = [f"# Benchmarks ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+             "| benchmark | exit | seconds | results |", "|---|---|---|---|"]
+    lines += [f"| {n} | {rc} | {s:.0f} | [{n}.md]({n}.md) |" for n, rc, s in rows]
+    (RESULTS / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if all(rc == 0 for _, rc, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
