@@ -60,7 +60,13 @@ def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = N
 
 
 def run(port: int | None = None) -> int:
-    s = EmergencySettings()  # type: ignore[call-arg]
+    from pydantic import ValidationError
+
+    try:
+        s = EmergencySettings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        bad = ", ".join("CITYOPS_" + str(e["loc"][0]).upper() for e in exc.errors())
+        raise SystemExit(f"error: missing or bad settings {bad}: run `cityops stack up` first, or export them") from None
     readiness = Readiness("db", "kafka")
     _, app, workers = build(s, readiness)
     return asyncio.run(serve("emergency", app, workers, port=port or s.emergency_port))

@@ -66,6 +66,7 @@ EVENT_KINDS = {"fall", "sos", "restricted_entry"}
 # worker alerts that call a crew out (the others are alerts only)
 CALL_OUT_KINDS = {"fall", "man_down", "sos", "gas_h2s", "gas_co", "gas_lel", "o2_low", "o2_high"}
 # hourly rain rate a rainstorm signal level stands for, when the alert carries no rate
+WORKER_QUIET = pd.Timedelta(minutes=15)
 RAIN_MM_H_OF_LEVEL = {"blue": 16.0, "yellow": 20.0, "orange": 32.0, "red": 40.0}
 
 
@@ -177,6 +178,7 @@ class EmergencyService:
         self.safety = SafetyMonitor(self.zones, self.limits)
         self.episodes: dict[str, dict[str, _Episode]] = {}  # pseudonym -> kind -> episode
         self.worker_incident: dict[str, str] = {}  # pseudonym -> open incident id
+        self.worker_event_at: dict[str, pd.Timestamp] = {}  # pseudonym -> last fall/SOS/entry
         self.incidents: dict[str, _Tracked] = {}
         self.wind: tuple[pd.Timestamp, float | None, float | None] | None = None
         self.rain: list[inc_rules.RainNowcast] = []
@@ -362,7 +364,11 @@ class EmergencyService:
             if ep.absent >= self.s.emergency_worker_clear_after:
                 out.append(self._worker_cleared(kind, ep, pid, o.district, t))
                 del eps[kind]
-        if not eps and pid in self.worker_incident:
+        if any(a.kind in EVENT_KINDS for a in alerts):
+            self.worker_event_at[pid] = t
+        quiet_since = self.worker_event_at.get(pid)
+        # a fall or SOS has no "cleared" reading: the incident closes once nothing is open for a while
+        if not eps and pid in self.worker_incident and (quiet_since is None or t - quiet_since >= WORKER_QUIET):
             tracked = self.incidents.get(self.worker_incident.pop(pid))
             if tracked is not None:
                 self._step(tracked, "resolved", t, "worker's alarms cleared")
@@ -411,6 +417,9 @@ class EmergencyService:
         inc = inc_rules.worker_incident(masked, self.city)
         if inc is None:
             return []
+        if inc.incident_id in self.incidents:
+            # the same worker and kind again within the hour, after the first incident closed: a new one
+            inc = dataclasses.replace(inc, incident_id=f"{inc.incident_id}-{a.time.strftime('%H%M%S')}")
         zone = next((z for z in self.zones if z.zone_id in a.zone_ids), None)
         # the public incident shows the zone, never the worker's own position
         public = (zone.polygon.centroid.y, zone.polygon.centroid.x) if zone else None
@@ -661,6 +670,8 @@ class EmergencyService:
         while not stop.is_set():
             todo = [tr for tr in self.incidents.values() if tr.needs_report]
             for tr in todo:
+                if stop.is_set():
+                    break
                 tr.needs_report = False
                 await asyncio.to_thread(self.render, tr)
                 if tr.incident.state == inc_rules.IncidentState.RESOLVED:
