@@ -35,7 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="default: 75 µg/m³ for pm25")
     p.set_defaults(func=_attribute)
 
+    sv = cmds.add_parser("serve", help="the streaming service: grids, AQI alerts, forecasts, source tracing (port 8110)")
+    sv.add_argument("--port", type=int, default=None, help="HTTP port (default CITYOPS_AIR_PORT or 8110)")
+    sv.set_defaults(func=_serve)
 
+
+def _serve(a: argparse.Namespace) -> int:
+    from services.air_quality import app
+
+    return app.run(a.port)
 
 def _estimate(a: argparse.Namespace) -> int:
     from services.air_quality import batch

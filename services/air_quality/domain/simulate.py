@@ -187,3 +187,54 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
         ],
     }
     return DomainScenario("air", sensors, readings, truth, config)
+
+
+def check_detection(truth: dict, alerts: list[dict]) -> dict:
+    """Did the services detect one injected scenario? (the demo's check)
+
+    pollution_episode: an AQI exceedance alert for a station the episode lifted above the threshold
+    (any air AQI alert when none did), raised between the episode's start and two hours after its end,
+    whose source tracing names the true source first. sensor_drift: a calibration alert for the sensor
+    after the drift began. The delay is from the scenario's start to the simulated time of the data.
+    """
+    import json
+
+    def ev(a: dict) -> dict:
+        e = a.get("evidence") or {}
+        return json.loads(e) if isinstance(e, str) else e
+
+    def at(a: dict) -> pd.Timestamp:
+        e = ev(a)
+        t = pd.Timestamp(e.get("observed_at") or a["raised_at"])
+        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+    start = pd.Timestamp(truth["start"])
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    if truth.get("scenario") == "sensor_drift":
+        hits = sorted((a for a in alerts if a.get("domain") == "air" and a.get("kind") == "sensor_calibration"
+                       and ev(a).get("sensor_id") == truth["sensor_id"] and at(a) >= start), key=at)
+        if not hits:
+            return {"detected": False, "at": None, "delay_min": None,
+                    "note": f"no calibration alert for {truth['sensor_id']}"}
+        t = at(hits[0])
+        return {"detected": True, "at": t.isoformat(), "delay_min": round((t - start).total_seconds() / 60, 1),
+                "note": f"calibration of {truth['sensor_id']} flagged (bias {ev(hits[0]).get('bias_ugm3')} µg/m³)"}
+    if truth.get("scenario") != "pollution_episode":
+        return {"detected": None, "at": None, "delay_min": None, "note": f"unknown scenario {truth.get('scenario')!r}"}
+    end = pd.Timestamp(truth["end"])
+    end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")) + pd.Timedelta(hours=2)
+    stations = set(truth.get("stations_exceeding") or [])
+    aqi = sorted((a for a in alerts if a.get("domain") == "air" and a.get("kind") == "aqi_exceedance"
+                  and start <= at(a) <= end and (not stations or ev(a).get("station_id") in stations)), key=at)
+    if not aqi:
+        where = ", ".join(sorted(stations)) or "any station"
+        return {"detected": False, "at": None, "delay_min": None, "note": f"no AQI alert at {where} during the episode"}
+    right = [a for a in aqi if ev(a).get("top_source_id") == truth["source_id"]]
+    if not right:
+        named = sorted({str(ev(a).get("top_source_id")) for a in aqi})
+        t = at(aqi[0])
+        return {"detected": False, "at": t.isoformat(), "delay_min": round((t - start).total_seconds() / 60, 1),
+                "note": f"AQI alert came, but tracing ranked {', '.join(named)} first, not {truth['source_id']}"}
+    t = at(right[0])
+    return {"detected": True, "at": t.isoformat(), "delay_min": round((t - start).total_seconds() / 60, 1),
+            "note": f"AQI alert at {ev(right[0]).get('station_id')} traced to {truth['source_id']} first"}

@@ -1,0 +1,816 @@
+"""Stream handler of the air-quality service: AQI alerts, grids, forecasts, calibration, source tracing.
+
+Observations of the reference stations and low-cost sensors (and the weather stations' wind)
+are kept per sensor in memory, in SIMULATED time (`observed_at`):
+
+- every reference-station hour -> hourly and 24-h AQI (HJ 633) and the exceedance alert with
+  hysteresis (`air:aqi:<station>`); raising it runs source tracing (溯源) first, so the alert
+  names the top source, and the top source gets an `inspect_source` field task with a map;
+- at most every `air_heavy_every_s` wall seconds, on the latest complete window only (stale
+  windows are skipped when the stream is behind): the PM2.5/PM10/NO2/O3 grids with 1-sigma,
+  the station forecasts 1-72 h (and the forecast exceedance alert `air:aqi-forecast:<station>`),
+  the low-cost drift check (a `calibrate_sensor` task when a calibration no longer holds);
+- model fits (low-cost calibration after the scenario-free part, forecaster refits) run in a
+  thread, never on the event loop.
+
+Alert, task and product ids come from what they are about (`stable_id`), the database takes
+products with upserts on their natural keys: a replayed batch yields the same ids and rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from schemas.alerts import Alert, GeoPoint
+from schemas.observations import Observation
+from schemas.products import AirGrid, GridCell, SourceAttribution, StationForecast
+from schemas.tasks import FieldTask
+from schemas.topics import OBSERVATION_TOPIC
+from services.air_quality import repository
+from services.air_quality.domain import aqi as aqi_mod
+from services.air_quality.domain.grid import Grid, estimate_grid, make_grid
+from services.air_quality.settings import AirSettings
+from shared.city import City, District, default_city, to_local_xy_m
+from shared.stream import Output, PoisonRecord, alert_output, output, stable_id, task_output
+
+logger = logging.getLogger("cityops.air")
+SOURCE = "air-quality"
+GRID_TOPIC = "cityops.air.grid.v1"
+FORECAST_TOPIC = "cityops.air.forecast.v1"
+ATTRIBUTION_TOPIC = "cityops.air.attribution.v1"
+NOWCAST_TOPIC = "cityops.weather.nowcast.v1"
+TOPICS = [OBSERVATION_TOPIC["air"], OBSERVATION_TOPIC["weather"], NOWCAST_TOPIC]
+GRID_POLLUTANTS = ("pm25", "pm10", "no2", "o3")
+DEFAULT_THRESHOLDS = {"pm25": 75.0, "pm10": 150.0, "no2": 200.0, "o3": 200.0}
+# AQI level -> (severity, warning colour)
+SEVERITY_OF_LEVEL = {"III": ("minor", "yellow"), "IV": ("major", "orange"), "V": ("critical", "red"),
+                     "VI": ("critical", "red")}
+POLLUTANT_NAME = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2", "o3": "O3"}
+
+
+def city_from_config(d: dict[str, Any] | None) -> City:
+    if not d:
+        return default_city()
+    return City(d.get("name", "city"), float(d["centre_lat"]), float(d["centre_lon"]), tuple(
+        District(x["district_id"], x["name_zh"], x["name_en"], tuple(x["bbox"]), x.get("land_use", "urban"),
+                 bool(x.get("low_lying", False))) for x in d["districts"]))
+
+
+def _ts(t: datetime | str) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _good(obs: Observation) -> dict[str, float]:
+    """Only QARTOD pass / not-evaluated values feed the models."""
+    return {q: float(v.value) for q, v in obs.values.items() if v.qc in (1, 2) and math.isfinite(v.value)}
+
+
+def _parse(events: list[dict]) -> tuple[list[Observation], list[StationForecast]]:
+    """Validate a whole batch before any state changes, so a poison batch replays cleanly one by one."""
+    obs, nowcasts = [], []
+    for env in events:
+        kind = str(env.get("type", ""))
+        try:
+            if kind.startswith("observation."):
+                obs.append(Observation.model_validate(env["payload"]))
+            elif kind == "weather.nowcast":
+                nowcasts.append(StationForecast.model_validate(env["payload"]))
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise PoisonRecord(f"{kind} payload does not match its schema at {e['loc']}: {e['msg']}") from None
+    return obs, nowcasts
+
+
+@dataclass
+class _Station:
+    station_id: str
+    lat: float
+    lon: float
+    district: str | None
+    hours: dict[pd.Timestamp, dict[str, float]] = field(default_factory=dict)
+    last_hour: pd.Timestamp | None = None
+    aqi_1h: dict[str, Any] | None = None
+    aqi_24h: dict[str, Any] | None = None
+
+
+@dataclass
+class _LowCost:
+    sensor_id: str
+    lat: float
+    lon: float
+    district: str | None
+    reference: str | None = None  # nearest reference station
+    readings: deque = field(default_factory=lambda: deque(maxlen=2000))  # (t, raw, rh, temp)
+    calibration: Any = None
+    train_log_ratio: float | None = None  # median log(raw / reference) while the calibration was fitted
+    train_range: tuple[float, float, float, float] | None = None  # raw max, rh min, rh max, temp min
+    task_id: str | None = None
+
+
+@dataclass
+class _Episode:
+    start: pd.Timestamp
+    alert_id: str
+    peak_aqi: int
+    top_source: str | None = None
+    tasks: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LatestGrid:
+    valid_at: pd.Timestamp
+    grid: Grid
+    values: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    sensors: tuple[np.ndarray, np.ndarray]
+
+
+class AirService:
+    """State and handler of the air-quality stream service (one instance per process)."""
+
+    def __init__(self, settings: AirSettings, pool, *, config: dict[str, Any] | None = None):
+        self.s = settings
+        self.pool = pool
+        cfg = settings.load_city_config() if config is None else config
+        air = cfg.get("domains", {}).get("air", {})
+        self.city = city_from_config(cfg.get("city"))
+        self.grid = make_grid(self.city, float(air.get("grid", {}).get("cell_km", settings.air_cell_km)))
+        self.grid_districts = [self.city.district_of(a, b) for a, b in zip(self.grid.lat, self.grid.lon, strict=True)]
+        self.update = pd.Timedelta(minutes=float(air.get("grid", {}).get("update_min", settings.air_grid_update_min)))
+        self.thresholds = {**DEFAULT_THRESHOLDS, **air.get("thresholds_ugm3", {})}
+        on_off = air.get("aqi_alert", {"on": 150, "off": 130})
+        self.on, self.off = float(on_off["on"]), float(on_off["off"])
+        self.aqi_alert = aqi_mod.AqiAlert(self.on, self.off)
+        self.forecast_alert = aqi_mod.AqiAlert(self.on, self.off)
+        self.sources = pd.DataFrame(air.get("sources", []), columns=["source_id", "kind", "lat", "lon", "height_m",
+                                                                     "district"])
+        self.reference_ids = set(air.get("reference_stations", []))
+        self.calibration_until = _ts(air["calibration_until"]) if air.get("calibration_until") else None
+        self.out_dir = settings.air_state_dir
+        self.stations: dict[str, _Station] = {}
+        self.lowcost: dict[str, _LowCost] = {}
+        self.episodes: dict[str, _Episode] = {}  # dedup key -> open episode
+        self.wind: dict[str, tuple[pd.Timestamp, float, float]] = {}  # sensor -> (t, from_deg, speed)
+        self.nowcast_wind: tuple[pd.Timestamp, float | None, float | None] | None = None
+        self.clock: pd.Timestamp | None = None
+        self.first_seen: pd.Timestamp | None = None
+        self.latest: LatestGrid | None = None
+        self.last_heavy = 0.0
+        self.forecaster = None
+        self.forecaster_until: pd.Timestamp | None = None
+        self.forecast_issued: pd.Timestamp | None = None
+        self.latest_forecasts: dict[str, StationForecast] = {}
+        self.latest_attribution: dict[str, SourceAttribution] = {}
+        self.drift_checked: pd.Timestamp | None = None
+        self.fits = {"calibration": 0, "forecast": 0}
+        self._bg: dict[str, asyncio.Task] = {}
+        self.calibrated = False
+
+    # -- the handler ----------------------------------------------------------------------
+
+    async def handle(self, events: list[dict]) -> list[Output]:
+        obs, nowcasts = _parse(events)
+        out: list[Output] = []
+        for f in nowcasts:
+            self._nowcast(f)
+        for o in sorted(obs, key=lambda x: x.observed_at):
+            t = _ts(o.observed_at)
+            self.clock = t if self.clock is None or t > self.clock else self.clock
+            self.first_seen = t if self.first_seen is None or t < self.first_seen else self.first_seen
+            vals = _good(o)
+            if "wind_dir" in vals and "wind_speed" in vals:
+                self.wind[o.sensor_id] = (t, vals["wind_dir"], vals["wind_speed"])
+            if o.domain != "air":
+                continue
+            if o.kind == "reference_station" or o.sensor_id in self.reference_ids:
+                out += await self._station_hour(o, t, vals)
+            elif "pm25" in vals:
+                self._lowcost_reading(o, t, vals)
+        self._start_fits()
+        if time.monotonic() - self.last_heavy >= self.s.air_heavy_every_s:
+            self.last_heavy = time.monotonic()
+            out += await self.heavy()
+        return out
+
+    def _nowcast(self, f: StationForecast) -> None:
+        if f.variable in ("wind_dir", "wind_speed") and f.values:
+            t = _ts(f.issued_at)
+            wd, ws = (self.nowcast_wind or (t, None, None))[1:]
+            if f.variable == "wind_dir":
+                wd = float(f.values[0])
+            else:
+                ws = float(f.values[0])
+            self.nowcast_wind = (t, wd, ws)
+
+    # -- reference stations: AQI and exceedance alerts -------------------------------------
+
+    async def _station_hour(self, o: Observation, t: pd.Timestamp, vals: dict[str, float]) -> list[Output]:
+        st = self.stations.get(o.sensor_id)
+        if st is None:
+            st = self.stations[o.sensor_id] = _Station(o.sensor_id, o.lat, o.lon, o.district)
+        st.hours[t] = vals
+        keep = t - pd.Timedelta(hours=self.s.air_history_h)
+        for old in [h for h in st.hours if h < keep]:
+            del st.hours[old]
+        if st.last_hour is not None and t <= st.last_hour:
+            return []  # a replayed or late hour: its alert decision was taken when it first came
+        st.last_hour = t
+        conc = {p: vals[p] for p in GRID_POLLUTANTS if p in vals}
+        if not conc:
+            return []
+        r1 = aqi_mod.aqi(conc, period="1h")
+        st.aqi_1h = {"at": t.isoformat(), "aqi": r1.aqi, "level": r1.level, "category_zh": r1.category_zh,
+                     "category_en": r1.category_en, "primary": list(r1.primary), "iaqi": r1.iaqi, "concentrations": conc}
+        day = [v for h, v in st.hours.items() if t - pd.Timedelta(hours=24) < h <= t]
+        if len(day) >= 20:  # HJ 633/663: a daily value needs at least 20 hourly values
+            st.aqi_24h = self._aqi_24h(st, t)
+        return await self._aqi_alert(st, t, r1, conc)
+
+    def _aqi_24h(self, st: _Station, t: pd.Timestamp) -> dict[str, Any]:
+        hrs = sorted(h for h in st.hours if t - pd.Timedelta(hours=24) < h <= t)
+        df = pd.DataFrame([st.hours[h] for h in hrs], index=hrs)
+        conc = {p: float(df[p].mean()) for p in ("pm25", "pm10", "no2") if p in df and df[p].notna().any()}
+        if "o3" in df and df["o3"].notna().any():
+            conc["o3"] = float(df["o3"].rolling(8, min_periods=6).mean().max())
+        r = aqi_mod.aqi(conc, period="24h")
+        return {"until": t.isoformat(), "aqi": r.aqi, "level": r.level, "category_zh": r.category_zh,
+                "category_en": r.category_en, "primary": list(r.primary), "iaqi": r.iaqi, "hours": len(hrs)}
+
+    async def _aqi_alert(self, st: _Station, t: pd.Timestamp, r, conc: dict[str, float]) -> list[Output]:
+        key = f"air:aqi:{st.station_id}"
+        change = self.aqi_alert.update(key, r.aqi)
+        ep = self.episodes.get(key)
+        out: list[Output] = []
+        if change == "raised":
+            ep = self.episodes[key] = _Episode(t, stable_id(key, t.isoformat()), r.aqi)
+            attribution = await self._trace(st, t)
+            out += attribution
+            out.append(self._alert(st, t, r, conc, ep, "raised"))
+            out += await self._inspection_task(st, t, ep)
+        elif ep is not None and change is None:
+            ep.peak_aqi = max(ep.peak_aqi, r.aqi)
+            # keep tracing while the exceedance lasts; a newly top-ranked source gets its own task
+            if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
+                out += await self._trace(st, t)
+                out += await self._inspection_task(st, t, ep)
+        elif change == "cleared" and ep is not None:
+            out.append(self._alert(st, t, r, conc, ep, "cleared"))
+            del self.episodes[key]
+        return out
+
+    def _alert(self, st: _Station, t: pd.Timestamp, r, conc: dict[str, float], ep: _Episode, status: str) -> Output:
+        key = f"air:aqi:{st.station_id}"
+        prim = "、".join(POLLUTANT_NAME.get(p, p) for p in r.primary) or "—"
+        prim_en = ", ".join(POLLUTANT_NAME.get(p, p) for p in r.primary) or "none"
+        where_zh = f"{st.district or '市区'} 站点 {st.station_id}"
+        where_en = f"station {st.station_id} ({st.district or 'city'})"
+        evidence = {"observed_at": t.isoformat(), "station_id": st.station_id, "aqi": r.aqi, "iaqi": r.iaqi,
+                    "primary": list(r.primary), "concentrations_ugm3": {k: round(v, 1) for k, v in conc.items()},
+                    "on": self.on, "off": self.off, "episode_start": ep.start.isoformat(), "peak_aqi": ep.peak_aqi,
+                    "aqi_24h": (st.aqi_24h or {}).get("aqi")}
+        att = self.latest_attribution.get(st.station_id)
+        if att is not None and att.contributions:
+            top = att.contributions[0]
+            evidence.update(top_source_id=top["source_id"], top_source_kind=top.get("kind"),
+                            top_source_contribution_ugm3=top["contribution"], top_source_confidence=top["confidence"],
+                            attribution=[{k: c[k] for k in ("source_id", "rank", "contribution")}
+                                         for c in att.contributions[:3]])
+        if status == "cleared":
+            alert = Alert(
+                alert_id=ep.alert_id, domain="air", kind="aqi_exceedance", severity="info", status="cleared",
+                level=None, title_zh=f"空气质量恢复：{where_zh}", title_en=f"Air quality recovered at {where_en}",
+                message_zh=f"{where_zh} 小时 AQI 降至 {r.aqi}（{r.category_zh}），低于解除阈值 {self.off:.0f}；"
+                           f"本次过程峰值 AQI {ep.peak_aqi}。可解除相关防护提示。",
+                message_en=f"Hourly AQI at {where_en} fell to {r.aqi} ({r.category_en}), below the clearing "
+                           f"threshold {self.off:.0f}; the episode peaked at AQI {ep.peak_aqi}. Protective advice "
+                           "can be lifted.",
+                location=GeoPoint(lat=st.lat, lon=st.lon), district=st.district, dedup_key=key, raised_at=t,
+                evidence=evidence)
+            return alert_output(alert, source=SOURCE)
+        severity, level = SEVERITY_OF_LEVEL.get(r.level, ("minor", "yellow"))
+        src_zh = src_en = ""
+        if "top_source_id" in evidence:
+            src_zh = (f"溯源结果：首要来源 {evidence['top_source_id']}，估计贡献 "
+                      f"{evidence['top_source_contribution_ugm3']:.0f} µg/m³，已派发现场核查任务。")
+            src_en = (f" Source tracing ranks {evidence['top_source_id']} first (about "
+                      f"{evidence['top_source_contribution_ugm3']:.0f} µg/m³); a field inspection has been dispatched.")
+        alert = Alert(
+            alert_id=ep.alert_id, domain="air", kind="aqi_exceedance", severity=severity, level=level,
+            status="raised",
+            title_zh=f"空气质量超标：{where_zh} AQI {r.aqi}（{r.category_zh}）",
+            title_en=f"Air quality exceedance at {where_en}: AQI {r.aqi} ({r.category_en})",
+            message_zh=f"{t.isoformat()} {where_zh} 小时 AQI {r.aqi}，首要污染物 {prim}，达到预警阈值 {self.on:.0f}。"
+                       f"建议减少户外活动，敏感人群做好防护。{src_zh}",
+            message_en=f"At {t.isoformat()} the hourly AQI at {where_en} reached {r.aqi} (primary pollutant "
+                       f"{prim_en}), at or above the alert threshold {self.on:.0f}. Advise the public to reduce "
+                       f"outdoor activity; sensitive groups should take precautions.{src_en}",
+            location=GeoPoint(lat=st.lat, lon=st.lon), district=st.district, dedup_key=key, raised_at=t,
+            evidence=evidence)
+        return alert_output(alert, source=SOURCE)
+
+    # -- source tracing ----------------------------------------------------------------------
+
+    def _station_frame(self, since: pd.Timestamp, until: pd.Timestamp) -> pd.DataFrame:
+        rows = []
+        for st in self.stations.values():
+            for h, v in st.hours.items():
+                if since <= h <= until:
+                    rows.append({"time": h, "station_id": st.station_id, "lat": st.lat, "lon": st.lon, **v})
+        return pd.DataFrame(rows)
+
+    async def _trace(self, st: _Station, t: pd.Timestamp) -> list[Output]:
+        """Attribute the station's newest exceedance hour to the registered sources (in a thread)."""
+        from services.air_quality.domain.attribution import attribute_observations
+
+        if self.sources.empty:
+            return []
+        obs = self._station_frame(t - pd.Timedelta(hours=12), t)
+        need = {"pm25", "wind_dir", "wind_speed"}
+        if obs.empty or not need <= set(obs.columns):
+            return []
+        obs = obs.dropna(subset=["pm25"])
+        thr = float(self.thresholds["pm25"])
+        res = await asyncio.to_thread(attribute_observations, obs, self.sources, "pm25", thr)
+        mine = [a for a in res if a.station_id == st.station_id and _ts(a.time) == t]
+        if not mine:
+            return []
+        kinds = dict(zip(self.sources["source_id"], self.sources["kind"], strict=True))
+        ranked = sorted(mine, key=lambda a: a.rank)[:5]
+        att = SourceAttribution(
+            station_id=st.station_id, at=t.to_pydatetime(), pollutant="pm25", observed=float(st.hours[t]["pm25"]),
+            contributions=[{"source_id": a.source_id, "kind": kinds.get(a.source_id), "rank": int(a.rank),
+                            "contribution": round(float(a.contribution), 2),
+                            "confidence": round(float(a.confidence), 3)} for a in ranked])
+        self.latest_attribution[st.station_id] = att
+        async with self.pool.connection() as conn:
+            await repository.write_attribution(conn, att)
+        return [output(ATTRIBUTION_TOPIC, st.station_id, att, source=SOURCE, occurred_at=t.to_pydatetime(),
+                       event_id=stable_id("air:attribution", st.station_id, "pm25", t.isoformat()))]
+
+    async def _inspection_task(self, st: _Station, t: pd.Timestamp, ep: _Episode) -> list[Output]:
+        from services.air_quality.domain.tasks import inspection_task
+
+        att = self.latest_attribution.get(st.station_id)
+        if att is None or _ts(att.at) != t or not att.contributions:
+            return []
+        top = att.contributions[0]
+        src = self.sources[self.sources["source_id"] == top["source_id"]].iloc[0]
+        task_id = stable_id("air:inspect_source", top["source_id"], ep.alert_id)
+        ep.top_source = ep.top_source or top["source_id"]
+        if task_id in ep.tasks:
+            return []
+        ep.tasks.add(task_id)
+        wd, ws = self.wind_at(t)
+        it = inspection_task(source_id=str(src.source_id), kind=str(src.kind), lat=float(src.lat), lon=float(src.lon),
+                             pollutant="pm25", station_id=st.station_id, observed=att.observed,
+                             threshold=float(self.thresholds["pm25"]), contribution=float(top["contribution"]),
+                             confidence=float(top["confidence"]), time_iso=t.isoformat(),
+                             wind_from_deg=wd if wd is not None else float("nan"),
+                             wind_speed=ws if ws is not None else float("nan"))
+        png = await self._task_map(task_id, t, (float(src.lat), float(src.lon)))
+        task = FieldTask(
+            task_id=task_id, kind="inspect_source", domain="air", priority=it.priority, title_zh=it.title_zh,
+            title_en=it.title_en, description_zh=it.body_zh, description_en=it.body_en,
+            location=GeoPoint(lat=it.lat, lon=it.lon), district=src.district if isinstance(src.district, str) else None,
+            required_skills=["air_inspection"], related_alert_id=ep.alert_id, created_at=t.to_pydatetime(),
+            due_at=(t + pd.Timedelta(hours=4)).to_pydatetime(),
+            evidence={"observed_at": t.isoformat(), "source_id": top["source_id"], "source_kind": str(src.kind),
+                      "station_id": st.station_id, "observed_ugm3": round(att.observed, 1),
+                      "estimated_contribution_ugm3": top["contribution"], "confidence": top["confidence"],
+                      "rank": 1, "wind_from_deg": wd, "wind_speed_ms": ws, "map_png": png})
+        return [task_output(task, source=SOURCE)]
+
+    async def _task_map(self, name: str, t: pd.Timestamp, mark: tuple[float, float] | None) -> str | None:
+        """A PNG of the newest PM2.5 grid (made now when none is recent) with the source marked."""
+        from services.air_quality.domain.heatmap import heatmap_png
+
+        if self.latest is None or self.latest.valid_at < t - pd.Timedelta(hours=1):
+            await self._grid_at(t)
+        if self.latest is None:
+            return None
+        lg = self.latest
+        lats = np.r_[lg.sensors[0], [mark[0]]] if mark else lg.sensors[0]
+        lons = np.r_[lg.sensors[1], [mark[1]]] if mark else lg.sensors[1]
+        png = await asyncio.to_thread(heatmap_png, lg.grid, lg.values["pm25"], title="PM2.5 µg/m³",
+                                      sensors=(lats, lons))
+        path = self.out_dir / "maps" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        return str(path)
+
+    def wind_at(self, t: pd.Timestamp) -> tuple[float | None, float | None]:
+        """Vector-mean wind (from-direction, speed) of the observations within the hour before `t`."""
+        recent = [(wd, ws) for (tt, wd, ws) in self.wind.values() if t - pd.Timedelta(hours=1.5) <= tt <= t]
+        if not recent:
+            if self.nowcast_wind and self.nowcast_wind[1] is not None:
+                return self.nowcast_wind[1], self.nowcast_wind[2]
+            return None, None
+        a = np.array(recent, dtype=float)
+        u, v = np.mean(np.sin(np.radians(a[:, 0])) * a[:, 1]), np.mean(np.cos(np.radians(a[:, 0])) * a[:, 1])
+        return float(np.degrees(np.arctan2(u, v)) % 360), float(a[:, 1].mean())
+
+    # -- low-cost sensors ------------------------------------------------------------------------
+
+    def _lowcost_reading(self, o: Observation, t: pd.Timestamp, vals: dict[str, float]) -> None:
+        s = self.lowcost.get(o.sensor_id)
+        if s is None:
+            s = self.lowcost[o.sensor_id] = _LowCost(o.sensor_id, o.lat, o.lon, o.district)
+        if s.readings and t <= s.readings[-1][0]:
+            return  # replayed reading
+        s.readings.append((t, vals["pm25"], vals.get("rh", np.nan), vals.get("temp", np.nan)))
+
+    def _nearest_station(self, lat: float, lon: float) -> _Station | None:
+        if not self.stations:
+            return None
+        ids = list(self.stations)
+        la = np.array([self.stations[i].lat for i in ids])
+        lo = np.array([self.stations[i].lon for i in ids])
+        x, y = to_local_xy_m(la, lo, lat, lon)
+        return self.stations[ids[int(np.argmin(np.hypot(x, y)))]]
+
+    def _pairs(self, s: _LowCost, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None):
+        """(times, raw, rh, temp, reference pm25 of the nearest station in the same hour) of a sensor."""
+        ref = self.stations.get(s.reference or "")
+        if ref is None:
+            return None
+        r = np.array([x for x in s.readings if (since is None or x[0] > since) and (until is None or x[0] <= until)],
+                     dtype=object)
+        if len(r) == 0:
+            return None
+        times = pd.DatetimeIndex(r[:, 0])
+        refv = np.array([ref.hours.get(h, {}).get("pm25", np.nan) for h in times.floor("h")], dtype=float)
+        return times, r[:, 1].astype(float), r[:, 2].astype(float), r[:, 3].astype(float), refv
+
+    def _calibration_due(self) -> bool:
+        if self.calibrated or "calibration" in self._bg or self.clock is None or not self.lowcost:
+            return False
+        if self.calibration_until is not None:
+            return self.clock > self.calibration_until
+        return self.first_seen is not None and self.clock - self.first_seen >= pd.Timedelta(hours=12)
+
+    def _calibration_pairs(self, until: pd.Timestamp) -> dict[str, tuple]:
+        """Each sensor's training pairs up to `until`, copied on the event loop (the fit runs in a thread)."""
+        pairs = {}
+        for s in self.lowcost.values():
+            st = self._nearest_station(s.lat, s.lon)
+            s.reference = st.station_id if st else None
+            p = self._pairs(s, until=until)
+            if p is not None:
+                pairs[s.sensor_id] = p[1:]
+                raw, rh, temp, ref = p[1:]
+                ok = np.isfinite(ref) & (ref > 1.0) & (raw > 1.0)
+                if ok.sum() >= 20:
+                    s.train_log_ratio = float(np.median(np.log(raw[ok] / ref[ok])))
+                    s.train_range = (float(np.nanmax(raw)), float(np.nanmin(rh)), float(np.nanmax(rh)),
+                                     float(np.nanmin(temp)))
+        return pairs
+
+    @staticmethod
+    def _fit_calibrations(pairs: dict[str, tuple]) -> dict[str, Any]:
+        from services.air_quality.domain.calibration import fit_calibration
+
+        fitted = {}
+        for sid, (raw, rh, temp, ref) in pairs.items():
+            try:
+                fitted[sid] = fit_calibration(raw, rh, temp, ref, n_jobs=1)
+            except ValueError as exc:
+                logger.info("low-cost sensor not calibrated", extra={"fields": {"sensor": sid, "why": str(exc)}})
+        return fitted
+
+    def _start_fits(self) -> None:
+        for name, task in list(self._bg.items()):
+            if task.done():
+                del self._bg[name]
+                if task.exception() is not None:
+                    raise task.exception()  # a failed fit is a bug, not bad data: let the process restart
+        if self._calibration_due():
+            until = self.calibration_until or self.clock
+
+            pairs = self._calibration_pairs(until)
+
+            async def calibrate() -> None:
+                fitted = await asyncio.to_thread(self._fit_calibrations, pairs)
+                for sid, cal in fitted.items():
+                    self.lowcost[sid].calibration = cal
+                n = len(fitted)
+                self.calibrated = True
+                self.fits["calibration"] += 1
+                logger.info("low-cost sensors calibrated", extra={"fields": {"sensors": n, "until": str(until)}})
+
+            self._bg["calibration"] = asyncio.create_task(calibrate())
+        if self._refit_due():
+            until = self.clock
+            frame = self._station_frame(until - pd.Timedelta(hours=self.s.air_history_h), until)
+
+            async def refit() -> None:
+                model = await asyncio.to_thread(self._fit_forecaster, frame, until)
+                if model is not None:
+                    self.forecaster, self.forecaster_until = model, until
+                    self.fits["forecast"] += 1
+
+            self._bg["forecast"] = asyncio.create_task(refit())
+
+    async def drain(self) -> None:
+        """Wait for the background fits (tests and shutdown)."""
+        if self._bg:
+            await asyncio.gather(*self._bg.values(), return_exceptions=True)
+
+    # -- forecasts -------------------------------------------------------------------------------
+
+    def _refit_due(self) -> bool:
+        if "forecast" in self._bg or self.clock is None or len(self.stations) < 2:
+            return False
+        hours = {h for st in self.stations.values() for h in st.hours}
+        if len(hours) < 12:
+            return False
+        if self.forecaster_until is None:
+            return self.calibration_until is None or self.clock > self.calibration_until
+        return self.clock - self.forecaster_until >= pd.Timedelta(hours=self.s.air_refit_every_h)
+
+    @staticmethod
+    def _network(obs: pd.DataFrame):
+        from services.air_quality.domain.spatial import build_network
+
+        if obs.empty or "pm25" not in obs:
+            return None
+        net = build_network(obs, "pm25")
+        full = pd.date_range(net.times.min(), net.times.max(), freq="h")
+        if len(full) != len(net.times):
+            from services.air_quality.domain.spatial import Network
+
+            v = pd.DataFrame(net.values, index=net.times).reindex(full).to_numpy()
+            met = net.met.reindex(full).interpolate(limit_direction="both")
+            net = Network(full, net.station_ids, net.x_m, net.y_m, v, met, net.lat0, net.lon0)
+        return net
+
+    def _fit_forecaster(self, obs: pd.DataFrame, until: pd.Timestamp):
+        from services.air_quality.domain.forecast import StationForecaster
+
+        net = self._network(obs)
+        if net is None:
+            return None
+        return StationForecaster(list(self.s.air_forecast_horizons), n_jobs=1).fit(net, until)
+
+    async def _issue_forecasts(self) -> list[Output]:
+        """Forecasts of every station from its newest complete hour (older hours are skipped when behind)."""
+        if self.forecaster is None:
+            return []
+        issue = max((st.last_hour for st in self.stations.values() if st.last_hour is not None), default=None)
+        if issue is None or (self.forecast_issued is not None and issue <= self.forecast_issued):
+            return []
+        model = self.forecaster
+        frame = self._station_frame(issue - pd.Timedelta(hours=self.s.air_history_h), issue)
+        net = await asyncio.to_thread(self._network, frame)
+        if net is None or net.times[-1] != issue:
+            return []
+        mask = np.zeros(len(net.times), dtype=bool)
+        mask[-1] = True
+        preds = await asyncio.to_thread(model.predict, net, mask)
+        self.forecast_issued = issue
+        hs = list(model.horizons)
+        out: list[Output] = []
+        async with self.pool.connection() as conn:
+            for j, sid in enumerate(net.station_ids):
+                f = StationForecast(
+                    station_id=sid, variable="pm25", unit="ug/m3", issued_at=issue.to_pydatetime(),
+                    model="xgboost" if all(h in model.models for h in hs) else "xgboost+autoreg",
+                    horizons_h=hs, values=[round(float(preds[h][0, j]), 2) for h in hs])
+                self.latest_forecasts[sid] = f
+                await repository.write_forecast(conn, f)
+                out.append(output(FORECAST_TOPIC, sid, f, source=SOURCE, occurred_at=issue.to_pydatetime(),
+                                  event_id=stable_id("air:forecast", sid, "pm25", issue.isoformat())))
+                out += self._forecast_alert(sid, f, issue)
+        return out
+
+    def _forecast_alert(self, sid: str, f: StationForecast, issue: pd.Timestamp) -> list[Output]:
+        near = [(h, v) for h, v in zip(f.horizons_h, f.values, strict=True) if h <= self.s.air_forecast_alert_max_h]
+        if not near:
+            return []
+        h_max, v_max = max(near, key=lambda hv: hv[1])
+        a = int(aqi_mod.iaqi("pm25", v_max, period="1h")[0])
+        key = f"air:aqi-forecast:{sid}"
+        change = self.forecast_alert.update(key, a)
+        st = self.stations[sid]
+        if change == "raised":
+            self.episodes[key] = _Episode(issue, stable_id(key, issue.isoformat()), a)
+        ep = self.episodes.get(key)
+        if change is None or ep is None:
+            return []
+        level, zh, en, _ = aqi_mod.category(a)
+        evidence = {"observed_at": issue.isoformat(), "station_id": sid, "forecast_aqi": a, "horizon_h": h_max,
+                    "forecast_pm25_ugm3": v_max, "model": f.model, "on": self.on, "off": self.off,
+                    "episode_start": ep.start.isoformat()}
+        where_zh, where_en = f"{st.district or '市区'} 站点 {sid}", f"station {sid} ({st.district or 'city'})"
+        if change == "cleared":
+            del self.episodes[key]
+            alert = Alert(alert_id=ep.alert_id, domain="air", kind="aqi_forecast_exceedance", severity="info",
+                          status="cleared", title_zh=f"预报超标解除：{where_zh}",
+                          title_en=f"Forecast exceedance lifted at {where_en}",
+                          message_zh=f"未来 {self.s.air_forecast_alert_max_h} 小时 {where_zh} 预报 AQI 最高 {a}，低于 "
+                                     f"{self.off:.0f}，预报预警解除。",
+                          message_en=f"The highest forecast AQI at {where_en} in the next "
+                                     f"{self.s.air_forecast_alert_max_h} h is {a}, below {self.off:.0f}; the forecast "
+                                     "warning is lifted.",
+                          location=GeoPoint(lat=st.lat, lon=st.lon), district=st.district, dedup_key=key,
+                          raised_at=issue.to_pydatetime(), evidence=evidence)
+            return [alert_output(alert, source=SOURCE)]
+        severity, colour = SEVERITY_OF_LEVEL.get(level, ("minor", "yellow"))
+        alert = Alert(alert_id=ep.alert_id, domain="air", kind="aqi_forecast_exceedance", severity=severity,
+                      level=colour, title_zh=f"空气质量预报超标：{where_zh} {h_max} 小时内 AQI {a}（{zh}）",
+                      title_en=f"Forecast exceedance at {where_en}: AQI {a} ({en}) within {h_max} h",
+                      message_zh=f"{issue.isoformat()} 发布的预报显示 {where_zh} 在 {h_max} 小时后 PM2.5 约 {v_max:.0f} "
+                                 f"µg/m³（AQI {a}），达到预警阈值 {self.on:.0f}。请提前发布健康提示并检查周边排放源。",
+                      message_en=f"The forecast issued at {issue.isoformat()} expects PM2.5 of about {v_max:.0f} "
+                                 f"µg/m³ (AQI {a}) at {where_en} in {h_max} h, at or above the alert threshold "
+                                 f"{self.on:.0f}. Issue health advice early and check nearby emission sources.",
+                      location=GeoPoint(lat=st.lat, lon=st.lon), district=st.district, dedup_key=key,
+                      raised_at=issue.to_pydatetime(), evidence=evidence)
+        return [alert_output(alert, source=SOURCE)]
+
+    # -- heavy work: grids, forecasts, drift ---------------------------------------------------
+
+    async def heavy(self) -> list[Output]:
+        """Grid of the latest complete window, forecasts of the latest hour, the drift check."""
+        out: list[Output] = []
+        if self.clock is None:
+            return out
+        end = self.clock.floor(self.update)
+        if end == self.clock:
+            end -= self.update
+        if self.latest is None or end > self.latest.valid_at:
+            out += await self._grid_at(end)
+        out += await self._issue_forecasts()
+        out += self._drift_tasks()
+        return out
+
+    def _inputs(self, pollutant: str, at: pd.Timestamp) -> tuple[np.ndarray, ...]:
+        lat, lon, val, sd = [], [], [], []
+        for st in self.stations.values():
+            recent = [h for h in st.hours if at - pd.Timedelta(minutes=90) < h <= at and pollutant in st.hours[h]]
+            if recent:
+                v = st.hours[max(recent)][pollutant]
+                lat.append(st.lat), lon.append(st.lon), val.append(v), sd.append(max(0.03 * v, 1.0))
+        if pollutant == "pm25":
+            for s in self.lowcost.values():
+                if s.calibration is None or not s.readings or s.task_id is not None:
+                    continue  # uncalibrated or drifting sensors stay off the map
+                t, raw, rh, temp = s.readings[-1]
+                if not at - pd.Timedelta(minutes=30) < t <= at or not (np.isfinite(rh) and np.isfinite(temp)):
+                    continue
+                # a tree calibration is flat outside what it was fitted on: such readings stay off the map
+                r = s.train_range
+                if r is None or raw > 1.1 * r[0] or not (r[1] - 5 <= rh <= r[2] + 5) or temp < r[3] - 3:
+                    continue
+                v = float(s.calibration.apply(np.array([raw]), np.array([rh]), np.array([temp]))[0])
+                lat.append(s.lat), lon.append(s.lon), val.append(v), sd.append(s.calibration.resid_sd)
+        return np.array(lat), np.array(lon), np.array(val), np.array(sd)
+
+    def _estimate(self, at: pd.Timestamp, wind: float | None) -> tuple[dict, dict, tuple]:
+        values, std = {}, {}
+        pts = (np.array([]), np.array([]))
+        src = self.sources if not self.sources.empty else None
+        for p in GRID_POLLUTANTS:
+            lat, lon, val, sd = self._inputs(p, at)
+            if len(val) < 3:
+                continue
+            try:
+                est = estimate_grid(self.city, self.grid, lat, lon, val, sensor_sd=sd, sources=src, wind_from_deg=wind)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                logger.warning("grid skipped", extra={"fields": {"pollutant": p, "at": str(at), "why": str(exc)}})
+                continue
+            values[p], std[p] = est.value, est.std
+            if p == "pm25":
+                pts = (lat, lon)
+        return values, std, pts
+
+    async def _grid_at(self, at: pd.Timestamp) -> list[Output]:
+        wd, _ = self.wind_at(at)
+        values, std, pts = await asyncio.to_thread(self._estimate, at, wd)
+        if not values:
+            return []
+        self.latest = LatestGrid(at, self.grid, values, std, pts)
+        ncols = self.grid.shape[1]
+        out = []
+        async with self.pool.connection() as conn:
+            for p in values:
+                a = aqi_mod.iaqi(p, values[p], period="1h")
+                cells = [GridCell(cell_id=f"r{i // ncols:03d}c{i % ncols:03d}", lat=round(float(self.grid.lat[i]), 6),
+                                  lon=round(float(self.grid.lon[i]), 6), value=round(float(values[p][i]), 2),
+                                  std=round(float(std[p][i]), 2), aqi=int(a[i]) if np.isfinite(a[i]) else None)
+                         for i in range(len(self.grid.lat))]
+                g = AirGrid(pollutant=p, valid_at=at.to_pydatetime(), cell_size_m=self.grid.cell_km * 1000,
+                            method="regression_kriging", cells=cells)
+                await repository.write_grid(conn, g, self.grid_districts)
+                out.append(output(GRID_TOPIC, p, g, source=SOURCE, occurred_at=at.to_pydatetime(),
+                                  event_id=stable_id("air:grid", p, at.isoformat())))
+        return out
+
+    def _drift_tasks(self) -> list[Output]:
+        """A `calibrate_sensor` task for a low-cost sensor whose calibration no longer holds (once per sensor)."""
+        from services.air_quality.domain.calibration import drift_flags
+
+        if not self.calibrated or self.clock is None:
+            return []
+        hour = self.clock.floor("h")
+        if self.drift_checked is not None and hour <= self.drift_checked:
+            return []
+        self.drift_checked = hour
+        # A drift is a change of the sensor's gain against its reference that its peers do not share:
+        # log(raw/ref) minus the network median at the same time, minus the same quantity while the
+        # calibration was fitted. Humidity growth is common to all sensors and cancels; the xgboost
+        # calibration is not used here because trees cannot extrapolate beyond the fitted weather.
+        logs: dict[str, pd.Series] = {}
+        for s in self.lowcost.values():
+            if s.calibration is None or s.task_id is not None or s.train_log_ratio is None:
+                continue
+            p = self._pairs(s, since=self.calibration_until)
+            if p is None:
+                continue
+            times, raw, _, _, ref = p
+            ok = np.isfinite(ref) & (ref > 1.0) & (raw > 1.0)
+            if ok.sum() < 24:
+                continue
+            logs[s.sensor_id] = pd.Series(np.log(raw[ok] / ref[ok]), index=times[ok]).iloc[-48:]
+        if len(logs) < 3:
+            return []
+        table = pd.DataFrame(logs)
+        train = pd.Series({sid: self.lowcost[sid].train_log_ratio for sid in table.columns})
+        factor = table.sub(table.median(axis=1), axis=0) - (train - train.median())
+        f = factor.to_numpy()
+        spread = float(1.4826 * np.nanmedian(np.abs(f - np.nanmedian(f))))
+        # sensors differ from their (distant) reference for local reasons too: a drift must also stand
+        # out among the peers' recent gain changes (robust z over sensors)
+        recent = factor.iloc[-12:].mean()
+        med = float(recent.median())
+        between = max(float(1.4826 * (recent - med).abs().median()), 0.02)
+        out = []
+        for sid, e in factor.items():
+            s = self.lowcost[sid]
+            e = e.dropna()
+            if len(e) < 24:
+                continue
+            sd = max(spread, 0.02)
+            flags = drift_flags(e.to_numpy(), np.zeros(len(e)), sd)
+            z = (float(recent[sid]) - med) / between
+            if not flags[-6:].all() or abs(z) < 4.0:  # persistent for an hour and an outlier among peers
+                continue
+            times = e.index
+            gain = float(np.exp(e.iloc[-12:].mean()))
+            ref_now = self.stations[s.reference].hours.get(times[-1].floor("h"), {}).get("pm25", np.nan)
+            cal, ref = np.array([ref_now * gain]), np.array([ref_now])
+            t = times[-1]
+            bias = float(np.mean(cal - ref))
+            s.task_id = stable_id("air:calibrate_sensor", s.sensor_id, t.isoformat())
+            task = FieldTask(
+                task_id=s.task_id, kind="calibrate_sensor", domain="air", priority="normal",
+                title_zh=f"低成本传感器校准：{s.sensor_id}", title_en=f"Recalibrate low-cost sensor {s.sensor_id}",
+                description_zh=f"{s.sensor_id} 相对参考站 {s.reference} 的增益较校准时变化为 {gain:.2f} 倍（扣除全网共同变化，"
+                               f"当前约 {bias:+.1f} µg/m³），校准已不再有效。请到现场清洁或更换"
+                               "传感器，并与参考站比对后重新标定；在此之前该传感器不参与网格估算。",
+                description_en=f"After calibration, {s.sensor_id}'s PM2.5 differs from reference station "
+                               f"{s.reference} is now {gain:.2f}× what it was at calibration, beyond what its peers share "
+                               f"(about {bias:+.1f} µg/m³ now); its calibration no longer holds. Clean or replace "
+                               "the sensor on site and recalibrate it against the reference; until then it is "
+                               "left out of the grid.",
+                location=GeoPoint(lat=s.lat, lon=s.lon), district=s.district, required_skills=["air_inspection"],
+                created_at=t.to_pydatetime(),
+                evidence={"observed_at": t.isoformat(), "sensor_id": s.sensor_id, "reference_station": s.reference,
+                          "bias_ugm3": round(bias, 2), "gain_change": round(gain, 3),
+                          "log_gain_sd": round(sd, 4), "peer_z": round(z, 2), "resid_sd_ugm3": round(s.calibration.resid_sd, 2),
+                          "readings": int(len(cal)), "n_train": s.calibration.n_train})
+            out.append(task_output(task, source=SOURCE))
+            key = f"air:calibration:{s.sensor_id}"
+            alert = Alert(
+                alert_id=stable_id(key, t.isoformat()), domain="air", kind="sensor_calibration", severity="minor",
+                title_zh=f"传感器校准失效：{s.sensor_id}", title_en=f"Sensor calibration no longer holds: {s.sensor_id}",
+                message_zh=f"{s.sensor_id} 与参考站 {s.reference} 持续偏差 {bias:+.1f} µg/m³，已退出网格估算并派发校准任务。",
+                message_en=f"{s.sensor_id} differs from reference station {s.reference} by a persistent "
+                           f"{bias:+.1f} µg/m³; it is left out of the grid and a calibration task was dispatched.",
+                location=GeoPoint(lat=s.lat, lon=s.lon), district=s.district, dedup_key=key, raised_at=t.to_pydatetime(),
+                evidence={**task.evidence, "task_id": s.task_id})
+            out.append(alert_output(alert, source=SOURCE))
+        return out
+
+    # -- read side for the endpoints --------------------------------------------------------------
+
+    def aqi_latest(self) -> list[dict[str, Any]]:
+        return [{"station_id": st.station_id, "district": st.district, "lat": st.lat, "lon": st.lon,
+                 "hourly": st.aqi_1h, "daily": st.aqi_24h,
+                 "alert_active": f"air:aqi:{st.station_id}" in self.episodes}
+                for st in sorted(self.stations.values(), key=lambda x: x.station_id) if st.aqi_1h]
+
+    def map_path(self) -> Path:
+        return self.out_dir / "grid_latest.png"
