@@ -231,3 +231,35 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
     assert again and {a["payload"]["alert_id"] for a in again} <= ids_first
     assert svc2.fits == 3
     os.environ.pop("CITYOPS_KAFKA_START_AT_MS", None)
+
+
+async def test_restart_after_training_relearns_from_stored_history(stack_env, db_url, scenario, tmp_path, monkeypatch):
+    """A service (re)started after the training period learns each pump from the stored observations and still
+    catches the fault in the new data."""
+    from services.emergency.domain.simulate import check_detection
+
+    specs, readings, truth, config = scenario
+    train_until = pd.Timestamp(config["domains"]["emergency"]["train_until"])
+    pumps = readings[readings["sensor_id"].str.startswith("pump")]
+    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
+        old = pumps[pumps["time"] <= train_until]
+        # what the sink would have stored before the restart
+        with cur.copy("COPY observations (time, sensor_id, quantity, value, unit, qc, domain, district) FROM STDIN") as cp:
+            for r in old.itertuples(index=False):
+                cp.write_row((r.time, r.sensor_id, r.quantity, r.value, "x", 1, "equipment", None))
+    new = pumps[pumps["time"] > train_until]
+    bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
+    since_ms = int(time.time() * 1000) - 1000
+    monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
+    await _publish(bootstrap, _envelopes(specs, new))
+    last = new["time"].max()
+
+    async def done(svc):
+        return all(m.last == last for m in svc.machines.values()) and len(svc.machines) == 3
+
+    svc = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-emergency-restart-{TAG}", done)
+    assert svc.fits == 3 and all(m.history_loaded for m in svc.machines.values())
+    alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms, lambda v: b"equipment_fault" in v and TAG.encode() in v)
+    fault = next(t for t in truth if t["scenario"] == "equipment_fault")
+    res = check_detection(fault, [a["payload"] for a in alerts])
+    assert res["detected"], res

@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     s = settings.load()
     tag = secrets.token_hex(3)
+    db_url = _throwaway_db(s.db_url, f"bench_emergency_{tag}")
     key = secrets.token_hex(16)
     state = ROOT / ".state" / "bench-emergency" / tag
     state.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CITYOPS_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "CITYOPS_DB_URL": s.db_url,
+    env = {**os.environ, "CITYOPS_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "CITYOPS_DB_URL": db_url,
            "CITYOPS_STATE_DIR": str(state), "CITYOPS_EMERGENCY_PSEUDONYM_KEY": key,
            "CITYOPS_EMERGENCY_GROUP_PREFIX": f"cityops-emergency-bench-{tag}",
            "CITYOPS_KAFKA_START_AT_MS": str(int(time.time() * 1000))}
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"emergency service died during the run (exit {proc.returncode}); see {log}")
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(60)
+        _drop_db(s.db_url, db_url)
     if not loaded["alerts_received"]:
         raise SystemExit(f"no SOS alert came back; see {log}")
     ratio = loaded["p99_s"] / TARGET_P99_S if loaded["p99_s"] is not None else None
@@ -184,6 +186,31 @@ def main(argv: list[str] | None = None) -> int:
     md.write_text(text.rstrip("\n") + "\n\n" + start + "\n" + section + end + "\n", encoding="utf-8")
     print(section)
     return 0 if ratio is not None and ratio <= 1.0 and loaded["lost"] == 0 else 1
+
+
+def _throwaway_db(admin_url: str, name: str) -> str:
+    """A migrated database of its own, so the benchmark's incidents never land in the shared one."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from shared.storage.migrate import migrate
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    with psycopg.connect(url) as conn:
+        migrate(conn)
+    return url
+
+
+def _drop_db(admin_url: str, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
 
 def _markdown(r: dict) -> str:

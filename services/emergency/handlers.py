@@ -123,6 +123,7 @@ class _Machine:
     incident_id: str | None = None
     normal_run: int = 0
     peak: float = 0.0
+    history_loaded: bool = False
 
 
 @dataclass
@@ -213,6 +214,8 @@ class EmergencyService:
             m.last = t
             sample = _good_values(o)
             if m.monitor is None:
+                if self.train_until is not None and t > self.train_until and not m.train and not m.history_loaded:
+                    await self._load_history(m)
                 if not self._training_done(m, t):
                     m.train.append(sample)
                     continue
@@ -231,6 +234,15 @@ class EmergencyService:
                 await repository.write_equipment_health(conn, health)
         out += await self._flush_incidents()
         return out
+
+    async def _load_history(self, m: _Machine) -> None:
+        """Started after the training period (a restart): learn from the stored samples of that period."""
+        from services.emergency import repository
+
+        m.history_loaded = True
+        async with self.pool.connection() as conn:
+            m.train = await repository.machine_history(conn, m.sensor_id, self.train_until.to_pydatetime())
+        logger.info("machine history loaded", extra={"fields": {"machine": m.machine_id, "rows": len(m.train)}})
 
     async def _fit(self, m: _Machine) -> None:
         frame = pd.DataFrame(m.train)

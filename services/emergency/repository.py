@@ -102,3 +102,14 @@ def enforce_retention(db_url: str, worker_days: float) -> dict[str, int] | None:
             return None
         # enforce_retention counts whole days; round up so nothing is deleted early
         return _enforce(conn, worker_days=max(1, math.ceil(worker_days)))
+
+
+async def machine_history(conn: psycopg.AsyncConnection, sensor_id: str, until: datetime,
+                          limit: int = 5000) -> list[dict[str, float]]:
+    """A machine's stored good samples (QARTOD pass / not evaluated) up to `until`, oldest first, one dict per time:
+    how a restarted service relearns normal operation without waiting for new data."""
+    cur = await conn.execute(
+        "SELECT time, jsonb_object_agg(quantity, value) FROM ("
+        "  SELECT time, quantity, value FROM observations WHERE sensor_id = %s AND time <= %s AND qc IN (1, 2)"
+        "  ORDER BY time DESC LIMIT %s) recent GROUP BY time ORDER BY time", (sensor_id, until, limit * 8))
+    return [dict(v) for _, v in await cur.fetchall()][-limit:]
