@@ -42,8 +42,10 @@ class ExpectationModel:
     intercept: np.ndarray
     sigma: np.ndarray  # residual scale per target, from held-out history
     train_fill: dict[str, float]
-    # a weekend term needs at least two weeks of history to be learned rather than guessed
+    # weekends use more water; the term is learned once the history holds a whole weekend and weekdays
     weekly: bool = False
+    # plain standard deviation of the held-out residuals: weights the sensors when locating a leak
+    spread: np.ndarray | None = None
 
     def features(self, values: pd.DataFrame) -> np.ndarray:
         idx = pd.DatetimeIndex(values.index)
@@ -82,6 +84,12 @@ class ExpectationModel:
         obs = np.column_stack([values[t].to_numpy(dtype=float) if t in values else np.full(len(values), np.nan)
                                for t in self.targets])
         return obs - self.expected(values)
+
+
+def _has_weekend_and_weekdays(idx: pd.DatetimeIndex) -> bool:
+    weekend = np.asarray(idx.day_of_week >= 5)
+    per_day = pd.Timedelta(days=1) / (pd.Series(idx).diff().median() if len(idx) > 1 else pd.Timedelta(days=1))
+    return bool(weekend.sum() >= 1.5 * per_day and (~weekend).sum() >= 3 * per_day)
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +133,7 @@ def fit_expectation(
     fill = {k: (v if np.isfinite(v) else 0.0) for k, v in fill.items()}
     model = ExpectationModel(sensors, targets, sources, thr, np.zeros(1), np.ones(1), np.zeros((1, 1)),
                              np.zeros(1), np.ones(len(targets)), fill,
-                             weekly=bool(values.index[-1] - values.index[0] >= pd.Timedelta(days=14)))
+                             weekly=_has_weekend_and_weekdays(pd.DatetimeIndex(values.index)))
     x_all = model.features(values)
     y_all = np.column_stack([values[t].to_numpy(dtype=float) if t in values else np.full(len(values), np.nan)
                              for t in targets])
@@ -144,9 +152,14 @@ def fit_expectation(
     for b in blocks:
         fit(np.setdiff1d(np.arange(n), b))
         held[b] = model.residuals(values.iloc[b])
-    sigma = np.nanstd(held, axis=0)
+    # a robust scale (MAD): one glitch in the history (a logger reset, a tank level jump) must not
+    # widen every threshold
+    med = np.nanmedian(held, axis=0)
+    sigma = 1.4826 * np.nanmedian(np.abs(held - med), axis=0)
     fallback = np.nanmedian(sigma[np.isfinite(sigma) & (sigma > 0)]) if np.any(sigma > 0) else 1.0
     model.sigma = np.where(np.isfinite(sigma) & (sigma > 1e-6), sigma, fallback)
+    spread = np.nanstd(held, axis=0)
+    model.spread = np.where(np.isfinite(spread) & (spread > 1e-6), spread, model.sigma)
     fit(np.arange(n))
     return model, held
 
@@ -195,6 +208,10 @@ class LeakMonitor:
         smooth_hours: float = 12.0,
         merge_correlation: float = 0.8,
         merge_distance_m: float = 1000.0,
+        baseline_hours: float = 24.0,
+        baseline_gap_hours: float | None = None,
+        localise_weighting: str = "sigma",
+        z_clip: float = 6.0,
         suppress: list[tuple[pd.Timestamp, pd.Timestamp]] | None = None,
     ):
         self.model, self.matrix, self.net = model, matrix, net
@@ -207,6 +224,11 @@ class LeakMonitor:
         self.merge_correlation = merge_correlation
         self.merge_distance_m = merge_distance_m
         self.suppress = suppress or []
+        self.baseline_steps = max(1, int(pd.Timedelta(hours=baseline_hours) / step))
+        self.localise_weighting = localise_weighting
+        self.z_clip = z_clip
+        gap_h = smooth_hours if baseline_gap_hours is None else baseline_gap_hours
+        self.baseline_gap_steps = max(0, int(pd.Timedelta(hours=gap_h) / step))
         by_id = {s.sensor_id: s for s in model.sensors}
         self.target_sensors = [by_id[t] for t in model.targets]
         self.orientation = self._orientation()
@@ -274,7 +296,10 @@ class LeakMonitor:
         return a in res or b in res or link in set(self.net.wn.pump_name_list)
 
     def _oriented(self, residuals: np.ndarray) -> np.ndarray:
-        return residuals / self.model.sigma * self.orientation
+        # clipped so that a single wild reading (a glitch in history or in the stream) moves a
+        # CUSUM by a bounded step; a leak persists and accumulates anyway
+        z = residuals / self.model.sigma * self.orientation
+        return np.clip(z, -self.z_clip, self.z_clip)
 
     def _stat_values(self, z: np.ndarray) -> np.ndarray:
         w = np.array([s[2] for s in self.stats])  # (n_stats, n_targets)
@@ -356,7 +381,18 @@ class LeakMonitor:
     def _localise(self, p: _Pending) -> LeakEvent | None:
         window = np.array(self.resid[p.alarm_row:])
         after = np.nanmean(window, axis=0) if len(window) else np.zeros_like(self.offset)
-        change = after - self.offset
+        # the change is measured against the hours just before its onset rather than against the
+        # learned expectation alone: slow drifts of the expectation (and an earlier leak) cancel
+        # the smoothed CUSUM leaves zero up to `smooth_hours` after the change began, so the
+        # baseline ends that much before the estimated onset
+        hi = max(0, p.onset_row - self.baseline_gap_steps)
+        lo = max(0, hi - self.baseline_steps)
+        if hi - lo >= self.baseline_steps // 2:
+            before = np.nanmean(np.array(self.resid[lo:hi]), axis=0)
+            before = np.where(np.isfinite(before), before, self.offset)
+        else:
+            before = self.offset
+        change = after - before
         ev = p.event
         ev.localised_at = self.times[-1]
         # the leak's pattern becomes the new normal: the next alarm must be a new change
@@ -406,8 +442,9 @@ class LeakMonitor:
         for i, s in enumerate(self.target_sensors):
             if s.sensor_id in col and s.kind == "pressure":
                 r[col[s.sensor_id]] = change[i]
-                sig[col[s.sensor_id]] = 1.0
-        ev.candidates = localise(self.matrix, r, sig, self.net, centre=True)
+                spread = self.model.spread if self.model.spread is not None else self.model.sigma
+                sig[col[s.sensor_id]] = spread[i] if "sigma" in self.localise_weighting else 1.0
+        ev.candidates = localise(self.matrix, r, sig, self.net, centre="centre" in self.localise_weighting)
         bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
         if bal and change[bal[0]] > 0:
             ev.flow_m3h = float(change[bal[0]])

@@ -7,12 +7,15 @@ and drainage catchments with a rainstorm flood.
 - Drainage: one catchment per low-lying district (at least two), each with a drain level, a
   river level and a rain gauge every 5 minutes; a linear-reservoir level driven by the rain.
 - Timing (deterministic, documented in `config["timing"]`): first 40 % of the period normal;
-  the growing leak starts at start + 0.42 × hours and ramps over 12 h; the burst at
-  start + 0.62 × hours; the storm's rain peaks at start + 0.8 × hours — the same rule the
+  the growing leak starts at start + 0.42 × hours and ramps over 0.1 × hours; the burst, in
+  another DMA more than 1.5 km of pipe away, at start + 0.70 × hours, once the growing leak has
+  had time to be found (so the two are two leaks, not one); the storm's rain peaks at start + 0.8 × hours — the same rule the
   weather domain's generator uses for its stations — with a peak intensity from the seed.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -68,11 +71,16 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
     lat_lon = _placement(net, city)
 
     pipes = [p for p in net.pipes if net.pipe_length_m[p] > 50]
-    burst_pipe, leak_pipe = (str(p) for p in rng.choice(pipes, size=2, replace=False))
+    leak_pipe = str(rng.choice(pipes))
+    # two leaks a dispatcher can tell apart: the burst in another district metered area, far
+    # along the pipes from the growing leak, and only after the growing leak has been found
+    far = [p for p in pipes if net.dma_of_link(p) != net.dma_of_link(leak_pipe)
+           and net.pipe_distance_m(p, leak_pipe) > 1500.0]
+    burst_pipe = str(rng.choice(far or [p for p in pipes if p != leak_pipe]))
     mean_demand = total_base_demand_m3h(net)
-    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.62 * hours)).floor("15min"), 0.20 * mean_demand, "abrupt")
+    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.70 * hours)).floor("15min"), 0.20 * mean_demand, "abrupt")
     growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.15 * mean_demand,
-                       "incipient", ramp_hours=12.0)
+                       "incipient", ramp_hours=0.1 * hours)
     scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed, network_seed=seed)
 
     specs: list[SensorSpec] = []
@@ -117,10 +125,11 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
                                     "rain": f"rg-{c.catchment_id}"}} for c in catchments],
         "operations": [],
         # a demo has hours, not weeks: shorter windows than the batch defaults (12 h, 24 h)
-        "monitor": {"smooth_hours": 3.0, "localise_hours": 6.0},
+        "monitor": {"smooth_hours": 2.0, "localise_hours": 4.0},
         "training": {"leak_free_until": (start + pd.Timedelta(hours=0.4 * hours)).isoformat(),
                      "history": "services.water.domain.simulate.leak_free_history(config, start, days, seed)"},
-        "timing": {"incipient_leak_start": "start + 0.42*hours (ramp 12 h)", "pipe_burst_start": "start + 0.62*hours",
+        "timing": {"incipient_leak_start": "start + 0.42*hours (ramp 0.1*hours)",
+                   "pipe_burst_start": "start + 0.70*hours, another DMA, > 1.5 km of pipe from the growing leak",
                    "storm_peak": "start + 0.8*hours, floored to 5 min",
                    "storm_peak_mm_per_h": "40 + 40*U, U = numpy.random.default_rng([seed, 4]).random()",
                    "storm_shape": "Gaussian pulse, sd 1.5 h"},
@@ -142,6 +151,11 @@ def leak_free_history(config: dict, start: pd.Timestamp, days: float, seed: int)
     back = {(v["kind"], v["element"]): sid for sid, v in config["sensors"].items()}
     scada["sensor_id"] = [back[(k, e)] for k, e in zip(scada["kind"], scada["sensor_id"], strict=True)]
     return scada
+
+
+def node_lat_lon(net, city: City) -> dict[str, tuple[float, float]]:
+    """(lat, lon) of every node as the generator placed it on the city (for maps, tasks and GeoJSON)."""
+    return _placement(net, city)
 
 
 def _placement(net, city: City) -> dict[str, tuple[float, float]]:
@@ -207,4 +221,65 @@ def _drainage(city: City, start: pd.Timestamp, hours: float, seed: int):
     return catchments, specs, pd.concat(parts, ignore_index=True), truth
 
 
-__all__ = ["generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h"]
+def check_detection(truth: dict, alerts: list[dict]) -> dict:
+    """Did the services detect one injected scenario? `alerts` are the demo's alert rows.
+
+    Leaks: a water leak alert raised at or after the leak's start whose ranked candidates hold the
+    truth pipe, or whose top candidate is within 300 m pipe distance of it. Floods: a flood warning
+    for the truth catchment; the note gives its lead time before the storm's rain peak.
+    """
+    start = pd.Timestamp(truth["start"])
+    kind = truth.get("scenario")
+
+    def _t(a: dict) -> pd.Timestamp:
+        t = pd.Timestamp(a["raised_at"])
+        return t.tz_localize("UTC") if t.tzinfo is None else t
+
+    def _ev(a: dict) -> dict:
+        ev = a.get("evidence") or {}
+        if isinstance(ev, str):
+            import json
+
+            ev = json.loads(ev)
+        return ev
+
+    if kind in ("pipe_burst", "incipient_leak"):
+        net = load_network(network_path())
+        pipe = truth["pipe_id"]
+        leaks = sorted((a for a in alerts if a.get("domain") == "water" and a.get("kind") == "leak"
+                        and _t(a) >= start), key=_t)
+        best_note = "no leak alert after the leak started"
+        for a in leaks:
+            ev = _ev(a)
+            cands = [c["pipe_id"] for c in ev.get("candidates", [])]
+            if not cands:
+                continue
+            d = net.pipe_distance_m(cands[0], pipe) if net.has_link(cands[0]) and net.has_link(pipe) else math.inf
+            if pipe in cands or d <= 300.0:
+                rank = cands.index(pipe) + 1 if pipe in cands else None
+                # the episode's first alert (the alarm) is when it was detected; candidates came with an update
+                first = min(_t(x) for x in leaks if x["alert_id"] == a["alert_id"])
+                delay = (first - start) / pd.Timedelta(minutes=1)
+                return {"detected": True, "at": first.isoformat(), "delay_min": round(float(delay), 1),
+                        "note": f"pipe {pipe} " + (f"ranked {rank} of {len(cands)}" if rank else
+                                                   f"{d:.0f} m from top candidate {cands[0]}")}
+            best_note = f"leak alert(s) but pipe {pipe} not among candidates; top {cands[0]} is {d:.0f} m away"
+        return {"detected": False, "at": None, "delay_min": None, "note": best_note}
+    if kind == "rainstorm_flood":
+        cid = truth["catchment_id"]
+        hits = sorted((a for a in alerts if a.get("domain") == "water" and a.get("kind") == "flood_risk"
+                       and _ev(a).get("catchment_id") == cid and a.get("level")), key=_t)
+        if not hits:
+            return {"detected": False, "at": None, "delay_min": None, "note": f"no flood warning for {cid}"}
+        a = hits[0]
+        peak = pd.Timestamp(truth.get("storm_peak") or start)
+        lead_min = (peak - _t(a)) / pd.Timedelta(minutes=1)
+        top = max(hits, key=lambda x: ("blue", "yellow", "orange", "red").index(x["level"]))["level"]
+        return {"detected": True, "at": _t(a).isoformat(), "delay_min": round(float((_t(a) - start)
+                                                                                  / pd.Timedelta(minutes=1)), 1),
+                "note": f"{a['level']} warning {lead_min:.0f} min before the storm peak; highest {top} "
+                        f"(truth {truth.get('max_grade')})"}
+    return {"detected": False, "at": None, "delay_min": None, "note": f"unknown scenario {kind!r}"}
+
+
+__all__ = ["check_detection", "node_lat_lon", "generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h"]
