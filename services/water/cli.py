@@ -8,7 +8,7 @@ from shared.batch_io import run_batch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    water = sub.add_parser("water", help="water: detect leaks")
+    water = sub.add_parser("water", help="water: detect leaks, and the streaming service")
     cmds = water.add_subparsers(dest="water_command", metavar="ACTION")
     cmds.required = True
 
@@ -19,6 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_detect)
 
+    sv = cmds.add_parser("serve", help="the streaming service: leaks, flood risk, field tasks (port 8112)")
+    sv.add_argument("--port", type=int, default=None, help="HTTP port (default CITYOPS_WATER_PORT or 8112)")
+    sv.set_defaults(func=_serve)
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from services.water import app
+
+    return app.run(a.port)
 
 
 def _detect(a: argparse.Namespace) -> int:

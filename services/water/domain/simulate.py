@@ -78,8 +78,8 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
            and net.pipe_distance_m(p, leak_pipe) > 1500.0]
     burst_pipe = str(rng.choice(far or [p for p in pipes if p != leak_pipe]))
     mean_demand = total_base_demand_m3h(net)
-    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.70 * hours)).floor("15min"), 0.20 * mean_demand, "abrupt")
-    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.15 * mean_demand,
+    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.70 * hours)).floor("15min"), 0.30 * mean_demand, "abrupt")
+    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.25 * mean_demand,
                        "incipient", ramp_hours=0.1 * hours)
     scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed, network_seed=seed)
 

@@ -1,0 +1,551 @@
+"""Stream handler of the water service: leaks in the distribution network and flood risk in the drainage.
+
+One :class:`WaterService` consumes the water observations (pressure, flow, tank level, smart meters,
+drain and river levels, rain gauges), the weather observations (rain) and the weather nowcasts:
+
+- SCADA readings (15 min) are collected per time step; a step is complete when a reading two steps
+  later has arrived. Complete steps go, with one step before them (the water balance needs the
+  tank level change), through `detection.scada_to_wide` / `add_water_balance` into the
+  :class:`~services.water.domain.detection.LeakMonitor`. The monitor is trained off the event loop
+  on leak-free history simulated from the city config plus the stream's own leak-free part (the
+  first 40 %); steps that arrive while it trains are kept and replayed into it.
+  A localised leak -> leaks row (upsert), a network map PNG, a `water:leak:<dma>` alert with the
+  ranked candidate pipes and a `repair_pipe` field task. A known leak that grows -> an "updated" alert.
+- Drain level and rain (5 min) per catchment -> `flood.assess_flood` on every complete step (cheap),
+  with the newest rain nowcast of the catchment's district when the weather service sent one ->
+  graded `water:flood:<catchment>` alerts with lead time, an `inspect_drain` task for orange and red,
+  lowered or cleared only after `water_flood_clear_after` evaluations below (no flapping).
+- Minimum night flow of the network's water balance per night (the utility's classic indicator)
+  is kept for `GET /mnf` and put into leak alerts as context.
+
+Everything is judged in simulated time (`observed_at`). Alert ids are `stable_id(dedup_key, episode
+start)`; leak ids name the DMA and detection time; so a replayed batch gives the same ids and the
+database upserts change nothing. Operations from config (`operations`: [{start, end, note}]) suppress
+leak alarms while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from schemas.alerts import Alert, GeoPoint
+from schemas.observations import Observation
+from schemas.products import StationForecast
+from schemas.tasks import FieldTask
+from schemas.topics import OBSERVATION_TOPIC
+from services.water import repository
+from services.water.domain import detection, flood, mapping, simulate
+from services.water.domain import tasks as water_tasks
+from services.water.domain.network import WaterNetwork, load_network
+from services.water.settings import WaterSettings
+from shared.city import City, District, default_city
+from shared.stream import Output, PoisonRecord, alert_output, stable_id, task_output
+
+logger = logging.getLogger("cityops.water")
+SOURCE = "water"
+NOWCASTS = "cityops.weather.nowcast.v1"
+TOPICS = [OBSERVATION_TOPIC["water"], OBSERVATION_TOPIC["weather"], NOWCASTS]
+SCADA_KINDS = {"pressure": "pressure", "flow": "flow", "level": "level", "demand": "demand"}
+SCADA_QUANTITY = {"pressure": "pressure", "flow": "flow", "level": "level", "demand": "demand"}
+PREFIX_KIND = {"wp": "pressure", "wf": "flow", "wl": "level", "wm": "demand"}
+GRADE_RANK = {"none": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
+GRADE_SEVERITY = {"blue": "minor", "yellow": "minor", "orange": "major", "red": "critical"}
+SCADA_STEP = pd.Timedelta(minutes=15)
+DRAIN_STEP = pd.Timedelta(minutes=5)
+
+
+def _ts(t: datetime | str) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def city_from_config(d: dict[str, Any] | None) -> City:
+    if not d:
+        return default_city()
+    return City(d.get("name", "city"), float(d["centre_lat"]), float(d["centre_lon"]), tuple(
+        District(x["district_id"], x["name_zh"], x["name_en"], tuple(x["bbox"]), x.get("land_use", "urban"),
+                 bool(x.get("low_lying", False))) for x in d["districts"]))
+
+
+def parse(events: list[dict]) -> tuple[list[Observation], list[StationForecast]]:
+    """Observations and nowcasts of a batch, validated before any state changes (a poison batch replays cleanly)."""
+    obs, casts = [], []
+    for env in events:
+        kind = str(env.get("type", ""))
+        try:
+            if kind in ("observation.water", "observation.weather"):
+                obs.append(Observation.model_validate(env["payload"]))
+            elif kind == "weather.nowcast":
+                casts.append(StationForecast.model_validate(env["payload"]))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise PoisonRecord(f"not a valid {kind} payload: {err['loc']}: {err['msg']}") from None
+    return obs, casts
+
+
+def good_values(obs: Observation) -> dict[str, float]:
+    """Only QARTOD pass / not-evaluated values feed the models."""
+    return {q: v.value for q, v in obs.values.items() if v.qc in (1, 2) and math.isfinite(v.value)}
+
+
+@dataclass
+class LeakRecord:
+    leak_id: str
+    alert_id: str
+    dma: str
+    detected_at: pd.Timestamp
+    candidates: list[dict]
+    flow_m3h: float | None
+    map_png: str | None
+    updates: int = 0
+
+
+@dataclass
+class CatchmentState:
+    c: flood.Catchment
+    sensors: dict[str, str]
+    model: flood.CatchmentModel
+    level: dict[pd.Timestamp, float] = field(default_factory=dict)
+    rain: dict[pd.Timestamp, float] = field(default_factory=dict)
+    evaluated_until: pd.Timestamp | None = None
+    fitted: bool = False
+    grade: str = "none"
+    episode_start: pd.Timestamp | None = None
+    alert_id: str | None = None
+    below: int = 0
+    task_sent: bool = False
+    latest: flood.FloodRisk | None = None
+
+
+class WaterService:
+    """Per-sensor state of the water domain and the handler the StreamProcessor calls."""
+
+    def __init__(self, settings: WaterSettings, pool, *, config: dict[str, Any] | None = None):
+        self.s = settings
+        self.pool = pool
+        self.cfg = config if config is not None else settings.load_city_config()
+        self.wcfg: dict[str, Any] = self.cfg.get("domains", {}).get("water", {})
+        self.city = city_from_config(self.cfg.get("city"))
+        self.net: WaterNetwork = load_network(simulate.network_path())
+        self.lat_lon = simulate.node_lat_lon(self.net, self.city)
+        self.sensor_elements: dict[str, dict[str, str]] = dict(self.wcfg.get("sensors", {}))
+        lfu = self.wcfg.get("training", {}).get("leak_free_until")
+        self.train_until: pd.Timestamp | None = _ts(lfu) if lfu else None
+        self.operations = [(_ts(o["start"]), _ts(o["end"]), o.get("note", "")) for o in self.wcfg.get("operations", [])]
+        # SCADA: (time -> {"kind:element": value}) waiting to be complete; the training part in long form
+        self.pending: dict[pd.Timestamp, dict[str, float]] = {}
+        self.train_long: list[tuple[pd.Timestamp, str, str, float]] = []
+        self.backlog: list[tuple[pd.Timestamp, dict[str, float]]] = []
+        self.prev_row: tuple[pd.Timestamp, dict[str, float]] | None = None
+        self.latest_scada: pd.Timestamp | None = None
+        self.monitor: detection.LeakMonitor | None = None
+        self.fitting: asyncio.Task | None = None
+        self.fit_error: str | None = None
+        self.history: pd.DataFrame | None = None
+        self.leaks: dict[str, LeakRecord] = {}
+        self.leak_by_monitor_id: dict[str, str] = {}
+        self.announced: dict[pd.Timestamp, tuple[str, str]] = {}
+        self.night_flow: dict[str, dict[str, float]] = {}
+        self.balance: list[tuple[pd.Timestamp, float]] = []
+        # drainage
+        self.catchments: dict[str, CatchmentState] = {}
+        self.sensor_catchment: dict[str, tuple[str, str]] = {}
+        for c in self.wcfg.get("catchments", []):
+            cat = flood.Catchment(c["catchment_id"], c["name_zh"], c["name_en"], c.get("district"),
+                                  float(c["base_level_m"]), tuple(float(x) for x in c["thresholds_m"]))
+            st = CatchmentState(cat, dict(c.get("sensors", {})), flood.CatchmentModel(cat, 0.02, 0.2))
+            self.catchments[cat.catchment_id] = st
+            for role, sid in st.sensors.items():
+                self.sensor_catchment[sid] = (cat.catchment_id, role)
+        self.district_rain: dict[str, dict[pd.Timestamp, float]] = {}
+        self.station_district: dict[str, str] = {}
+        self.nowcast: dict[str, StationForecast] = {}
+
+    # ---- start-up --------------------------------------------------------------------------
+    async def pretrain(self) -> None:
+        """Leak-free history from the city config, simulated off the event loop (a city has years of it)."""
+        if not self.wcfg.get("sensors") or self.s.water_history_days <= 0 or "start" not in self.cfg:
+            return
+        days = float(self.s.water_history_days)
+        start = _ts(self.cfg["start"]) - pd.Timedelta(days=days)
+        seed = int(self.wcfg.get("seed", self.cfg.get("seed", 0))) + 1000
+        hist = await asyncio.to_thread(simulate.leak_free_history, self.wcfg, start, days, seed)
+        hist["sensor_id"] = [self.sensor_elements[s]["element"] for s in hist["sensor_id"]]
+        self.history = hist
+        logger.info("leak-free history ready", extra={"fields": {"days": days, "rows": len(hist)}})
+
+    # ---- the handler ----------------------------------------------------------------------
+    async def handle(self, events: list[dict]) -> list[Output]:
+        obs, casts = parse(events)
+        for f in casts:
+            if "rain" in f.variable.lower() or "precip" in f.variable.lower():
+                prev = self.nowcast.get(f.station_id)
+                if prev is None or prev.issued_at <= f.issued_at:
+                    self.nowcast[f.station_id] = f
+        touched: set[str] = set()
+        for o in obs:
+            vals = good_values(o)
+            t = _ts(o.observed_at)
+            if o.domain == "weather":
+                if o.district:
+                    self.station_district[o.sensor_id] = o.district
+                    if "rain" in vals:
+                        self.district_rain.setdefault(o.district, {})[t] = vals["rain"]
+                continue
+            if o.sensor_id in self.sensor_catchment:
+                cid, role = self.sensor_catchment[o.sensor_id]
+                st = self.catchments[cid]
+                if role == "drain_level" and "water_level" in vals:
+                    st.level[t] = vals["water_level"]
+                elif role == "rain" and "rain" in vals:
+                    st.rain[t] = vals["rain"]
+                touched.add(cid)
+                continue
+            kind_el = self._scada_key(o)
+            if kind_el is None:
+                continue
+            kind, element = kind_el
+            v = vals.get(SCADA_QUANTITY[kind])
+            if v is None:
+                continue
+            self.pending.setdefault(t, {})[f"{kind}:{element}"] = v
+            self.latest_scada = t if self.latest_scada is None or t > self.latest_scada else self.latest_scada
+        out: list[Output] = []
+        out += await self._scada_steps()
+        for cid in sorted(touched):
+            out += await self._flood(self.catchments[cid])
+        return out
+
+    def _scada_key(self, o: Observation) -> tuple[str, str] | None:
+        meta = self.sensor_elements.get(o.sensor_id)
+        if meta:
+            return meta["kind"], meta["element"]
+        if self.sensor_elements:
+            return None  # the config lists this city's sensors; others on the topic are not ours
+        kind = SCADA_KINDS.get(o.kind) or PREFIX_KIND.get(o.sensor_id.split("-", 1)[0])
+        if kind is None or "-" not in o.sensor_id:
+            return None
+        element = o.sensor_id.split("-", 1)[1]
+        ok = self.net.has_link(element) if kind == "flow" else self.net.has_node(element)
+        return (kind, element) if ok else None
+
+    # ---- leaks -----------------------------------------------------------------------------
+    async def _scada_steps(self) -> list[Output]:
+        if self.latest_scada is None:
+            return []
+        done = sorted(t for t in self.pending if t <= self.latest_scada - 2 * SCADA_STEP)
+        rows = [(t, self.pending.pop(t)) for t in done]
+        if self.train_until is None and rows:
+            self.train_until = rows[0][0] + pd.Timedelta(hours=self.s.water_train_hours)
+        out: list[Output] = []
+        for t, row in rows:
+            if t <= self.train_until:
+                self.train_long += [(t, key.split(":", 1)[1], key.split(":", 1)[0], v) for key, v in row.items()]
+            else:
+                self.backlog.append((t, row))
+        if self.monitor is None and self.fitting is None and self.backlog:
+            self.fitting = asyncio.create_task(self._fit(), name="water-fit")
+        if self.monitor is not None and self.backlog:
+            out += await self._feed()
+        return out
+
+    async def _fit(self) -> None:
+        try:
+            for _ in range(600):  # the history simulation started with the service; wait for it briefly
+                if self.history is not None or not self.wcfg.get("sensors") or self.s.water_history_days <= 0:
+                    break
+                await asyncio.sleep(0.1)
+            self.monitor = await asyncio.to_thread(self._build_monitor)
+            logger.info("leak monitor trained", extra={"fields": {"train_until": str(self.train_until)}})
+        except ValueError as exc:
+            self.fit_error = str(exc)
+            logger.error("leak monitor not trained: %s", exc)
+
+    def _build_monitor(self) -> detection.LeakMonitor:
+        own = pd.DataFrame(self.train_long, columns=["time", "sensor_id", "kind", "value"])
+        frames = [f for f in (self.history, own) if f is not None and len(f)]
+        if not frames:
+            raise ValueError("no leak-free SCADA to learn from: set CITYOPS_CITY_CONFIG or send the training part")
+        scada = pd.concat(frames, ignore_index=True)
+        wide, sensors, step = detection.scada_to_wide(scada)
+        sensors = detection.add_water_balance(wide, sensors, self.net, step)
+        wide = wide.dropna(how="all")
+        options = dict(self.wcfg.get("monitor", {}))
+        options["suppress"] = [(a, b) for a, b, _ in self.operations]
+        return detection.build_monitor(self.net, wide, sensors, step, cache_dir=self.s.water_state_dir, **options)
+
+    async def _feed(self) -> list[Output]:
+        """Complete SCADA steps into the monitor, with one earlier step for the water balance."""
+        rows, self.backlog = self.backlog, []
+        ctx = [self.prev_row] if self.prev_row else []
+        long = [(t, key.split(":", 1)[1], key.split(":", 1)[0], v) for t, r in ctx + rows for key, v in r.items()]
+        scada = pd.DataFrame(long, columns=["time", "sensor_id", "kind", "value"])
+        wide, sensors, step = detection.scada_to_wide(scada)
+        if len(wide) > 1:
+            step = SCADA_STEP
+            wide = wide.reindex(pd.date_range(wide.index[0], wide.index[-1], freq=step))
+        detection.add_water_balance(wide, sensors, self.net, SCADA_STEP)
+        if ctx:
+            wide = wide.loc[wide.index > ctx[0][0]]
+        self.prev_row = rows[-1]
+        if "balance:network" in wide:
+            self.balance += [(t, float(v)) for t, v in wide["balance:network"].items() if np.isfinite(v)]
+            self._night_flow()
+        events = self.monitor.update(wide)
+        out: list[Output] = []
+        for p in self.monitor.pending:
+            # an alarm is an alert at once; the candidates follow when the localisation window is full
+            if _ts(p.event.detected_at) not in self.announced:
+                out += self._leak_alarm(p.event)
+        for ev in events:
+            out += await self._leak(ev)
+        return out
+
+    def _episode_dma(self, ev: detection.LeakEvent) -> str:
+        dmas = sorted(self.net.dmas())
+        if ev.dma in dmas:
+            return ev.dma
+        return dmas[0] if len(dmas) == 1 else "network"
+
+    def _leak_alarm(self, ev: detection.LeakEvent) -> list[Output]:
+        t = _ts(ev.detected_at)
+        dma = self._episode_dma(ev)
+        dedup = f"water:leak:{dma}"
+        alert_id = stable_id(dedup, t.isoformat())
+        self.announced[t] = (dedup, alert_id)
+        evidence = {"observed_at": t.isoformat(), "detected_at": t.isoformat(), "statistic": ev.statistic,
+                    "onset_at": _ts(ev.onset_at).isoformat() if ev.onset_at is not None else None, "dma": dma,
+                    "candidates": [], "localisation": "pending: candidates follow in an update",
+                    "min_night_flow": dict(list(self.night_flow.items())[-2:])}
+        alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="major", status="raised",
+                      title_zh=f"管网疑似漏损：{dma}", title_en=f"Suspected water leak in {dma}",
+                      message_zh=f"【漏损告警】{t:%m-%d %H:%M} 起{dma}供水量异常上升（依据：{ev.statistic}），"
+                                 "正在定位候选管段，请做好听漏准备。",
+                      message_en=f"[Leak alert] {dma}: supply rose abnormally from {t:%m-%d %H:%M} (evidence: "
+                                 f"{ev.statistic}); candidate pipes are being located - get a leak survey crew ready.",
+                      location=GeoPoint(lat=self.city.centre_lat, lon=self.city.centre_lon), district=None,
+                      dedup_key=dedup, raised_at=t, evidence=evidence)
+        return [alert_output(alert, source=SOURCE)]
+
+    def _night_flow(self) -> None:
+        """Nightly minimum of the network balance (02:00-05:00 simulated time), for GET /mnf."""
+        cutoff = self.balance[-1][0] - pd.Timedelta(days=3)
+        self.balance = [(t, v) for t, v in self.balance if t >= cutoff]
+        s = pd.Series({t: v for t, v in self.balance})
+        night = s[(s.index.hour >= 2) & (s.index.hour < 5)]
+        for day, v in night.groupby(night.index.floor("D")).min().items():
+            self.night_flow[day.date().isoformat()] = {"min_night_flow_m3h": round(float(v), 2), "dma": "all"}
+
+    def _pipe_lat_lon(self, pipe: str) -> tuple[float, float]:
+        a, b = self.net.link_nodes[pipe]
+        (la, oa), (lb, ob) = self.lat_lon[a], self.lat_lon[b]
+        return (la + lb) / 2, (oa + ob) / 2
+
+    async def _leak(self, ev: detection.LeakEvent) -> list[Output]:
+        t = _ts(ev.localised_at or ev.detected_at)
+        known = self.leak_by_monitor_id.get(ev.leak_id)
+        leak_id = known or f"leak-{ev.dma}-{_ts(ev.detected_at):%Y%m%dT%H%M}"
+        announced = self.announced.get(_ts(ev.detected_at))
+        dedup = announced[0] if announced else f"water:leak:{self._episode_dma(ev)}"
+        alert_id = self.leaks[known].alert_id if known else stable_id(dedup, _ts(ev.detected_at).isoformat())
+        self.leak_by_monitor_id[ev.leak_id] = leak_id
+        map_path = self.s.water_state_dir / "maps" / f"{leak_id}.png"
+        map_path.parent.mkdir(parents=True, exist_ok=True)
+        sensor_nodes = [k.split(":", 1)[1] for k in (self.monitor.model.targets if self.monitor else [])
+                        if k.startswith("pressure:")]
+        if ev.candidates:
+            await asyncio.to_thread(mapping.network_map_png, self.net, ev.candidates[:10], map_path,
+                                    sensor_nodes=sensor_nodes, title=f"{leak_id}: candidate pipes (1 = most likely)")
+        cands = [{"rank": i, "pipe_id": c.pipe_id, "score": round(c.score, 4), "flow_m3h": round(c.flow_m3h, 2),
+                  "distance_to_top_m": round(c.distance_to_top_m, 1)} for i, c in enumerate(ev.candidates[:10], 1)]
+        flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
+        rec = LeakRecord(leak_id, alert_id, ev.dma, _ts(ev.detected_at), cands, flow,
+                         str(map_path) if ev.candidates else None, ev.updates)
+        self.leaks[leak_id] = rec
+        kind = "incipient" if ev.onset_at is not None and _ts(ev.detected_at) - _ts(ev.onset_at) > pd.Timedelta(hours=3) \
+            else "burst"
+        async with self.pool.connection() as conn:
+            await repository.upsert_leak(conn, leak_id=leak_id, detected_at=rec.detected_at,
+                                         pipe_id=ev.pipe_id, candidates=cands, flow_m3h=flow, dma=ev.dma, kind=kind)
+        text = water_tasks.leak_alert_text(ev)
+        lat, lon = self._pipe_lat_lon(ev.pipe_id) if ev.pipe_id else (self.city.centre_lat, self.city.centre_lon)
+        district = self.city.district_of(lat, lon)
+        night = list(self.night_flow.items())[-2:]
+        evidence = {"observed_at": t.isoformat(), "detected_at": rec.detected_at.isoformat(),
+                    "onset_at": _ts(ev.onset_at).isoformat() if ev.onset_at is not None else None,
+                    "leak_id": leak_id, "statistic": ev.statistic, "dma": ev.dma, "leak_kind": kind,
+                    "estimated_flow_m3h": round(flow, 2) if flow is not None else None,
+                    "candidates": cands, "top_pipe": ev.pipe_id, "map_png": rec.map_png, "updates": ev.updates,
+                    "min_night_flow": dict(night)}
+        sev = {"high": "critical", "medium": "major", "low": "minor"}[water_tasks.leak_priority(flow or 0.0)]
+        alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity=sev,
+                      status="updated" if known or announced else "raised",
+                      title_zh=f"管网漏损：{ev.dma} 估计 {flow or 0:.0f} 立方米/小时",
+                      title_en=f"Water leak in {ev.dma}: about {flow or 0:.0f} m3/h",
+                      message_zh=text["zh"] + " 请安排听漏并核对候选管段。",
+                      message_en=text["en"] + " Send a leak survey crew to the candidate pipes.",
+                      location=GeoPoint(lat=lat, lon=lon), district=district, dedup_key=dedup, raised_at=t,
+                      evidence=evidence)
+        out = [alert_output(alert, source=SOURCE)]
+        if not known and ev.candidates:
+            rt = water_tasks.repair_task(ev, self.net, map_png=rec.map_png)
+            task = FieldTask(task_id=stable_id("task", alert_id), kind="repair_pipe", domain="water",
+                             priority={"high": "high", "medium": "normal", "low": "low"}[rt.priority],
+                             title_zh=rt.title_zh, title_en=rt.title_en, description_zh=rt.body_zh,
+                             description_en=rt.body_en, location=GeoPoint(lat=lat, lon=lon), district=district,
+                             required_skills=["water_repair"], due_at=t + pd.Timedelta(hours=4),
+                             related_alert_id=alert_id, created_at=t,
+                             evidence={"leak_id": leak_id, "pipe_ids": rt.pipe_ids, "estimated_flow_m3h":
+                                       rt.estimated_flow_m3h, "map_png": rec.map_png, "observed_at": t.isoformat()})
+            out.append(task_output(task, source=SOURCE))
+        logger.info("leak", extra={"fields": {"leak_id": leak_id, "pipe": ev.pipe_id, "updated": bool(known)}})
+        return out
+
+    # ---- flood -----------------------------------------------------------------------------
+    def _rain_series(self, st: CatchmentState, until: pd.Timestamp) -> pd.Series:
+        rain = st.rain
+        if not any(t > until - pd.Timedelta(hours=1) for t in rain) and st.c.district in self.district_rain:
+            rain = self.district_rain[st.c.district]  # no gauge reading: the district's weather stations
+        s = pd.Series(rain, dtype=float).sort_index()
+        return s[s.index <= until] if len(s) else pd.Series([0.0], index=[until])
+
+    def _nowcast_for(self, district: str | None, t: pd.Timestamp) -> list[float] | None:
+        fresh = [f for sid, f in self.nowcast.items() if self.station_district.get(sid) == district
+                 and pd.Timedelta(0) <= t - _ts(f.issued_at) <= pd.Timedelta(hours=1)]
+        if not fresh:
+            return None
+        f = max(fresh, key=lambda f: f.issued_at)
+        by_h = dict(zip(f.horizons_h, f.values, strict=False))
+        return [max(0.0, float(by_h.get(h, 0.0))) for h in range(1, self.s.water_flood_horizon_h + 1)]
+
+    async def _flood(self, st: CatchmentState) -> list[Output]:
+        if not st.level:
+            return []
+        newest = max(st.level)
+        out: list[Output] = []
+        for t in sorted(x for x in st.level if x <= newest - DRAIN_STEP
+                        and (st.evaluated_until is None or x > st.evaluated_until)):
+            st.evaluated_until = t
+            if not st.fitted and self.train_until is not None and t > self.train_until:
+                hist = pd.Series(st.level, dtype=float).sort_index()
+                hist = hist[hist.index <= self.train_until]
+                rain = pd.Series(st.rain, dtype=float).sort_index()
+                if len(hist) >= 24:
+                    st.model = flood.fit_catchment(st.c, hist, rain.reindex(hist.index).fillna(0.0))
+                st.fitted = True
+            level = pd.Series({k: v for k, v in st.level.items() if t - pd.Timedelta(hours=6) <= k <= t},
+                              dtype=float).sort_index()
+            risk = flood.assess_flood(st.model, level, self._rain_series(st, t),
+                                      nowcast_mm_per_h=self._nowcast_for(st.c.district, t),
+                                      horizon_h=self.s.water_flood_horizon_h)
+            prev_level = level[level.index <= t - pd.Timedelta(hours=1)]
+            rise = float(level.iloc[-1] - prev_level.iloc[-1]) if len(prev_level) else 0.0
+            st.latest = risk
+            out += self._flood_rules(st, risk, rise)
+        cutoff = newest - pd.Timedelta(days=3)
+        st.level = {k: v for k, v in st.level.items() if k >= cutoff or (self.train_until and k <= self.train_until)}
+        return out
+
+    def _flood_rules(self, st: CatchmentState, risk: flood.FloodRisk, rise: float) -> list[Output]:
+        t = _ts(risk.at)
+        r, cur = GRADE_RANK[risk.grade], GRADE_RANK[st.grade]
+        if r > cur:
+            st.below = 0
+            first = cur == 0
+            if first:
+                st.episode_start = t
+                st.alert_id = stable_id(f"water:flood:{st.c.catchment_id}", t.isoformat())
+                st.task_sent = False
+            st.grade = risk.grade
+            return self._flood_alert(st, risk, rise, "raised" if first else "updated")
+        if r == cur:
+            st.below = 0
+            return []
+        st.below += 1
+        if st.below < self.s.water_flood_clear_after:
+            return []
+        st.below = 0
+        st.grade = risk.grade
+        if r == 0:
+            out = self._flood_alert(st, risk, rise, "cleared")
+            st.episode_start, st.alert_id = None, None
+            return out
+        return self._flood_alert(st, risk, rise, "updated")
+
+    def _flood_alert(self, st: CatchmentState, risk: flood.FloodRisk, rise: float, status: str) -> list[Output]:
+        c, t = st.c, _ts(risk.at)
+        dedup = f"water:flood:{c.catchment_id}"
+        lat, lon = self.city.district(c.district).centre if c.district and self._has_district(c.district) \
+            else (self.city.centre_lat, self.city.centre_lon)
+        evidence = {"observed_at": t.isoformat(), "catchment_id": c.catchment_id, "grade": risk.grade,
+                    "level_m": round(risk.level_m, 3), "projected_peak_m": round(risk.projected_peak_m, 3),
+                    "lead_time_h": risk.lead_time_h, "rain_last_h_mm": round(risk.rain_last_h_mm, 2),
+                    "rise_m_per_h": round(rise, 3), "thresholds_m": list(c.thresholds_m),
+                    "sensor_id": st.sensors.get("drain_level"), "episode_start": st.episode_start.isoformat(),
+                    "model": {"gain_m_per_mm": round(st.model.gain_m_per_mm, 5),
+                              "recession_per_h": round(st.model.recession_per_h, 4)},
+                    "nowcast_used": self._nowcast_for(c.district, t) is not None}
+        if risk.lead_time_h is not None:
+            evidence["expected_at"] = (t + pd.Timedelta(hours=risk.lead_time_h)).isoformat()
+        if status == "cleared":
+            alert = Alert(alert_id=st.alert_id, domain="water", kind="flood_risk", severity="info", level=None,
+                          status="cleared", title_zh=f"防汛预警解除：{c.name_zh}",
+                          title_en=f"Flood warning lifted: {c.name_en}",
+                          message_zh=f"{c.name_zh}水位已回落至{risk.level_m:.2f}米，低于蓝色警戒水位，预警解除。请继续关注降雨。",
+                          message_en=f"{c.name_en}: level back to {risk.level_m:.2f} m, below the blue level; the "
+                                     "warning is lifted. Keep watching the rain.",
+                          location=GeoPoint(lat=lat, lon=lon), district=c.district, dedup_key=dedup, raised_at=t,
+                          evidence=evidence)
+            return [alert_output(alert, source=SOURCE)]
+        text = flood.flood_alert_text(risk, c)
+        zh_grade = flood.GRADE_ZH[risk.grade]
+        alert = Alert(alert_id=st.alert_id, domain="water", kind="flood_risk", severity=GRADE_SEVERITY[risk.grade],
+                      level=risk.grade, status=status, title_zh=f"防汛{zh_grade}预警：{c.name_zh}",
+                      title_en=f"Flood warning {risk.grade.upper()}: {c.name_en}", message_zh=text["zh"],
+                      message_en=text["en"], location=GeoPoint(lat=lat, lon=lon), district=c.district,
+                      dedup_key=dedup, raised_at=t, evidence=evidence)
+        out = [alert_output(alert, source=SOURCE)]
+        if risk.grade in ("orange", "red") and not st.task_sent:
+            st.task_sent = True
+            task = FieldTask(
+                task_id=stable_id("task", st.alert_id), kind="inspect_drain", domain="water",
+                priority="urgent" if risk.grade == "red" else "high",
+                title_zh=f"排水巡查：{c.name_zh}（{zh_grade}预警）",
+                title_en=f"Drain inspection: {c.name_en} ({risk.grade} warning)",
+                description_zh=(f"水位{risk.level_m:.2f}米，预测峰值{risk.projected_peak_m:.2f}米。请检查雨水口、"
+                                "泵站和闸门，清除堵塞，现场回报积水情况。"),
+                description_en=(f"Level {risk.level_m:.2f} m, projected peak {risk.projected_peak_m:.2f} m. Check gullies,"
+                                " pumping stations and gates, clear blockages and report standing water."),
+                location=GeoPoint(lat=lat, lon=lon), district=c.district, required_skills=["drain"],
+                due_at=t + pd.Timedelta(hours=1), related_alert_id=st.alert_id, created_at=t, evidence=evidence)
+            out.append(task_output(task, source=SOURCE))
+        return out
+
+    def _has_district(self, did: str) -> bool:
+        return any(d.district_id == did for d in self.city.districts)
+
+    # ---- read side for the endpoints ------------------------------------------------------
+    def flood_risk(self) -> list[dict[str, Any]]:
+        out = []
+        for cid, st in sorted(self.catchments.items()):
+            r = st.latest
+            out.append({"catchment_id": cid, "name_zh": st.c.name_zh, "name_en": st.c.name_en,
+                        "district": st.c.district, "warning": st.grade,
+                        "thresholds_m": list(st.c.thresholds_m),
+                        **({"at": r.at.isoformat(), "level_m": round(r.level_m, 3),
+                            "projected_peak_m": round(r.projected_peak_m, 3), "projected_grade": r.grade,
+                            "lead_time_h": r.lead_time_h, "rain_last_h_mm": round(r.rain_last_h_mm, 2)} if r else {})})
+        return out
+
+    def pipe_geometry(self, pipe: str) -> list[list[float]]:
+        a, b = self.net.link_nodes[pipe]
+        return [[self.lat_lon[a][1], self.lat_lon[a][0]], [self.lat_lon[b][1], self.lat_lon[b][0]]]
