@@ -37,7 +37,8 @@ DEFAULT_QC_CONFIG: dict[str, dict[str, Any]] = {
 }
 # buddy-check defaults: neighbours within radius_km, at least min_buddies reporting,
 # robust z-score of (value - buddies' median - station's usual offset) above z -> suspect/fail
-BUDDY_DEFAULTS = {"radius_km": 120.0, "min_buddies": 2, "z": (4.5, 7.0), "window_h": 720, "min_history_h": 48}
+BUDDY_DEFAULTS = {"radius_km": 120.0, "min_buddies": 2, "z": (4.5, 7.0), "window_h": 720, "min_history_h": 48,
+                  "method": "regression", "max_buddies": 8, "refit_h": 168, "fit_window_h": 1440, "min_fit_h": 120}
 
 
 @dataclass
@@ -102,42 +103,108 @@ def buddy_check(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: dict[
                 history: np.ndarray | None = None) -> np.ndarray:
     """Spatial buddy check on a (time × station) array.
 
-    A value is compared with the median of its neighbours at the same hour, after removing the
-    station's usual offset from them (rolling median over the past `window_h` hours, e.g. height
-    for pressure) and scaling by the station's usual spread (rolling MAD). Uses only the
-    same hour and the past. `history` (earlier rows of the same stations) seeds the rolling
-    statistics in streaming use. Returns flags (2 where fewer than `min_buddies` report).
+    Each station is predicted from its nearest neighbours (at most `max_buddies` within
+    `radius_km`) by a linear model refitted every `refit_h` hours on the past `fit_window_h`
+    hours (robust: a second fit leaves out residuals beyond 4 sigma). The residual is scaled by
+    its own rolling robust spread (never below `floor`) and flagged above `z`. Where no model
+    could be fitted yet (too little history) the neighbours' median minus the station's usual
+    offset stands in. Values failed in a first pass are taken out of the neighbours' predictors
+    (filled from the others) so one bad station does not accuse its buddies. Uses only the same
+    hour and the past; `history` (earlier rows of the same stations) seeds the fits in streaming
+    use. Returns flags (2 where fewer than `min_buddies` report).
     """
     c = {**BUDDY_DEFAULTS, **cfg}
     n_t, n_s = values.shape
-    flags = np.full((n_t, n_s), NOT_EVALUATED, dtype=np.uint8)
     if n_s < c["min_buddies"] + 1:
-        return flags
-    full = values if history is None else np.vstack([history, values])
+        return np.full((n_t, n_s), NOT_EVALUATED, dtype=np.uint8)
+    full = np.asarray(values if history is None else np.vstack([history, values]), dtype=float)
     d = distance_matrix_km(lat, lon)
-    resid = np.full(full.shape, np.nan)
     n_buddies = np.zeros(full.shape, dtype=int)
+    fin = np.isfinite(full)
     for s in range(n_s):
         mates = np.flatnonzero((d[s] <= c["radius_km"]) & (np.arange(n_s) != s))
-        if len(mates) < c["min_buddies"]:
-            continue
-        sub = full[:, mates]
-        cnt = np.sum(np.isfinite(sub), axis=1)
-        with np.errstate(all="ignore"), _quiet():
-            med = np.nanmedian(sub, axis=1)
-        resid[:, s] = full[:, s] - med
-        n_buddies[:, s] = cnt
-    r = pd.DataFrame(resid)
-    bias = r.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
-    dev = (r - bias).abs()
-    scale = 1.4826 * dev.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
-    scale = np.maximum(scale.to_numpy(), c["floor"])
-    with np.errstate(invalid="ignore"):
-        z = np.abs(resid - bias.to_numpy()) / scale
+        n_buddies[:, s] = fin[:, mates].sum(axis=1) if len(mates) else 0
+    med_z = _median_buddy_z(full, d, c)
+    z = med_z
+    if c.get("method", "regression") == "regression":
+        # values the robust median check already fails are kept out of the fits and predictors
+        work = np.where(np.nan_to_num(med_z) > c["z"][1], np.nan, full)
+        for _ in range(2):
+            resid = _regression_resid(work, full, d, c)
+            zr = _scaled(resid, c)
+            z = np.where(np.isfinite(zr), zr, med_z)
+            # take clear failures out of the predictors for the second pass
+            work = np.where((np.nan_to_num(z) > c["z"][1]) | (np.nan_to_num(med_z) > c["z"][1]), np.nan, full)
     ok = np.isfinite(z) & (n_buddies >= c["min_buddies"])
     fl = np.where(z > c["z"][1], FAIL, np.where(z > c["z"][0], SUSPECT, PASS))
     full_flags = np.where(ok, fl, NOT_EVALUATED).astype(np.uint8)
     return full_flags[-n_t:]
+
+
+def _scaled(resid: np.ndarray, c: dict[str, Any]) -> np.ndarray:
+    """|residual - its rolling median| over the rolling robust sigma of the past (floored)."""
+    r = pd.DataFrame(resid)
+    past = r.shift(1)
+    bias = past.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
+    dev = (past - bias).abs()
+    scale = 1.4826 * dev.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
+    scale = np.maximum(scale.to_numpy(), c["floor"])
+    with np.errstate(invalid="ignore"):
+        return np.abs(resid - bias.to_numpy()) / scale
+
+
+def _median_buddy_z(full: np.ndarray, d: np.ndarray, c: dict[str, Any]) -> np.ndarray:
+    n_s = full.shape[1]
+    resid = np.full(full.shape, np.nan)
+    for s in range(n_s):
+        mates = np.flatnonzero((d[s] <= c["radius_km"]) & (np.arange(n_s) != s))
+        if len(mates) < c["min_buddies"]:
+            continue
+        with np.errstate(all="ignore"), _quiet():
+            med = np.nanmedian(full[:, mates], axis=1)
+        resid[:, s] = full[:, s] - med
+    return _scaled(resid, c)
+
+
+def _impute(work: np.ndarray, c: dict[str, Any]) -> np.ndarray:
+    """Gaps filled with the station's recent level plus the hour's median anomaly of the others."""
+    lvl = pd.DataFrame(work).shift(1).rolling(c["window_h"], min_periods=1).median().to_numpy()
+    with np.errstate(all="ignore"), _quiet():
+        lvl = np.where(np.isfinite(lvl), lvl, np.nanmedian(work, axis=0)[None, :])
+        rowmed = np.nanmedian(work - lvl, axis=1)
+    fill = lvl + np.nan_to_num(rowmed)[:, None]
+    return np.where(np.isfinite(work), work, fill)
+
+
+def _regression_resid(work: np.ndarray, full: np.ndarray, d: np.ndarray, c: dict[str, Any]) -> np.ndarray:
+    """Residual of each station's value from a linear model on its neighbours, fitted on the past only."""
+    n_t, n_s = full.shape
+    xs = _impute(work, c)
+    pred = np.full((n_t, n_s), np.nan)
+    step, win, minfit = int(c["refit_h"]), int(c["fit_window_h"]), int(c["min_fit_h"])
+    for s in range(n_s):
+        order = np.argsort(d[s])
+        mates = [j for j in order if j != s and d[s, j] <= c["radius_km"]][: int(c["max_buddies"])]
+        if len(mates) < c["min_buddies"]:
+            continue
+        x = xs[:, mates]
+        y = work[:, s]
+        for b in range(0, n_t, step):
+            rows = np.arange(max(0, b - win), b)
+            rows = rows[np.isfinite(y[rows]) & np.all(np.isfinite(x[rows]), axis=1)]
+            if len(rows) < minfit:
+                continue
+            xm, ym = x[rows].mean(axis=0), y[rows].mean()
+            xf, yf = x[rows] - xm, y[rows] - ym
+            for _ in range(2):
+                a = xf.T @ xf
+                beta = np.linalg.solve(a + 1e-3 * np.trace(a) / len(mates) * np.eye(len(mates)), xf.T @ yf)
+                r = yf - xf @ beta
+                sig = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-9
+                keep = np.abs(r) < 4 * sig
+                xf, yf = xf[keep], yf[keep]
+            pred[b:b + step, s] = ym + (x[b:b + step] - xm) @ beta
+    return full - pred
 
 
 class _quiet:
