@@ -145,7 +145,12 @@ def main() -> int:
     lines += ["", *[f"- {n}" for n in report["notes"]], ""]
     (out_dir / "emergency.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
-    return 0
+    if os.environ.get("CITYOPS_BENCH_SKIP_LATENCY"):
+        return 0
+    # the streaming service's wearable -> alert latency (needs the stack); appends its section to emergency.md
+    from bench.emergency import latency
+
+    return latency.main([])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Two consumers share one :class:`EmergencyService` (its per-sensor state and the 
 - equipment observations -> per-machine `hybrid` fault detector, trained on the first part of
   each machine's stream (off the event loop) -> equipment_health rows, fault alerts, an
   `inspect_equipment` task and a pumping-station incident;
-- safety and personal observations, other domains' alerts and the weather nowcasts -> worker
+- safety and personal observations, other domains' alerts, weather nowcasts and station wind -> worker
   safety alerts (pseudonymous on the shared topic), gas-release evacuation incidents, flood
   incidents from rainstorm + drain alerts.
 
@@ -182,6 +182,7 @@ class EmergencyService:
         self.worker_event_at: dict[str, pd.Timestamp] = {}  # pseudonym -> last fall/SOS/entry
         self.incidents: dict[str, _Tracked] = {}
         self.wind: tuple[pd.Timestamp, float | None, float | None] | None = None
+        self.observed_wind: tuple[pd.Timestamp, float, float] | None = None  # newest station wind
         self.rain: list[inc_rules.RainNowcast] = []
         self.drains: list[inc_rules.DrainLevel] = []
         self.cross_alert_ids: list[tuple[pd.Timestamp, str, str]] = []  # (time, district, alert id) of the above
@@ -330,6 +331,7 @@ class EmergencyService:
     async def handle_safety(self, events: list[dict]) -> list[Output]:
         personal = _parse([e for e in events if e.get("type") == "observation.personal"], "observation.personal")
         fixed = _parse([e for e in events if e.get("type") == "observation.safety"], "observation.safety")
+        weather = _parse([e for e in events if e.get("type") == "observation.weather"], "observation.weather")
         others = []
         for env in events:
             typ = env.get("type")
@@ -344,6 +346,11 @@ class EmergencyService:
         for x in others:
             if isinstance(x, StationForecast):
                 self._wind_from(x)
+        for o in weather:
+            v = _good_values(o)
+            t = _ts(o.observed_at)
+            if "wind_dir" in v and "wind_speed" in v and (self.observed_wind is None or t >= self.observed_wind[0]):
+                self.observed_wind = (t, float(v["wind_dir"]), float(v["wind_speed"]))
         for o in personal:
             out += self._worker(o)
         for o in fixed:
@@ -479,8 +486,11 @@ class EmergencyService:
         self.wind = (t, d, s)
 
     def _current_wind(self, src: dict[str, Any], t: pd.Timestamp) -> tuple[inc_rules.Wind, str]:
-        if self.wind and self.wind[1] is not None and self.wind[2] is not None:
+        if (self.wind and self.wind[1] is not None and self.wind[2] is not None
+                and abs(t - self.wind[0]) <= pd.Timedelta(hours=3)):
             return inc_rules.Wind(self.wind[0], self.wind[1], self.wind[2]), "nowcast"
+        if self.observed_wind is not None and t - self.observed_wind[0] <= pd.Timedelta(hours=1):
+            return inc_rules.Wind(*self.observed_wind), "observed wind (weather station)"
         if "prevailing_wind_from_deg" in src:
             return inc_rules.Wind(t, float(src["prevailing_wind_from_deg"]),
                                   float(src.get("prevailing_wind_speed_ms", 2.0))), "site prevailing wind (config)"
@@ -593,10 +603,10 @@ class EmergencyService:
             tr.related = list(dict.fromkeys(i for _, d, i in self.cross_alert_ids if d == did))
             dedup = f"emergency:flood:{did}"
             alert_id = stable_id(dedup, inc.opened_at.isoformat())
-            tr.related.append(alert_id)
             sev = int(inc.severity)
             evidence = {"observed_at": inc.opened_at.isoformat(), "incident_id": inc.incident_id,
                         "evidence": list(inc.evidence), "from_alerts": list(tr.related)}
+            tr.related.append(alert_id)
             alert = Alert(
                 alert_id=alert_id, domain="emergency", kind="flood_incident", severity=SEVERITY[sev], level=LEVEL[sev],
                 title_zh=inc.title_zh, title_en=inc.title_en,
@@ -709,5 +719,5 @@ class EmergencyService:
                 pass
 
 
-SAFETY_TOPICS = [SAFETY, PERSONAL_OBSERVATIONS, ALERTS, NOWCASTS]
+SAFETY_TOPICS = [SAFETY, PERSONAL_OBSERVATIONS, ALERTS, NOWCASTS, OBSERVATION_TOPIC["weather"]]
 EQUIPMENT_TOPICS = [EQUIPMENT]
