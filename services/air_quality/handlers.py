@@ -57,6 +57,10 @@ DEFAULT_THRESHOLDS = {"pm25": 75.0, "pm10": 150.0, "no2": 200.0, "o3": 200.0}
 # AQI level -> (severity, warning colour)
 SEVERITY_OF_LEVEL = {"III": ("minor", "yellow"), "IV": ("major", "orange"), "V": ("critical", "red"),
                      "VI": ("critical", "red")}
+# a traced source must explain at least this much of the station's value to be named
+MIN_CONTRIBUTION_UGM3 = 5.0
+# how far (robust z among the peers) a sensor's gain change must stand out to count as a drift
+DRIFT_Z = 4.5
 POLLUTANT_NAME = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2", "o3": "O3"}
 
 
@@ -125,7 +129,8 @@ class _Episode:
     start: pd.Timestamp
     alert_id: str
     peak_aqi: int
-    top_source: str | None = None
+    top_source: str | None = None  # the settled top source (two traced hours agree)
+    tops: list[str | None] = field(default_factory=list)  # top source of each traced hour
     tasks: set[str] = field(default_factory=set)
 
 
@@ -256,18 +261,19 @@ class AirService:
         out: list[Output] = []
         if change == "raised":
             ep = self.episodes[key] = _Episode(t, stable_id(key, t.isoformat()), r.aqi)
-            attribution = await self._trace(st, t)
-            out += attribution
+            out += await self._trace(st, t)
             out.append(self._alert(st, t, r, conc, ep, "raised"))
-            out += await self._inspection_task(st, t, ep)
+            out += await self._settle(st, t, ep)
         elif ep is not None and change is None:
             ep.peak_aqi = max(ep.peak_aqi, r.aqi)
-            # keep tracing while the exceedance lasts; a newly top-ranked source gets its own task
+            # keep tracing while the exceedance lasts: the plume's signal builds up over the hours
             if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
                 out += await self._trace(st, t)
-                out += await self._inspection_task(st, t, ep)
+                out += await self._settle(st, t, ep)
         elif change == "cleared" and ep is not None:
             out.append(self._alert(st, t, r, conc, ep, "cleared"))
+            if ep.top_source is not None:
+                out.append(self._source_alert(st, t, ep, None))
             del self.episodes[key]
         return out
 
@@ -282,10 +288,9 @@ class AirService:
                     "on": self.on, "off": self.off, "episode_start": ep.start.isoformat(), "peak_aqi": ep.peak_aqi,
                     "aqi_24h": (st.aqi_24h or {}).get("aqi")}
         att = self.latest_attribution.get(st.station_id)
-        if att is not None and att.contributions:
+        if att is not None and att.contributions and _ts(att.at) >= ep.start:
             top = att.contributions[0]
-            evidence.update(top_source_id=top["source_id"], top_source_kind=top.get("kind"),
-                            top_source_contribution_ugm3=top["contribution"], top_source_confidence=top["confidence"],
+            evidence.update(preliminary_top_source_id=top["source_id"], preliminary_contribution_ugm3=top["contribution"],
                             attribution=[{k: c[k] for k in ("source_id", "rank", "contribution")}
                                          for c in att.contributions[:3]])
         if status == "cleared":
@@ -302,11 +307,12 @@ class AirService:
             return alert_output(alert, source=SOURCE)
         severity, level = SEVERITY_OF_LEVEL.get(r.level, ("minor", "yellow"))
         src_zh = src_en = ""
-        if "top_source_id" in evidence:
-            src_zh = (f"溯源结果：首要来源 {evidence['top_source_id']}，估计贡献 "
-                      f"{evidence['top_source_contribution_ugm3']:.0f} µg/m³，已派发现场核查任务。")
-            src_en = (f" Source tracing ranks {evidence['top_source_id']} first (about "
-                      f"{evidence['top_source_contribution_ugm3']:.0f} µg/m³); a field inspection has been dispatched.")
+        if "preliminary_top_source_id" in evidence:
+            src_zh = (f"初步溯源：{evidence['preliminary_top_source_id']} 排名第一（估计贡献 "
+                      f"{evidence['preliminary_contribution_ugm3']:.0f} µg/m³），连续两小时结果一致后派发现场核查。")
+            src_en = (f" Preliminary source tracing ranks {evidence['preliminary_top_source_id']} first (about "
+                      f"{evidence['preliminary_contribution_ugm3']:.0f} µg/m³); an inspection is dispatched once two "
+                      "hours agree.")
         alert = Alert(
             alert_id=ep.alert_id, domain="air", kind="aqi_exceedance", severity=severity, level=level,
             status="raised",
@@ -360,6 +366,59 @@ class AirService:
         return [output(ATTRIBUTION_TOPIC, st.station_id, att, source=SOURCE, occurred_at=t.to_pydatetime(),
                        event_id=stable_id("air:attribution", st.station_id, "pm25", t.isoformat()))]
 
+    async def _settle(self, st: _Station, t: pd.Timestamp, ep: _Episode) -> list[Output]:
+        """Name a source (alert + inspect_source task) once two consecutive traced hours rank it first.
+
+        The first exceedance hour carries little of the plume's signal; dispatching inspectors to
+        a source that the next hour no longer ranks first wastes a crew."""
+        att = self.latest_attribution.get(st.station_id)
+        top = None
+        if att is not None and _ts(att.at) == t and att.contributions:
+            c = att.contributions[0]
+            top = c["source_id"] if c["contribution"] >= MIN_CONTRIBUTION_UGM3 else None
+        ep.tops.append(top)
+        if top is None or len(ep.tops) < 2 or ep.tops[-2] != top or ep.top_source == top:
+            return []
+        ep.top_source = top
+        out = [self._source_alert(st, t, ep, att)]
+        out += await self._inspection_task(st, t, ep)
+        return out
+
+    def _source_alert(self, st: _Station, t: pd.Timestamp, ep: _Episode, att: SourceAttribution | None) -> Output:
+        key = f"air:source:{st.station_id}"
+        alert_id = stable_id(key, ep.top_source, ep.start.isoformat())
+        where_zh, where_en = f"{st.district or '市区'} 站点 {st.station_id}", f"station {st.station_id}"
+        if att is None:
+            alert = Alert(alert_id=alert_id, domain="air", kind="pollution_source", severity="info", status="cleared",
+                          title_zh=f"污染过程结束：{where_zh}", title_en=f"Pollution episode over at {where_en}",
+                          message_zh=f"{where_zh} 空气质量已恢复；请在核查记录中注明 {ep.top_source} 的处理结果。",
+                          message_en=f"Air quality at {where_en} has recovered; record what the inspection of "
+                                     f"{ep.top_source} found.",
+                          location=GeoPoint(lat=st.lat, lon=st.lon), district=st.district, dedup_key=key,
+                          raised_at=t.to_pydatetime(),
+                          evidence={"observed_at": t.isoformat(), "station_id": st.station_id,
+                                    "top_source_id": ep.top_source, "episode_alert_id": ep.alert_id})
+            return alert_output(alert, source=SOURCE)
+        c = att.contributions[0]
+        src = self.sources[self.sources["source_id"] == c["source_id"]].iloc[0]
+        alert = Alert(
+            alert_id=alert_id, domain="air", kind="pollution_source", severity="minor",
+            title_zh=f"溯源结果：{where_zh} 超标首要来源 {c['source_id']}",
+            title_en=f"Source traced for {where_en}: {c['source_id']} ranked first",
+            message_zh=f"连续两小时溯源均将 {src.kind} 源 {c['source_id']} 排名第一，估计贡献 {c['contribution']:.0f} µg/m³"
+                       f"（观测 {att.observed:.0f} µg/m³，置信度 {c['confidence']:.0%}）。已派发现场核查任务，请核实排放情况。",
+            message_en=f"Source tracing has ranked {src.kind} source {c['source_id']} first for two consecutive hours: "
+                       f"about {c['contribution']:.0f} µg/m³ of the observed {att.observed:.0f} µg/m³ (confidence "
+                       f"{c['confidence']:.0%}). A field inspection has been dispatched; verify its emissions.",
+            location=GeoPoint(lat=float(src.lat), lon=float(src.lon)), district=st.district, dedup_key=key,
+            raised_at=t.to_pydatetime(),
+            evidence={"observed_at": t.isoformat(), "station_id": st.station_id, "top_source_id": c["source_id"],
+                      "top_source_kind": str(src.kind), "contribution_ugm3": c["contribution"],
+                      "confidence": c["confidence"], "observed_ugm3": att.observed, "episode_alert_id": ep.alert_id,
+                      "episode_start": ep.start.isoformat(), "hourly_top_sources": list(ep.tops),
+                      "attribution": att.contributions[:3]})
+        return alert_output(alert, source=SOURCE)
+
     async def _inspection_task(self, st: _Station, t: pd.Timestamp, ep: _Episode) -> list[Output]:
         from services.air_quality.domain.tasks import inspection_task
 
@@ -369,7 +428,6 @@ class AirService:
         top = att.contributions[0]
         src = self.sources[self.sources["source_id"] == top["source_id"]].iloc[0]
         task_id = stable_id("air:inspect_source", top["source_id"], ep.alert_id)
-        ep.top_source = ep.top_source or top["source_id"]
         if task_id in ep.tasks:
             return []
         ep.tasks.add(task_id)
@@ -490,12 +548,15 @@ class AirService:
                 logger.info("low-cost sensor not calibrated", extra={"fields": {"sensor": sid, "why": str(exc)}})
         return fitted
 
-    def _start_fits(self) -> None:
+    def _reap(self) -> None:
         for name, task in list(self._bg.items()):
             if task.done():
                 del self._bg[name]
                 if task.exception() is not None:
                     raise task.exception()  # a failed fit is a bug, not bad data: let the process restart
+
+    def _start_fits(self) -> None:
+        self._reap()
         if self._calibration_due():
             until = self.calibration_until or self.clock
 
@@ -568,7 +629,8 @@ class AirService:
         """Forecasts of every station from its newest complete hour (older hours are skipped when behind)."""
         if self.forecaster is None:
             return []
-        issue = max((st.last_hour for st in self.stations.values() if st.last_hour is not None), default=None)
+        mark = self.watermark()
+        issue = mark.floor("h") if mark is not None else None
         if issue is None or (self.forecast_issued is not None and issue <= self.forecast_issued):
             return []
         model = self.forecaster
@@ -645,16 +707,28 @@ class AirService:
     async def heavy(self) -> list[Output]:
         """Grid of the latest complete window, forecasts of the latest hour, the drift check."""
         out: list[Output] = []
+        self._reap()
         if self.clock is None:
             return out
-        end = self.clock.floor(self.update)
-        if end == self.clock:
-            end -= self.update
+        mark = self.watermark()
+        end = mark.floor(self.update)
         if self.latest is None or end > self.latest.valid_at:
             out += await self._grid_at(end)
         out += await self._issue_forecasts()
         out += self._drift_tasks()
         return out
+
+    def watermark(self) -> pd.Timestamp | None:
+        """The newest time every live sensor has reached: Kafka partitions progress unevenly, so
+        windows are complete only up to here (a sensor silent for 2 h no longer holds it back)."""
+        if self.clock is None:
+            return None
+        # an hourly station has said all it will say about the hour until its next report is due
+        lasts = [st.last_hour + pd.Timedelta(hours=1) - self.update for st in self.stations.values()
+                 if st.last_hour is not None]
+        lasts += [s.readings[-1][0] for s in self.lowcost.values() if s.readings]
+        live = [t for t in lasts if t >= self.clock - pd.Timedelta(hours=2)]
+        return min(live) if live else self.clock
 
     def _inputs(self, pollutant: str, at: pd.Timestamp) -> tuple[np.ndarray, ...]:
         lat, lon, val, sd = [], [], [], []
@@ -724,10 +798,10 @@ class AirService:
 
         if not self.calibrated or self.clock is None:
             return []
-        hour = self.clock.floor("h")
-        if self.drift_checked is not None and hour <= self.drift_checked:
+        mark = self.watermark().floor("30min")
+        if self.drift_checked is not None and mark <= self.drift_checked:
             return []
-        self.drift_checked = hour
+        self.drift_checked = mark
         # A drift is a change of the sensor's gain against its reference that its peers do not share:
         # log(raw/ref) minus the network median at the same time, minus the same quantity while the
         # calibration was fitted. Humidity growth is common to all sensors and cancels; the xgboost
@@ -743,7 +817,7 @@ class AirService:
             ok = np.isfinite(ref) & (ref > 1.0) & (raw > 1.0)
             if ok.sum() < 24:
                 continue
-            logs[s.sensor_id] = pd.Series(np.log(raw[ok] / ref[ok]), index=times[ok]).iloc[-48:]
+            logs[s.sensor_id] = pd.Series(np.log(raw[ok] / ref[ok]), index=times[ok]).iloc[-60:]
         if len(logs) < 3:
             return []
         table = pd.DataFrame(logs)
@@ -751,24 +825,28 @@ class AirService:
         factor = table.sub(table.median(axis=1), axis=0) - (train - train.median())
         f = factor.to_numpy()
         spread = float(1.4826 * np.nanmedian(np.abs(f - np.nanmedian(f))))
-        # sensors differ from their (distant) reference for local reasons too: a drift must also stand
-        # out among the peers' recent gain changes (robust z over sensors)
-        recent = factor.iloc[-12:].mean()
-        med = float(recent.median())
-        between = max(float(1.4826 * (recent - med).abs().median()), 0.02)
+
+        def peer_z(window: pd.DataFrame) -> pd.Series:
+            # medians over 6 h: a plume crossing one sensor for an hour or two is not a drift
+            rec = window.median()
+            med = float(rec.median())
+            return (rec - med) / max(float(1.4826 * (rec - med).abs().median()), 0.02)
+
+        # a drift must stand out among the peers now and two hours ago (a drift lasts, a plume passes)
+        z_now, z_before = peer_z(factor.iloc[-36:]), peer_z(factor.iloc[-48:-12])
         out = []
         for sid, e in factor.items():
             s = self.lowcost[sid]
             e = e.dropna()
-            if len(e) < 24:
+            if len(e) < 48:
                 continue
             sd = max(spread, 0.02)
             flags = drift_flags(e.to_numpy(), np.zeros(len(e)), sd)
-            z = (float(recent[sid]) - med) / between
-            if not flags[-6:].all() or abs(z) < 4.0:  # persistent for an hour and an outlier among peers
+            z, zb = float(z_now[sid]), float(z_before[sid])
+            if not flags[-6:].all() or abs(z) < DRIFT_Z or abs(zb) < DRIFT_Z or z * zb < 0:
                 continue
             times = e.index
-            gain = float(np.exp(e.iloc[-12:].mean()))
+            gain = float(np.exp(e.iloc[-36:].median()))
             ref_now = self.stations[s.reference].hours.get(times[-1].floor("h"), {}).get("pm25", np.nan)
             cal, ref = np.array([ref_now * gain]), np.array([ref_now])
             t = times[-1]

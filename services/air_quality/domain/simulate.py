@@ -229,12 +229,20 @@ def check_detection(truth: dict, alerts: list[dict]) -> dict:
     if not aqi:
         where = ", ".join(sorted(stations)) or "any station"
         return {"detected": False, "at": None, "delay_min": None, "note": f"no AQI alert at {where} during the episode"}
-    right = [a for a in aqi if ev(a).get("top_source_id") == truth["source_id"]]
-    if not right:
-        named = sorted({str(ev(a).get("top_source_id")) for a in aqi})
-        t = at(aqi[0])
-        return {"detected": False, "at": t.isoformat(), "delay_min": round((t - start).total_seconds() / 60, 1),
-                "note": f"AQI alert came, but tracing ranked {', '.join(named)} first, not {truth['source_id']}"}
-    t = at(right[0])
-    return {"detected": True, "at": t.isoformat(), "delay_min": round((t - start).total_seconds() / 60, 1),
-            "note": f"AQI alert at {ev(right[0]).get('station_id')} traced to {truth['source_id']} first"}
+    traced = sorted((a for a in alerts if a.get("domain") == "air" and a.get("kind") == "pollution_source"
+                     and start <= at(a) <= end and ev(a).get("top_source_id")
+                     and (not stations or ev(a).get("station_id") in stations)), key=at)
+    t_aqi = at(aqi[0])
+    if not traced:
+        return {"detected": False, "at": t_aqi.isoformat(), "delay_min": round((t_aqi - start).total_seconds() / 60, 1),
+                "note": f"AQI alert at {ev(aqi[0]).get('station_id')}, but no source was traced"}
+    first = traced[0]
+    t = at(first)
+    delay = round((t - start).total_seconds() / 60, 1)
+    if ev(first).get("top_source_id") != truth["source_id"]:
+        return {"detected": False, "at": t.isoformat(), "delay_min": delay,
+                "note": f"AQI alert came, but tracing named {ev(first).get('top_source_id')} first, "
+                        f"not {truth['source_id']}"}
+    return {"detected": True, "at": t.isoformat(), "delay_min": delay,
+            "note": f"AQI alert at {ev(aqi[0]).get('station_id')} after {(t_aqi - start).total_seconds() / 60:.0f} min; "
+                    f"traced to {truth['source_id']} first"}

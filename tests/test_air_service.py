@@ -1,0 +1,274 @@
+"""The air-quality stream service against the real Kafka and PostgreSQL.
+
+The domain generator's 8 reference stations and 60 low-cost sensors (30 simulated hours with a
+pollution episode from one named source and three drifting sensors) are published as Observation
+envelopes straight to the observation topic, under sensor and source ids unique to this run, plus
+one record that is not an Observation. The service's StreamProcessor runs in-process with a fresh
+consumer group; a second run with fresh state replays the same records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
+
+TAG = secrets.token_hex(3)
+START = pd.Timestamp("2026-11-26T00:00Z")
+HOURS, SEED = 30, 7
+
+
+def _scenario():
+    from services.air_quality.domain.simulate import generate
+    from shared.city import default_city
+
+    city = default_city()
+    sc = generate(city, START, HOURS, SEED)
+    ren = {s.sensor_id: f"{s.sensor_id}-{TAG}" for s in sc.sensors}
+    specs = {ren[s.sensor_id]: s.model_copy(update={"sensor_id": ren[s.sensor_id]}) for s in sc.sensors}
+    cfg = json.loads(json.dumps(sc.config, default=str))
+    cfg["reference_stations"] = [ren[x] for x in cfg["reference_stations"]]
+    cfg["lowcost_sensors"] = [ren[x] for x in cfg["lowcost_sensors"]]
+    for s in cfg["sources"]:
+        s["source_id"] = f"{s['source_id']}-{TAG}"
+    readings = sc.readings.assign(sensor_id=sc.readings["sensor_id"].map(ren))
+    truth = []
+    for t in sc.truth:
+        t = dict(t)
+        if "source_id" in t:
+            t["source_id"] = f"{t['source_id']}-{TAG}"
+        if "sensor_id" in t:
+            t["sensor_id"] = ren[t["sensor_id"]]
+        if "stations_exceeding" in t:
+            t["stations_exceeding"] = [ren[x] for x in t["stations_exceeding"]]
+        truth.append(t)
+    config = {"city": {"name": city.name, "centre_lat": city.centre_lat, "centre_lon": city.centre_lon,
+                       "districts": [{"district_id": d.district_id, "name_zh": d.name_zh, "name_en": d.name_en,
+                                      "bbox": list(d.bbox), "land_use": d.land_use} for d in city.districts]},
+              "domains": {"air": cfg}}
+    return specs, readings, truth, config
+
+
+def _envelopes(specs, readings) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) per reading, built the way the ingest gateway builds them."""
+    from schemas.topics import OBSERVATION_TOPIC
+
+    out = []
+    for (t, sid), g in readings.groupby(["time", "sensor_id"], sort=True):
+        spec = specs[sid]
+        values = {q: {"value": float(v), "unit": spec.quantities[q].unit, "qc": 1, "qc_tests": {}}
+                  for q, v in zip(g["quantity"], g["value"], strict=True)}
+        env = {"event_id": f"{sid}|{t.isoformat()}", "type": "observation.air", "schema_version": 1,
+               "source": "test", "occurred_at": t.isoformat(), "ingested_at": t.isoformat(),
+               "payload": {"sensor_id": sid, "domain": "air", "kind": spec.kind, "gateway_id": spec.gateway_id,
+                           "district": spec.district, "lat": spec.lat, "lon": spec.lon, "observed_at": t.isoformat(),
+                           "values": values}}
+        out.append((OBSERVATION_TOPIC["air"], sid.encode(), json.dumps(env).encode()))
+    return out
+
+
+async def _publish(bootstrap: str, records) -> None:
+    from shared import kafka
+
+    p = kafka.producer(bootstrap)
+    await p.start()
+    try:
+        futs = [await p.send(t, v, key=k) for t, k, v in records]
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+
+async def _read(bootstrap: str, topic: str, since_ms: int, match) -> list[dict]:
+    """Every record of `topic` from `since_ms` on whose raw bytes `match` accepts."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        if not c.partitions_for_topic(topic):
+            await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+        c.assign(tps)
+        found = await c.offsets_for_times({tp: since_ms for tp in tps})
+        ends = await c.end_offsets(tps)
+        for tp in tps:
+            c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+        out = []
+        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
+            batch = await c.getmany(timeout_ms=1000, max_records=5000)
+            for recs in batch.values():
+                out += [r.value for r in recs if match(r.value)]
+        return [json.loads(v) for v in out]
+    finally:
+        await c.stop()
+
+
+async def _run_service(stack_env, db_url, config, state: Path, group: str, last: dict, timeout_s: float = 100):
+    """Run the service's processor until every sensor's last reading is handled and the fits are done."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.air_quality.handlers import TOPICS, AirService
+    from services.air_quality.settings import AirSettings
+    from shared.service import Readiness
+    from shared.stream import StreamProcessor
+
+    s = AirSettings(db_url=db_url, state_dir=state, air_heavy_every_s=0.5)
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=3, open=False)
+    await pool.open()
+    svc = AirService(s, pool, config=config)
+    proc = StreamProcessor("air-test", s.kafka_bootstrap, TOPICS, group, svc.handle, Readiness("kafka"),
+                           tick=svc.heavy, tick_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(proc.run(stop))
+    t0 = time.monotonic()
+
+    def done() -> bool:
+        seen = {**{k: v.last_hour for k, v in svc.stations.items()},
+                **{k: (v.readings[-1][0] if v.readings else None) for k, v in svc.lowcost.items()}}
+        return (all(seen.get(sid) == t for sid, t in last.items()) and svc.forecaster is not None
+                and svc.calibrated and not svc._bg and svc.forecast_issued is not None  # noqa: SLF001
+                and svc.latest is not None and svc.latest.valid_at >= max(last.values()) - pd.Timedelta(minutes=10))
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if task.done():
+                task.result()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"service did not finish in {timeout_s:.0f} s: processed {proc.processed}, "
+                                     f"fits {svc.fits}, background {list(svc._bg)}, forecast issued "  # noqa: SLF001
+                                     f"{svc.forecast_issued}, grid {svc.latest and svc.latest.valid_at}")
+            await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await svc.drain()
+    print(f"{group}: {proc.processed} records in {time.monotonic() - t0:.1f} s")
+    return svc, pool
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return _scenario()
+
+
+async def test_episode_traced_to_its_source_with_products_and_replay_without_duplicates(
+        stack_env, db_url, scenario, tmp_path, monkeypatch):
+    from httpx import ASGITransport, AsyncClient
+
+    from services.air_quality import endpoints
+    from services.air_quality.domain.simulate import check_detection
+    from shared.service import Readiness, health_app
+
+    specs, readings, truth, config = scenario
+    bad = json.dumps({"event_id": f"bad-{TAG}", "type": "observation.air", "payload": {"sensor_id": f"bad-{TAG}",
+                      "observed_at": "not a time"}}).encode()
+    records = _envelopes(specs, readings)
+    records.insert(len(records) // 2, (records[0][0], f"bad-{TAG}".encode(), bad))
+    bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
+    since_ms = int(time.time() * 1000) - 1000
+    monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
+    await _publish(bootstrap, records)
+    last = readings.groupby("sensor_id")["time"].max().to_dict()
+
+    svc, pool = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-air-test-{TAG}", last)
+    try:
+        assert svc.fits["calibration"] == 1 and svc.fits["forecast"] >= 1
+
+        alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms, lambda v: TAG.encode() in v)
+        rows = [a["payload"] for a in alerts]
+        results = [check_detection(t, rows) for t in truth]
+        episode = results[0]
+        assert episode["detected"], episode
+        assert 0 <= episode["delay_min"] <= 180, episode
+        drift = [r for t, r in zip(truth, results, strict=True) if t["scenario"] == "sensor_drift"]
+        # the drift grows through the second half; in 30 h it stands out of the peers only near the end
+        assert sum(bool(r["detected"]) for r in drift) >= 1, drift
+        calib = [a for a in rows if a["kind"] == "sensor_calibration"]
+        drifting = {t["sensor_id"] for t in truth if t["scenario"] == "sensor_drift"}
+        false = [a["evidence"]["sensor_id"] for a in calib if a["evidence"]["sensor_id"] not in drifting]
+        assert len(false) <= 2, f"too many false drift flags: {false}"
+
+        aqi = [a for a in rows if a["kind"] == "aqi_exceedance"]
+        raised = [a for a in aqi if a["status"] == "raised"]
+        assert raised and all(a["dedup_key"] == f"air:aqi:{a['evidence']['station_id']}" for a in aqi)
+        first = raised[0]
+        assert first["title_zh"] and first["message_zh"] and first["title_en"] and first["message_en"]
+        assert first["evidence"]["aqi"] >= 150 and first["evidence"]["observed_at"]
+        # hysteresis: each station's episode is raised once and cleared once, with the same id
+        for key in {a["dedup_key"] for a in aqi}:
+            seq = [a["status"] for a in aqi if a["dedup_key"] == key]
+            assert seq in (["raised"], ["raised", "cleared"]), (key, seq)
+            assert len({a["alert_id"] for a in aqi if a["dedup_key"] == key}) == 1
+
+        source = [a for a in rows if a["kind"] == "pollution_source" and a["status"] == "raised"]
+        assert source and source[0]["evidence"]["top_source_id"] == truth[0]["source_id"]
+        assert source[0]["evidence"]["hourly_top_sources"][-2:] == [truth[0]["source_id"]] * 2
+
+        tasks = await _read(bootstrap, "cityops.tasks.v1", since_ms, lambda v: TAG.encode() in v)
+        inspect = [t["payload"] for t in tasks if t["payload"]["kind"] == "inspect_source"]
+        top = [t for t in inspect if t["evidence"]["source_id"] == truth[0]["source_id"]]
+        assert top, [t["evidence"]["source_id"] for t in inspect]
+        task = top[0]
+        assert task["required_skills"] == ["air_inspection"] and task["related_alert_id"] == first["alert_id"]
+        assert "现场核查" in task["title_zh"] and "inspection" in task["title_en"]
+        assert {"estimated_contribution_ugm3", "confidence", "source_kind"} <= set(task["evidence"])
+        assert Path(task["evidence"]["map_png"]).read_bytes()[:4] == b"\x89PNG"
+        assert any(t["payload"]["kind"] == "calibrate_sensor" for t in tasks)
+
+        from shared.kafka import DEADLETTER_TOPIC
+
+        dead = await _read(bootstrap, DEADLETTER_TOPIC, since_ms, lambda v: b"air-test" in v)
+        mine = [d["payload"] for d in dead if d["payload"]["stage"] == "air-test"]
+        assert any("does not match its schema" in d["reason"] for d in mine), mine
+
+        with psycopg.connect(db_url) as conn:
+            grids = conn.execute("SELECT pollutant, count(DISTINCT valid_at), count(*), min(std), max(value) "
+                                 "FROM air_grid GROUP BY pollutant").fetchall()
+            n_att = conn.execute("SELECT count(*) FROM source_attributions").fetchone()[0]
+            n_fc = conn.execute("SELECT count(*), count(DISTINCT station_id), max(horizon_h) FROM forecasts "
+                                "WHERE domain = 'air'").fetchone()
+        by_pol = {g[0]: g for g in grids}
+        assert set(by_pol) == {"pm25", "pm10", "no2", "o3"}
+        assert by_pol["pm25"][1] >= 3 and by_pol["pm25"][2] == by_pol["pm25"][1] * len(svc.grid.lat)
+        assert by_pol["pm25"][3] >= 0
+        assert n_att >= 1 and n_fc[1] == 8 and n_fc[2] == 72
+
+        app = endpoints.mount(health_app("air-test", Readiness()), svc.s, pool, svc)
+        async with AsyncClient(transport=ASGITransport(app=app), base_url="http://t") as http:
+            geo = (await http.get("/grid/latest")).json()
+            assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(svc.grid.lat)
+            assert {"value", "std", "aqi"} <= set(geo["features"][0]["properties"])
+            png = await http.get("/grid/latest.png?pollutant=no2")
+            assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+            stations = (await http.get("/aqi/latest")).json()["stations"]
+            assert len(stations) == 8 and all(s["daily"]["hours"] >= 20 for s in stations)
+            att = (await http.get("/attribution/latest?hours=24")).json()["attributions"]
+            assert att and att[0]["rank"] >= 1
+            assert (await http.get("/grid/latest?pollutant=so9")).status_code == 422
+    finally:
+        await pool.close()
+
+    # a replay of the same records (fresh state, new group) reuses every alert and task id, adds no attribution
+    since2 = int(time.time() * 1000)
+    svc2, pool2 = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-air-replay-{TAG}", last)
+    await pool2.close()
+    again = await _read(bootstrap, "cityops.alerts.v1", since2, lambda v: TAG.encode() in v)
+    assert {a["payload"]["alert_id"] for a in again if a["payload"]["kind"] == "aqi_exceedance"} == \
+        {a["alert_id"] for a in aqi}
+    tasks2 = await _read(bootstrap, "cityops.tasks.v1", since2, lambda v: TAG.encode() in v)
+    assert {t["payload"]["task_id"] for t in tasks2 if t["payload"]["kind"] == "inspect_source"} == \
+        {t["task_id"] for t in inspect}
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM source_attributions").fetchone()[0] == n_att
+        dup = conn.execute("SELECT count(*) - count(DISTINCT (pollutant, cell_id, valid_at)) FROM air_grid").fetchone()
+        assert dup[0] == 0
