@@ -7,8 +7,8 @@ and drainage catchments with a rainstorm flood.
 - Drainage: one catchment per low-lying district (at least two), each with a drain level, a
   river level and a rain gauge every 5 minutes; a linear-reservoir level driven by the rain.
 - Timing (deterministic, documented in `config["timing"]`): first 40 % of the period normal;
-  the growing leak starts at start + 0.42 × hours and ramps over 0.1 × hours; the burst, in
-  another DMA more than 1.5 km of pipe away, at start + 0.70 × hours, once the growing leak has
+  the growing leak starts at start + 0.42 × hours and ramps over 0.1 × hours; the burst, more
+  than 1.5 km of pipe away (in another DMA when the network has several), at start + 0.72 × hours, once the growing leak has
   had time to be found (so the two are two leaks, not one); the storm's rain peaks at start + 0.8 × hours — the same rule the
   weather domain's generator uses for its stations — with a peak intensity from the seed.
 """
@@ -74,12 +74,12 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
     leak_pipe = str(rng.choice(pipes))
     # two leaks a dispatcher can tell apart: the burst in another district metered area, far
     # along the pipes from the growing leak, and only after the growing leak has been found
-    far = [p for p in pipes if net.dma_of_link(p) != net.dma_of_link(leak_pipe)
-           and net.pipe_distance_m(p, leak_pipe) > 1500.0]
-    burst_pipe = str(rng.choice(far or [p for p in pipes if p != leak_pipe]))
+    far = [p for p in pipes if net.pipe_distance_m(p, leak_pipe) > 1500.0]
+    other_dma = [p for p in far if net.dma_of_link(p) != net.dma_of_link(leak_pipe)]
+    burst_pipe = str(rng.choice(other_dma or far or [p for p in pipes if p != leak_pipe]))
     mean_demand = total_base_demand_m3h(net)
-    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.70 * hours)).floor("15min"), 0.30 * mean_demand, "abrupt")
-    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.25 * mean_demand,
+    burst = LeakSpec(burst_pipe, (start + pd.Timedelta(hours=0.72 * hours)).floor("15min"), 0.20 * mean_demand, "abrupt")
+    growing = LeakSpec(leak_pipe, (start + pd.Timedelta(hours=0.42 * hours)).floor("15min"), 0.15 * mean_demand,
                        "incipient", ramp_hours=0.1 * hours)
     scada = simulate_scada(net, sensors, start, hours / 24.0, [growing, burst], seed=seed, network_seed=seed)
 
@@ -125,11 +125,11 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
                                     "rain": f"rg-{c.catchment_id}"}} for c in catchments],
         "operations": [],
         # a demo has hours, not weeks: shorter windows than the batch defaults (12 h, 24 h)
-        "monitor": {"smooth_hours": 2.0, "localise_hours": 4.0},
+        "monitor": {"smooth_hours": 2.0, "localise_hours": 4.0, "threshold_margin": 1.5},
         "training": {"leak_free_until": (start + pd.Timedelta(hours=0.4 * hours)).isoformat(),
                      "history": "services.water.domain.simulate.leak_free_history(config, start, days, seed)"},
         "timing": {"incipient_leak_start": "start + 0.42*hours (ramp 0.1*hours)",
-                   "pipe_burst_start": "start + 0.70*hours, another DMA, > 1.5 km of pipe from the growing leak",
+                   "pipe_burst_start": "start + 0.72*hours, > 1.5 km of pipe from the growing leak (another DMA if any)",
                    "storm_peak": "start + 0.8*hours, floored to 5 min",
                    "storm_peak_mm_per_h": "40 + 40*U, U = numpy.random.default_rng([seed, 4]).random()",
                    "storm_shape": "Gaussian pulse, sd 1.5 h"},

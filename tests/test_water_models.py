@@ -1,0 +1,63 @@
+"""Water leak models: no alarm from a glitch in history, and the demo's two leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from services.water.domain.detection import detect_leaks
+from services.water.domain.hydraulics import choose_sensors, simulate_scada
+from services.water.domain.network import load_network
+
+START = pd.Timestamp("2026-03-02", tz="UTC")
+TRAIN_DAYS = 14
+
+
+def _lib(name: str) -> Path:
+    import wntr
+
+    return Path(wntr.__file__).parent / "library" / "networks" / name
+
+
+@pytest.fixture(scope="module")
+def net3():
+    return load_network(_lib("Net3.inp"))
+
+
+def test_a_glitch_in_leak_free_history_raises_no_alarm(net3, tmp_path):
+    """One wild tank-level reading in the history (a logger reset) must not turn into a leak later."""
+    sensors = choose_sensors(net3, n_pressure=12, n_meters=30, seed=7)
+    scada = simulate_scada(net3, sensors, START, TRAIN_DAYS + 6, [], seed=3)
+    level = scada.index[(scada["kind"] == "level") & (scada["time"] == START + pd.Timedelta(days=9))][0]
+    scada.loc[level, "value"] += 8.0
+    assert detect_leaks(net3, scada, START + pd.Timedelta(days=TRAIN_DAYS), cache_dir=tmp_path) == []
+
+
+def test_demo_burst_and_growing_leak_are_two_leaks(tmp_path):
+    """The city demo's growing leak and later burst come out as two leaks, one after each start."""
+    from services.water.domain.simulate import generate, leak_free_history, network_path
+    from shared.city import default_city
+
+    start = pd.Timestamp("2026-07-01T00:00Z")
+    scenario = generate(default_city(), start, 24.0, seed=5)
+    cfg = scenario.config
+    hist = leak_free_history(cfg, start - pd.Timedelta(days=10), 10 - 1 / 96, seed=99)
+    r = scenario.readings
+    scada = r[r["sensor_id"].isin(cfg["sensors"])].rename(columns={"quantity": "kind"})
+    both = pd.concat([hist, scada], ignore_index=True)
+    both["sensor_id"] = both["sensor_id"].map({k: v["element"] for k, v in cfg["sensors"].items()})
+    net = load_network(network_path())
+    truth = {t["scenario"]: t for t in scenario.truth}
+    growing = pd.Timestamp(truth["incipient_leak"]["start"])
+    burst = pd.Timestamp(truth["pipe_burst"]["start"])
+    assert net.pipe_distance_m(truth["incipient_leak"]["pipe_id"], truth["pipe_burst"]["pipe_id"]) > 1500.0
+
+    leaks = detect_leaks(net, both, pd.Timestamp(cfg["training"]["leak_free_until"]), cache_dir=tmp_path,
+                         **cfg["monitor"])
+
+    assert len(leaks) == 2, [(e.leak_id, e.detected_at) for e in leaks]
+    assert growing <= leaks[0].detected_at < burst
+    assert burst <= leaks[1].detected_at <= start + pd.Timedelta(hours=24)
+    assert leaks[0].leak_id != leaks[1].leak_id
