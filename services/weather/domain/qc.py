@@ -22,7 +22,8 @@ PASS, NOT_EVALUATED, SUSPECT, FAIL, MISSING = 1, 2, 3, 4, 9
 # tolerance, and the buddy check's floor on the residual scale (a robust sigma never below it).
 DEFAULT_QC_CONFIG: dict[str, dict[str, Any]] = {
     "temp": {"fail_span": (-60.0, 60.0), "suspect_span": (-40.0, 47.0), "spike": (6.0, 12.0),
-             "rate_per_h": 8.0, "flat_h": (6, 12), "flat_tol": 0.05, "buddy": {"floor": 0.8}},
+             "rate_per_h": 8.0, "flat_h": (6, 12), "flat_tol": 0.05,
+             "buddy": {"floor": 0.8, "overrides": ("spike", "rate_of_change", "flat_line")}},
     "dewp": {"fail_span": (-70.0, 40.0), "suspect_span": (-50.0, 35.0), "spike": (8.0, 15.0),
              "rate_per_h": 10.0, "flat_h": (6, 12), "flat_tol": 0.05, "buddy": {"floor": 1.2}},
     # hourly pressure at Beijing stations steps by up to 5 hPa in 1 % of hours (coarse logging), so the
@@ -31,7 +32,7 @@ DEFAULT_QC_CONFIG: dict[str, dict[str, Any]] = {
              "rate_per_h": 10.0, "flat_h": (8, 14), "flat_tol": 0.05, "buddy": {"floor": 1.5}},
     "wind_speed": {"fail_span": (0.0, 75.0), "suspect_span": (0.0, 40.0), "spike": (10.0, 20.0),
                    "rate_per_h": 15.0, "flat_h": (10, 18), "flat_tol": 0.05, "flat_skip_zero": True,
-                   "buddy": {"floor": 1.0, "z": (6.0, 9.0)}},
+                   "buddy": {"floor": 0.2, "z": (3.5, 6.0), "transform": "log1p"}},
     "rain": {"fail_span": (0.0, 300.0), "suspect_span": (0.0, 120.0)},
     "wind_dir": {"fail_span": (0.0, 360.0)},
 }
@@ -118,6 +119,10 @@ def buddy_check(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: dict[
     if n_s < c["min_buddies"] + 1:
         return np.full((n_t, n_s), NOT_EVALUATED, dtype=np.uint8)
     full = np.asarray(values if history is None else np.vstack([history, values]), dtype=float)
+    if c.get("transform") == "log1p":
+        # wind: a unit mistake or a gust-scale error is multiplicative, a shift in log space
+        with np.errstate(invalid="ignore"):
+            full = np.log1p(np.where(full >= 0, full, np.nan))
     d = distance_matrix_km(lat, lon)
     n_buddies = np.zeros(full.shape, dtype=int)
     fin = np.isfinite(full)
@@ -134,7 +139,7 @@ def buddy_check(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: dict[
             zr = _scaled(resid, c)
             z = np.where(np.isfinite(zr), zr, med_z)
             # take clear failures out of the predictors for the second pass
-            work = np.where((np.nan_to_num(z) > c["z"][1]) | (np.nan_to_num(med_z) > c["z"][1]), np.nan, full)
+            work = np.where((np.nan_to_num(z) > c["z"][0]) | (np.nan_to_num(med_z) > c["z"][1]), np.nan, full)
     ok = np.isfinite(z) & (n_buddies >= c["min_buddies"])
     fl = np.where(z > c["z"][1], FAIL, np.where(z > c["z"][0], SUSPECT, PASS))
     full_flags = np.where(ok, fl, NOT_EVALUATED).astype(np.uint8)
@@ -247,6 +252,12 @@ def qc_grid(grid: StationGrid, config: dict[str, dict[str, Any]] | None = None,
                 per_test.setdefault(name, np.full(arr.shape, MISSING, dtype=np.uint8))[:, s] = f
         if "buddy" in cfg:
             per_test["buddy"] = buddy_check(arr, grid.lat, grid.lon, cfg["buddy"])
+            # a step, spike or flat stretch the neighbours agree with (e.g. the step back to normal
+            # after a bad stretch, a calm night) is weather: only a fail verdict stands there
+            agreed = per_test["buddy"] == PASS
+            for name in cfg["buddy"].get("overrides", ("spike", "rate_of_change")):
+                if name in per_test:
+                    per_test[name] = np.where(agreed & (per_test[name] == SUSPECT), PASS, per_test[name]).astype(np.uint8)
         for f in per_test.values():
             _combine(combined, f)
         combined[~present] = MISSING
