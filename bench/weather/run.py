@@ -158,6 +158,9 @@ def bench_qc(grid: StationGrid, events_per_var: int, seed: int = 5) -> dict:
                "precision": round(tp / max(tp + fp, 1), 4),
                "false_flag_rate_untouched": round(fp / max(int(untouched.sum()), 1), 5),
                "flag_rate_original_data": round(float(np.mean(np.isin(clean.flags[var], (SUSPECT, FAIL))[score_rows & present])), 5),
+               "original_flags_by_month": {str(m): int(n) for m, n in pd.Series(
+                   np.isin(clean.flags[var], (SUSPECT, FAIL)).sum(axis=1)[start:],
+                   index=grid.times[start:].tz_convert("Asia/Shanghai").strftime("%Y-%m")).groupby(level=0).sum().items()},
                "fail_only_recall": round(int((res.flags[var] == FAIL)[err].sum()) / max(int(err.sum()), 1), 4),
                "recall_by_kind": {}}
         for k, nm in names.items():
@@ -271,6 +274,14 @@ def render(r: dict) -> str:
                      + " | ".join("-" if rk[k] is None else f"{rk[k]:.2f}" for k in ("spike", "stuck", "offset", "unit", "swap")) + " |")
     a = q["all"]
     lines.append(f"| **all** | | **{a['recall']:.3f}** | **{a['precision']:.3f}** | {a['false_flag_rate_untouched']:.4f} | | | | | | |")
+    by_month = {var: row.get("original_flags_by_month") for var, row in q["variables"].items()}
+    if all(by_month.values()):
+        lines += ["", "Flags raised on the original (uninjected) data per month of the test year - where these cluster, "
+                  "the source data itself misbehaves (they still count as false flags above):", "",
+                  "| variable | " + " | ".join(m[2:] for m in next(iter(by_month.values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(by_month.values())))]
+        for var, bm in by_month.items():
+            lines.append(f"| {var} | " + " | ".join(str(n) for n in bm.values()) + " |")
     s = r["speed"]
     lines += ["", f"## Speed: one cycle of {s['stations']} stations x {s['variables']} variables x {s['horizons']} h "
               f"({s['history_h']} h window, QC included): **{s['cycle_s']} s** (QC of the whole window {s['qc_s']} s, nowcasts {s['nowcast_only_s']} s; target ≤ 10 s; 2 cores shared with other jobs)"]
