@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,9 @@ GRADE_RANK = {"none": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
 GRADE_SEVERITY = {"blue": "minor", "yellow": "minor", "orange": "major", "red": "critical"}
 SCADA_STEP = pd.Timedelta(minutes=15)
 DRAIN_STEP = pd.Timedelta(minutes=5)
+_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+# ...and the others are this far ahead in simulated time (both, so neither a stall nor a backlog looks like silence)
+SILENT_STREAM_GAP = pd.Timedelta(hours=1)
 
 
 def _ts(t: datetime | str) -> pd.Timestamp:
@@ -124,6 +128,8 @@ class CatchmentState:
     below: int = 0
     task_sent: bool = False
     latest: flood.FloodRisk | None = None
+    rain_wall: float = field(default_factory=time.monotonic)
+    level_wall: float = 0.0
 
 
 class WaterService:
@@ -147,6 +153,14 @@ class WaterService:
         self.backlog: list[tuple[pd.Timestamp, dict[str, float]]] = []
         self.prev_row: tuple[pd.Timestamp, dict[str, float]] | None = None
         self.latest_scada: pd.Timestamp | None = None
+        self.sensor_last: dict[str, pd.Timestamp] = {}
+        self.scada_sensors = {sid for sid, v in self.sensor_elements.items() if v.get("kind") in SCADA_KINDS}
+        self.fed_until: pd.Timestamp | None = None
+        self.late = 0
+        self.sensor_wall: dict[str, float] = {}
+        self.last_arrival_wall = 0.0
+        self.first_arrival_wall = 0.0
+        self.last_feed_wall = time.monotonic()
         self.monitor: detection.LeakMonitor | None = None
         self.fitting: asyncio.Task | None = None
         self.fit_error: str | None = None
@@ -206,8 +220,10 @@ class WaterService:
                 st = self.catchments[cid]
                 if role == "drain_level" and "water_level" in vals:
                     st.level[t] = vals["water_level"]
+                    st.level_wall = time.monotonic()
                 elif role == "rain" and "rain" in vals:
                     st.rain[t] = vals["rain"]
+                    st.rain_wall = time.monotonic()
                 touched.add(cid)
                 continue
             kind_el = self._scada_key(o)
@@ -217,7 +233,14 @@ class WaterService:
             v = vals.get(SCADA_QUANTITY[kind])
             if v is None:
                 continue
+            if self.fed_until is not None and t <= self.fed_until:
+                self.late += 1  # its step went into the models already; a replayed step would count twice
+                continue
             self.pending.setdefault(t, {})[f"{kind}:{element}"] = v
+            now = time.monotonic()
+            self.sensor_wall[o.sensor_id] = self.last_arrival_wall = now
+            self.first_arrival_wall = self.first_arrival_wall or now
+            self.sensor_last[o.sensor_id] = max(t, self.sensor_last.get(o.sensor_id, t))
             self.latest_scada = t if self.latest_scada is None or t > self.latest_scada else self.latest_scada
         out: list[Output] = []
         out += await self._scada_steps()
@@ -240,10 +263,24 @@ class WaterService:
 
     # ---- leaks -----------------------------------------------------------------------------
     async def _scada_steps(self) -> list[Output]:
+        """Steps every SCADA sensor has reported (a sensor's readings share a partition, so they come in order),
+        or that a silent sensor no longer holds up. Readings for a step already fed are late."""
         if self.latest_scada is None:
             return []
-        done = sorted(t for t in self.pending if t <= self.latest_scada - 2 * SCADA_STEP)
+        expected = self.scada_sensors or set(self.sensor_last)
+        # a sensor is silent when the others kept reporting for `water_silent_sensor_s` wall seconds without it
+        # and ran an hour of simulated time ahead of it
+        # (counted from arrivals, so a stalled consumer or a partition that runs behind in a backlog is not silence)
+        silent_after = self.s.water_silent_sensor_s
+        gap = SILENT_STREAM_GAP
+        waiting = [self.sensor_last.get(sid) for sid in expected
+                   if self.last_arrival_wall - self.sensor_wall.get(sid, self.first_arrival_wall) < silent_after
+                   or self.latest_scada - self.sensor_last.get(sid, _EPOCH) < gap]
+        ready = self.latest_scada if not waiting else min((t or _EPOCH) for t in waiting)
+        done = sorted(t for t in self.pending if t <= ready)
         rows = [(t, self.pending.pop(t)) for t in done]
+        if rows:
+            self.fed_until = rows[-1][0]
         if self.train_until is None and rows:
             self.train_until = rows[0][0] + pd.Timedelta(hours=self.s.water_train_hours)
         out: list[Output] = []
@@ -286,6 +323,7 @@ class WaterService:
     async def _feed(self) -> list[Output]:
         """Complete SCADA steps into the monitor, with one earlier step for the water balance."""
         rows, self.backlog = self.backlog, []
+        self.last_feed_wall = time.monotonic()
         ctx = [self.prev_row] if self.prev_row else []
         long = [(t, key.split(":", 1)[1], key.split(":", 1)[0], v) for t, r in ctx + rows for key, v in r.items()]
         scada = pd.DataFrame(long, columns=["time", "sensor_id", "kind", "value"])
@@ -307,6 +345,18 @@ class WaterService:
             if _ts(p.event.detected_at) not in self.announced:
                 out += self._leak_alarm(p.event)
         for ev in events:
+            out += await self._leak(ev)
+        return out
+
+    async def tick(self) -> list[Output]:
+        """Localise alarms still waiting for their window once the SCADA stream has been idle for a while
+        (the end of a replay, or a gateway outage): a dispatcher gets candidates now rather than never."""
+        idle = time.monotonic() - self.last_feed_wall
+        if (self.monitor is None or not self.monitor.pending or idle < self.s.water_idle_flush_s
+                or self.pending or self.backlog):
+            return []
+        out: list[Output] = []
+        for ev in self.monitor.flush():
             out += await self._leak(ev)
         return out
 
@@ -338,6 +388,8 @@ class WaterService:
 
     def _night_flow(self) -> None:
         """Nightly minimum of the network balance (02:00-05:00 simulated time), for GET /mnf."""
+        if not self.balance:
+            return
         cutoff = self.balance[-1][0] - pd.Timedelta(days=3)
         self.balance = [(t, v) for t, v in self.balance if t >= cutoff]
         s = pd.Series({t: v for t, v in self.balance})
@@ -431,8 +483,15 @@ class WaterService:
         if not st.level:
             return []
         newest = max(st.level)
+        # level and rain come from two sensors (two partitions): evaluate a step once both reported it,
+        # or without the gauge once the level kept arriving for `water_silent_sensor_s` wall seconds without it
+        has_gauge = "rain" in st.sensors
+        rain_until = max(st.rain) if st.rain else min(st.level)
+        gauge_silent = (st.level_wall - st.rain_wall >= self.s.water_silent_sensor_s
+                        and newest - rain_until >= SILENT_STREAM_GAP)
+        ready = newest if not has_gauge or gauge_silent else min(newest, max(st.rain, default=_EPOCH))
         out: list[Output] = []
-        for t in sorted(x for x in st.level if x <= newest - DRAIN_STEP
+        for t in sorted(x for x in st.level if x <= ready
                         and (st.evaluated_until is None or x > st.evaluated_until)):
             st.evaluated_until = t
             if not st.fitted and self.train_until is not None and t > self.train_until:

@@ -26,6 +26,10 @@ class WaterSettings(PlatformSettings):
     # consecutive 5-min evaluations below a flood grade before it is lowered or cleared (no flapping)
     water_flood_clear_after: int = 6
     water_flood_horizon_h: int = 6
+    # wall seconds without new SCADA steps after which pending leak alarms are localised on what there is
+    water_idle_flush_s: float = 20.0
+    # wall seconds a SCADA step waits for a silent sensor before it goes into the models without it
+    water_silent_sensor_s: float = 10.0
 
     @property
     def water_state_dir(self) -> Path:
