@@ -54,8 +54,9 @@ def test_demo_burst_and_growing_leak_are_two_leaks(tmp_path):
     burst = pd.Timestamp(truth["pipe_burst"]["start"])
     assert net.pipe_distance_m(truth["incipient_leak"]["pipe_id"], truth["pipe_burst"]["pipe_id"]) > 1500.0
 
-    leaks = detect_leaks(net, both, pd.Timestamp(cfg["training"]["leak_free_until"]), cache_dir=tmp_path,
-                         **cfg["monitor"])
+    leaks = detect_leaks(
+        net, both, pd.Timestamp(cfg["training"]["leak_free_until"]), cache_dir=tmp_path, **cfg["monitor"]
+    )
 
     assert len(leaks) == 2, [(e.leak_id, e.detected_at) for e in leaks]
     assert growing <= leaks[0].detected_at < burst

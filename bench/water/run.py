@@ -176,7 +176,12 @@ def _markdown(r: dict) -> str:
     lines += ["", f"Speed on {sp['network']} ({sp['nodes']} nodes, {sp['pressure_sensors']} pressure sensors, "
               f"{sp['sensors']} sensors in all): one 15-min step median {sp['step_s_median']} s, max {sp['step_s_max']} s "
               f"(target 1 s); setup with a cold sensitivity cache {sp['setup_cold_s']} s, cached {sp['setup_cached_s']} s.",
-              "", "Targets: F1 >= 0.8, >= 60 % of detected leaks localised within 300 m of pipe distance."]
+              "", "Targets: F1 >= 0.8, >= 60 % of detected leaks localised within 300 m of pipe distance.",
+              "", "Localisation matches the pressure change since the onset (mean over the day after the alarm minus "
+              "the day before the onset) against steady-state leak signatures, sensors weighted by their residual "
+              "spread. With the true leak start known (an oracle window) the same matching puts about 3-5 of 13 Net3 "
+              "leaks and none of 9 ky4 leaks within 300 m: the remaining gap is the signatures' resolution with 12 "
+              "(Net3) or 30 (ky4, 964 nodes) loggers and leaks of a few cm of pressure, not the alarm timing alone."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,9 +10,11 @@
    them over `smooth_hours` and runs one-sided CUSUMs, with thresholds calibrated on the
    out-of-sample history, on: the water balance (inflow from reservoirs minus tank storage
    change, see :func:`add_water_balance`) when every supply is metered; otherwise each DMA's
-   mean pressure residual and the whole network's. An alarm opens a leak; the residual pattern
-   over the following `localise_hours` locates it (see localisation.py) and becomes the new
-   baseline, so a second leak is a second change. A later alarm whose pressure pattern matches
+   mean pressure residual and the whole network's. An alarm opens a leak; the change of the
+   residuals — their mean over the following `localise_hours` minus their mean over the
+   `baseline_hours` before the onset (less `smooth_hours`, which the smoothed CUSUM lags by) —
+   locates it (see localisation.py) and becomes the new baseline, so a second leak is a second
+   change. A later alarm whose pressure pattern matches
    a known leak nearby (a slowly growing leak getting bigger) updates that leak instead.
 
 Known operations (tank filling, valve changes) enter as features when they are measured, and
@@ -436,9 +438,9 @@ class LeakMonitor:
         r = np.full(len(self.matrix.sensors), np.nan)
         sig = np.full(len(self.matrix.sensors), np.nan)
         # pressures locate the leak; flows to and from tanks respond over hours in ways a
-        # steady-state signature does not capture, and the model's residual scale reflects
-        # pump-cycle error rather than information about where the leak is, so pressures are
-        # matched by their spatial shape with equal weights
+        # steady-state signature does not capture. Each pressure is weighted by the spread of its
+        # held-out residuals: on the benchmark this put 37 % of top candidates within 1 km
+        # (centred, equal weights: 20 %); centring on top of it lost signal on ky4
         for i, s in enumerate(self.target_sensors):
             if s.sensor_id in col and s.kind == "pressure":
                 r[col[s.sensor_id]] = change[i]

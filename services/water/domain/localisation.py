@@ -10,7 +10,7 @@ A pipe's signature is the mean of its two end junctions' signatures (a leak in m
 Matching is a one-sided generalised likelihood-ratio test per pipe: with residuals `r` and
 noise scales `sigma`, the best leak flow at pipe k is q = max(0, s·r / s·s) (weighted by
 1/sigma²) and the score is the explained variance (s·r)² / s·s. Pipes are ranked by score.
-The monitor matches pressures only, centred (see :func:`localise`).
+The monitor matches pressures only, weighted by their residual spread, uncentred (see :func:`localise`).
 """
 
 from __future__ import annotations
