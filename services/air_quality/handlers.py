@@ -57,6 +57,9 @@ DEFAULT_THRESHOLDS = {"pm25": 75.0, "pm10": 150.0, "no2": 200.0, "o3": 200.0}
 # AQI level -> (severity, warning colour)
 SEVERITY_OF_LEVEL = {"III": ("minor", "yellow"), "IV": ("major", "orange"), "V": ("critical", "red"),
                      "VI": ("critical", "red")}
+# simulated hours a station-hour's tracing waits for the other stations' reports of that hour (a backlog
+# replayed from Kafka can put partitions hours apart; a dead station holds tracing back this long)
+TRACE_WAIT_H = 12.0
 # a traced source must explain at least this much of the station's value to be named
 MIN_CONTRIBUTION_UGM3 = 5.0
 # how far (robust z among the peers) a sensor's gain change must stand out to count as a drift
@@ -168,6 +171,7 @@ class AirService:
         self.stations: dict[str, _Station] = {}
         self.lowcost: dict[str, _LowCost] = {}
         self.episodes: dict[str, _Episode] = {}  # dedup key -> open episode
+        self.pending_traces: list[tuple[_Episode, str, pd.Timestamp]] = []  # (episode, station, hour)
         self.wind: dict[str, tuple[pd.Timestamp, float, float]] = {}  # sensor -> (t, from_deg, speed)
         self.nowcast_wind: tuple[pd.Timestamp, float | None, float | None] | None = None
         self.clock: pd.Timestamp | None = None
@@ -204,6 +208,7 @@ class AirService:
                 out += await self._station_hour(o, t, vals)
             elif "pm25" in vals:
                 self._lowcost_reading(o, t, vals)
+        out += await self._run_traces()
         self._start_fits()
         if time.monotonic() - self.last_heavy >= self.s.air_heavy_every_s:
             self.last_heavy = time.monotonic()
@@ -261,20 +266,40 @@ class AirService:
         out: list[Output] = []
         if change == "raised":
             ep = self.episodes[key] = _Episode(t, stable_id(key, t.isoformat()), r.aqi)
-            out += await self._trace(st, t)
             out.append(self._alert(st, t, r, conc, ep, "raised"))
-            out += await self._settle(st, t, ep)
+            if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
+                self.pending_traces.append((ep, st.station_id, t))
         elif ep is not None and change is None:
             ep.peak_aqi = max(ep.peak_aqi, r.aqi)
             # keep tracing while the exceedance lasts: the plume's signal builds up over the hours
             if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
-                out += await self._trace(st, t)
-                out += await self._settle(st, t, ep)
+                self.pending_traces.append((ep, st.station_id, t))
         elif change == "cleared" and ep is not None:
             out.append(self._alert(st, t, r, conc, ep, "cleared"))
             if ep.top_source is not None:
                 out.append(self._source_alert(st, t, ep, None))
             del self.episodes[key]
+        return out
+
+    async def _run_traces(self) -> list[Output]:
+        """Trace the pending station-hours whose hour every live station has reported (partitions progress
+        unevenly; tracing on a half-reported hour would rank sources on whoever happened to arrive)."""
+        if not self.pending_traces or self.clock is None:
+            return []
+        lasts = [st.last_hour for st in self.stations.values() if st.last_hour is not None]
+        complete = min(lasts) if lasts else self.clock
+        # a station that stays silent may not hold tracing back for more than a few hours
+        give_up = self.clock - pd.Timedelta(hours=TRACE_WAIT_H)
+        out: list[Output] = []
+        waiting = []
+        for ep, sid, t in self.pending_traces:
+            if t > complete and t > give_up:
+                waiting.append((ep, sid, t))
+                continue
+            st = self.stations[sid]
+            out += await self._trace(st, t)
+            out += await self._settle(st, t, ep)
+        self.pending_traces = waiting
         return out
 
     def _alert(self, st: _Station, t: pd.Timestamp, r, conc: dict[str, float], ep: _Episode, status: str) -> Output:
@@ -287,12 +312,8 @@ class AirService:
                     "primary": list(r.primary), "concentrations_ugm3": {k: round(v, 1) for k, v in conc.items()},
                     "on": self.on, "off": self.off, "episode_start": ep.start.isoformat(), "peak_aqi": ep.peak_aqi,
                     "aqi_24h": (st.aqi_24h or {}).get("aqi")}
-        att = self.latest_attribution.get(st.station_id)
-        if att is not None and att.contributions and _ts(att.at) >= ep.start:
-            top = att.contributions[0]
-            evidence.update(preliminary_top_source_id=top["source_id"], preliminary_contribution_ugm3=top["contribution"],
-                            attribution=[{k: c[k] for k in ("source_id", "rank", "contribution")}
-                                         for c in att.contributions[:3]])
+        if ep.top_source is not None:
+            evidence["top_source_id"] = ep.top_source
         if status == "cleared":
             alert = Alert(
                 alert_id=ep.alert_id, domain="air", kind="aqi_exceedance", severity="info", status="cleared",
@@ -307,12 +328,10 @@ class AirService:
             return alert_output(alert, source=SOURCE)
         severity, level = SEVERITY_OF_LEVEL.get(r.level, ("minor", "yellow"))
         src_zh = src_en = ""
-        if "preliminary_top_source_id" in evidence:
-            src_zh = (f"初步溯源：{evidence['preliminary_top_source_id']} 排名第一（估计贡献 "
-                      f"{evidence['preliminary_contribution_ugm3']:.0f} µg/m³），连续两小时结果一致后派发现场核查。")
-            src_en = (f" Preliminary source tracing ranks {evidence['preliminary_top_source_id']} first (about "
-                      f"{evidence['preliminary_contribution_ugm3']:.0f} µg/m³); an inspection is dispatched once two "
-                      "hours agree.")
+        if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
+            src_zh = "溯源分析进行中：连续两小时结果一致后发布首要来源并派发现场核查。"
+            src_en = (" Source tracing is running: the leading source is announced, and an inspection dispatched, "
+                      "once two hours agree.")
         alert = Alert(
             alert_id=ep.alert_id, domain="air", kind="aqi_exceedance", severity=severity, level=level,
             status="raised",
@@ -798,7 +817,7 @@ class AirService:
 
         if not self.calibrated or self.clock is None:
             return []
-        mark = self.watermark().floor("30min")
+        mark = self.watermark().floor(self.update)
         if self.drift_checked is not None and mark <= self.drift_checked:
             return []
         self.drift_checked = mark
@@ -810,7 +829,7 @@ class AirService:
         for s in self.lowcost.values():
             if s.calibration is None or s.task_id is not None or s.train_log_ratio is None:
                 continue
-            p = self._pairs(s, since=self.calibration_until)
+            p = self._pairs(s, since=self.calibration_until, until=mark)
             if p is None:
                 continue
             times, raw, _, _, ref = p
