@@ -27,8 +27,9 @@ def mount(app: FastAPI, s, pool, svc) -> FastAPI:
         async with pool.connection() as conn:
             rows = await repository.latest_grid(conn, pollutant)
         if not rows:
-            raise HTTPException(404, f"no {pollutant} grid yet: the first grid follows the first {svc.update} of "
-                                     "observations — retry shortly")
+            raise HTTPException(404, f"no {pollutant} grid yet: the first grid follows the first "
+                                     f"{svc.update.total_seconds() / 60:g} simulated minutes of observations — retry "
+                                     "shortly")
         import math
 
         feats = []
