@@ -119,7 +119,7 @@ def score_attribution(ep: PlumeEpisode, ranked: dict[tuple[pd.Timestamp, str], l
     times = pd.DatetimeIndex(np.sort(ep.obs["time"].unique()))
     vals = ep.obs.pivot(index="time", columns="station_id", values="pm25").reindex(
         index=times, columns=ep.station_ids).to_numpy()
-    hit1 = hit3 = n = 0
+    hit1 = hit3 = hit_park = n = 0
     errs = []
     for t in range(len(times)):
         for s, sid in enumerate(ep.station_ids):
@@ -131,7 +131,11 @@ def score_attribution(ep: PlumeEpisode, ranked: dict[tuple[pd.Timestamp, str], l
             r = ranked.get((times[t], sid), [])
             hit1 += int(r[:1] == [true_top])
             hit3 += int(true_top in r[:3])
+            # an inspector sent to the right industrial park finds the stack: score that too
+            hit_park += int(bool(r) and (r[0] == true_top or (true_top.startswith("park")
+                                                              and r[0].split("-")[0] == true_top.split("-")[0])))
             if est_contrib is not None:
                 errs.append(abs(est_contrib.get((times[t], sid), 0.0) - float(c.max())) / max(float(c.max()), 1e-9))
     return {"n": n, "top1": hit1 / n if n else float("nan"), "top3": hit3 / n if n else float("nan"),
+            "top1_park": hit_park / n if n else float("nan"),
             "rel_err_contribution": float(np.median(errs)) if errs else float("nan")}
