@@ -476,7 +476,12 @@ class AirService:
 
         if self.latest is None or self.latest.valid_at < t - pd.Timedelta(hours=1):
             await self._grid_at(t)
-        if self.latest is None:
+        if self.latest is None or "pm25" not in self.latest.values:
+            mark = self.watermark()
+            if mark is not None:
+                await self._grid_at(mark.floor(self.update))
+        if self.latest is None or "pm25" not in self.latest.values:
+            logger.warning("no PM2.5 grid for the task map", extra={"fields": {"task": name, "at": str(t)}})
             return None
         lg = self.latest
         lats = np.r_[lg.sensors[0], [mark[0]]] if mark else lg.sensors[0]
