@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_qc)
 
+    p = cmds.add_parser("serve", help="run the weather streaming service (warning signals)")
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=_serve)
+
 
 
 def _nowcast(a: argparse.Namespace) -> int:
@@ -37,3 +41,9 @@ def _qc(a: argparse.Namespace) -> int:
     from services.weather import batch
 
     return run_batch(batch.qc, a.observations, a.out)
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from services.weather import app
+
+    return app.run(a.port)

@@ -181,3 +181,25 @@ def hourly_from_readings(readings: pd.DataFrame, stations: dict[str, dict]) -> p
     wide["lat"] = wide["station_id"].map(lambda s: stations[s]["lat"])
     wide["lon"] = wide["station_id"].map(lambda s: stations[s]["lon"])
     return wide
+
+
+def check_detection(truth: dict, alerts: list[dict]) -> dict:
+    """Did the service raise the expected signal (at least the truth level) in the district before the peak?"""
+    from services.weather.domain.signals import LEVELS
+
+    if truth.get("scenario") != "rainstorm":
+        return {"detected": False, "at": None, "delay_min": None, "note": "only the rainstorm is checked by alerts"}
+    peak = pd.Timestamp(truth["peak"])
+    need = LEVELS.index(truth.get("expected_min_level_before_peak", "blue"))
+    hits = sorted((pd.Timestamp(a["raised_at"]) for a in alerts
+                   if a.get("domain") == "weather" and a.get("kind") == "rainstorm_signal"
+                   and a.get("district") == truth.get("district") and a.get("level") in LEVELS
+                   and LEVELS.index(a["level"]) >= need))
+    if not hits:
+        return {"detected": False, "at": None, "delay_min": None,
+                "note": f"no rainstorm signal >= {LEVELS[need]} in {truth.get('district')}"}
+    at = hits[0]
+    lead = (peak - at).total_seconds() / 60
+    return {"detected": bool(at <= peak), "at": at.isoformat(), "delay_min": round(-lead, 1),
+            "note": f"rainstorm {LEVELS[need]}+ raised {lead:.0f} min before the peak" if at <= peak
+            else f"raised {-lead:.0f} min after the peak"}
