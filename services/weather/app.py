@@ -15,7 +15,13 @@ def run(port: int | None = None) -> int:
 
     s = WeatherSettings()  # type: ignore[call-arg]
     readiness = Readiness("kafka")
-    mon = SignalMonitor()
+    roster = None
+    if s.city_config is not None:
+        import json
+
+        cfg = json.loads(s.city_config.read_text())
+        roster = list(cfg.get("domains", {}).get("weather", {}).get("stations", {}))
+    mon = SignalMonitor(roster)
     proc = StreamProcessor("weather", s.kafka_bootstrap, ["cityops.observations.weather.v1"], s.weather_group,
                            mon.handle, readiness)
     app = FastAPI()

@@ -1,11 +1,12 @@
 """Weather streaming: hourly district aggregates -> CMA warning signals (SignalBoard) as alerts.
 
-Hours are SIMULATED time (observed_at). An hour of a district is closed once an observation of a
-later hour arrives. Only qc 1/2 values are used. Nowcasts and bulletins are not wired yet.
+Hours are SIMULATED time (observed_at). An hour is closed once every live station has reported a
+later hour (`watermark`). Only qc 1/2 values are used. Nowcasts and bulletins are not wired yet.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from datetime import datetime
 
@@ -17,16 +18,21 @@ from services.weather.domain.signals import SignalBoard, rainstorm_index
 from shared.stream import Output, PoisonRecord, alert_output, stable_id
 
 SOURCE = "weather-service"
+SILENT_S = 60.0
 SEVERITY = {"blue": "minor", "yellow": "minor", "orange": "major", "red": "critical"}
 
 
 class SignalMonitor:
-    def __init__(self):
+    def __init__(self, stations: list[str] | None = None):
+        """stations: the roster (city config); hours wait for each of them until it is SILENT_S silent."""
         self.board = SignalBoard()
+        self.roster = list(stations or [])
+        self.started = time.monotonic()
         # (district, hour) -> {q: [values]}; station -> latest hour seen
         self.open: dict[tuple[str, pd.Timestamp], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.rain: dict[str, dict[pd.Timestamp, float]] = defaultdict(dict)
-        self.latest_hour: pd.Timestamp | None = None
+        self.station_hour: dict[str, pd.Timestamp] = {}
+        self.station_seen: dict[str, float] = {}  # wall clock of the station's last record (silence only)
         self.episode: dict[tuple[str, str], pd.Timestamp] = {}
         self.loc: dict[str, tuple[float, float]] = {}
 
@@ -45,13 +51,24 @@ class SignalMonitor:
             for q, v in vals.items():
                 bucket[q].append(v)
             bucket["_stations"].append(hash(p["sensor_id"]))
-            if self.latest_hour is None or h > self.latest_hour:
-                self.latest_hour = h
+            sid = str(p.get("sensor_id"))
+            self.station_hour[sid] = max(self.station_hour.get(sid, h), h)
+            self.station_seen[sid] = time.monotonic()
         return self._close_hours()
+
+    def watermark(self) -> pd.Timestamp | None:
+        """Every live station has reported up to this hour (partitions progress unevenly in a backlog);
+        a station with no record for SILENT_S wall seconds is treated as silent and not waited for."""
+        now = time.monotonic()
+        if any(sid not in self.station_hour and now - self.started <= SILENT_S for sid in self.roster):
+            return None
+        live = [h for sid, h in self.station_hour.items() if now - self.station_seen[sid] <= SILENT_S]
+        return min(live) if live else None
 
     def _close_hours(self) -> list[Output]:
         out: list[Output] = []
-        done = sorted({h for (_, h) in self.open if self.latest_hour is not None and h < self.latest_hour})
+        wm = self.watermark()
+        done = sorted({h for (_, h) in self.open if wm is not None and h < wm})
         for h in done:
             metrics: dict[str, dict[str, float]] = {"rainstorm": {}, "gale": {}, "high_temperature": {}}
             evidence: dict[str, dict] = {}
