@@ -135,3 +135,27 @@ def test_check_detection_needs_the_level_before_the_peak():
     assert not check_detection(truth, [a | {"level": "yellow"}])["detected"]
     assert not check_detection(truth, [a | {"level": "red", "raised_at": "2026-07-02T05:00:00+00:00"}])["detected"]
     assert not check_detection(truth, [a | {"level": "red", "district": "d04"}])["detected"]
+
+
+async def test_signal_lift_is_a_cleared_alert_with_the_same_dedup_key():
+    from services.weather.handlers import SignalMonitor
+
+    mon = SignalMonitor(["s1"])
+    rain = [0, 0, 30, 30, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # mm/h: 90 mm in 3 h, then dry
+
+    def env(h: int, mm: float) -> dict:
+        t = pd.Timestamp("2026-07-01T00:00Z") + pd.Timedelta(hours=h)
+        return {"payload": {"sensor_id": "s1", "district": "dx", "lat": 30.0, "lon": 120.0,
+                            "observed_at": t.isoformat(),
+                            "values": {"rain": {"value": mm, "unit": "mm", "qc": 1},
+                                       "temp": {"value": 20.0, "unit": "degC", "qc": 4}}}}
+
+    alerts = []
+    for h, mm in enumerate(rain + [0]):
+        alerts += [json.loads(o.value)["payload"] for o in await mon.handle([env(h, mm)])]
+    storm = [a for a in alerts if a["kind"] == "rainstorm_signal"]
+    assert [a["status"] for a in storm][0] == "raised" and storm[0]["level"] == "orange"
+    assert storm[-1]["status"] == "cleared" and storm[-1]["dedup_key"] == storm[0]["dedup_key"] == "weather:rainstorm:dx"
+    assert "解除" in storm[-1]["title_zh"] and "lifted" in storm[-1]["title_en"]
+    assert not any(a["kind"] == "high_temperature_signal" for a in alerts)  # qc 4 temps are not used
+    assert mon.board.active() == {}
