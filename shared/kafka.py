@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import os
 import hashlib
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from services.weather.domain.grid import to_grid
-from services.weather.domain.nowcast import NowcastConfig, _fit_sarimax, fit_nowcaster, nowcast, sarimax_forecasts
+from services.weather.domain.nowcast import (
+    NowcastConfig,
+    _fit_sarimax,
+    fit_nowcaster,
+    nowcast,
+    sarimax_forecasts,
+)
 from services.weather.domain.simulate import station_layout, synthetic_observations
 
 FAST = {"n_estimators": 80, "max_depth": 4, "learning_rate": 0.1, "tree_method": "hist", "n_jobs": 2}

@@ -65,7 +65,7 @@ def bench_nowcast(passed: StationGrid, var: str, quick: bool) -> dict:
             ok &= np.isfinite(best.candidates[m][h])
         ok &= np.isfinite(best.forecast[h]) & np.isfinite(best.p10[h])
 
-        def rmse(f):
+        def rmse(f, ok=ok, truth=truth):
             return float(np.sqrt(np.mean((f[ok] - truth[ok]) ** 2)))
 
         pers = rmse(best.candidates["persistence"][h])

@@ -191,10 +191,10 @@ def check_detection(truth: dict, alerts: list[dict]) -> dict:
         return {"detected": False, "at": None, "delay_min": None, "note": "only the rainstorm is checked by alerts"}
     peak = pd.Timestamp(truth["peak"])
     need = LEVELS.index(truth.get("expected_min_level_before_peak", "blue"))
-    hits = sorted((pd.Timestamp(a["raised_at"]) for a in alerts
+    hits = sorted(pd.Timestamp(a["raised_at"]) for a in alerts
                    if a.get("domain") == "weather" and a.get("kind") == "rainstorm_signal"
                    and a.get("district") == truth.get("district") and a.get("level") in LEVELS
-                   and LEVELS.index(a["level"]) >= need))
+                   and LEVELS.index(a["level"]) >= need)
     if not hits:
         return {"detected": False, "at": None, "delay_min": None,
                 "note": f"no rainstorm signal >= {LEVELS[need]} in {truth.get('district')}"}
