@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psycopg
 
 from schemas.topics import DEADLETTER, OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
@@ -99,14 +100,19 @@ def quantiles_from_metrics(text: str, metric: str, labels: dict[str, str]) -> di
     return {"p50_s": q(0.5), "p99_s": q(0.99), "n": int(count)}
 
 
-def _db_counts(db_url: str, sensor_ids: list[str], since: datetime) -> dict[str, Any]:
+def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tuple[datetime, datetime] | None = None
+               ) -> dict[str, Any]:
+    """Rows of this run's sensors inside its simulated window. Keys are (sensor, quantity, time), so a
+    reading an earlier run with an overlapping window already stored counts once, as it is stored once."""
+    t0, t1 = window or (since, datetime.now(UTC))
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s) AND ingested_at >= %s", (sensor_ids, since)
+            "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s) AND time >= %s AND time <= %s",
+            (sensor_ids, t0, t1),
         ).fetchone()[0]
         worker = conn.execute(
-            "SELECT count(*) FROM restricted.worker_observations WHERE sensor_id = ANY(%s) AND ingested_at >= %s",
-            (sensor_ids, since),
+            "SELECT count(*) FROM restricted.worker_observations WHERE sensor_id = ANY(%s) AND time >= %s "
+            "AND time <= %s", (sensor_ids, t0, t1),
         ).fetchone()[0]
         dl = conn.execute(
             "SELECT reason_code, count(*) FROM dead_letters WHERE received_at >= %s GROUP BY 1 ORDER BY 1", (since,)
@@ -189,25 +195,28 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         pub = publish(sim, minutes=minutes, host=s.mqtt_host, port=s.mqtt_port, passwords=passwords)
         print("5/5 draining and accounting", flush=True)
         sensor_ids = [x.sensor_id for x in sim.sensors]
+        window = (sim.start.to_pydatetime(), (sim.start + pd.Timedelta(hours=hours)).to_pydatetime())
         expected_rows = sum(len(sc.readings) for sc in sim.scenarios)
-        deadline = time.monotonic() + 300
-        last = -1
-        while time.monotonic() < deadline:
+        # wait while the pipeline makes progress (a loaded machine is slow, not stuck); give up after
+        # 120 s without any
+        last, last_change = (-1, -1), time.monotonic()
+        while time.monotonic() - last_change < 120:
             after = offsets.ends(topics)
             accepted = sum(after[t] - before[t] for t in [*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS])
             dead = after[DEADLETTER] - before[DEADLETTER]
-            db = _db_counts(s.db_url, sensor_ids, since)
+            db = _db_counts(s.db_url, sensor_ids, since, window)
             stored = db["observation_rows"] + db["worker_rows"]
             if accepted + dead >= pub["total"] and stored >= expected_rows:
                 break
-            if stored == last and accepted + dead >= pub["total"]:
-                time.sleep(2)
-            last = stored
-            time.sleep(2)
+            if (accepted + dead, stored) != last:
+                last, last_change = (accepted + dead, stored), time.monotonic()
+                print(f"    {accepted + dead:,}/{pub['total']:,} messages through the gateway, "
+                      f"{stored:,}/{expected_rows:,} readings stored", flush=True)
+            time.sleep(3)
         offsets.close()
         # let the domain services finish the last windows before judging detection
         time.sleep(10)
-        db = _db_counts(s.db_url, sensor_ids, since)
+        db = _db_counts(s.db_url, sensor_ids, since, window)
         metrics = {p.name: p.metrics() for p in procs}
         latency = {
             "sensor_publish_to_kafka": quantiles_from_metrics(metrics.get("ingest-gateway", ""),
