@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import time
 from contextlib import asynccontextmanager
 
 import paho.mqtt.client as mqtt
@@ -56,7 +58,9 @@ def settings_for(db_url: str, token: str | None = None, **kw) -> IngestSettings:
     token = token or secrets.token_hex(3)
     return IngestSettings(  # type: ignore[call-arg]
         db_url=db_url, ingest_instance=f"t{token}", ingest_share_group=f"t{token}", sink_group=f"sink-t{token}",
-        ingest_session_expiry_s=120, ingest_registry_refresh_s=2.0, **kw,
+        ingest_session_expiry_s=120, ingest_registry_refresh_s=2.0,
+        # a fresh sink group starts at this test, not at the start of a busy topic's retention
+        kafka_start_at_ms=int(time.time() * 1000) - 5000, **kw,
     )
 
 
@@ -68,6 +72,10 @@ async def running(settings: IngestSettings, *, gateway: bool = True, sink: bool 
 
     stop = asyncio.Event()
     tasks, objs = [], {}
+    # shared.kafka.consumer() reads the start time from the environment, as the deployed services do
+    previous = os.environ.get("CITYOPS_KAFKA_START_AT_MS")
+    if settings.kafka_start_at_ms is not None and previous is None:
+        os.environ["CITYOPS_KAFKA_START_AT_MS"] = str(settings.kafka_start_at_ms)
     if gateway:
         r = Readiness("db", "kafka", "mqtt")
         objs["gateway"] = (Gateway(settings, r), r)
@@ -90,6 +98,8 @@ async def running(settings: IngestSettings, *, gateway: bool = True, sink: bool 
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if previous is None:
+            os.environ.pop("CITYOPS_KAFKA_START_AT_MS", None)
 
 
 async def kafka_tail(bootstrap: str, topic: str):
