@@ -66,8 +66,8 @@ class _StartAt(ConsumerRebalanceListener):
         fresh = [tp for tp in assigned if await self.c.committed(tp) is None]
         if not fresh:
             return
-        found = await self.c.offsets_for_times({tp: self.start_ms for tp in fresh})
         ends = await self.c.end_offsets(fresh)
+        found = await self.c.offsets_for_times({tp: self.start_ms for tp in fresh})
         for tp in fresh:
             hit = found.get(tp)
             self.c.seek(tp, hit.offset if hit is not None else ends[tp])

@@ -98,8 +98,8 @@ async def _read(bootstrap: str, topic: str, since_ms: int, match) -> list[dict]:
             await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
         tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
         c.assign(tps)
-        found = await c.offsets_for_times({tp: since_ms for tp in tps})
         ends = await c.end_offsets(tps)
+        found = await c.offsets_for_times({tp: since_ms for tp in tps})
         for tp in tps:
             c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
         out = []

@@ -118,8 +118,8 @@ def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(s
             await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
             tps = [TopicPartition(kafka.DEADLETTER_TOPIC, i) for i in c.partitions_for_topic(kafka.DEADLETTER_TOPIC)]
             c.assign(tps)
-            found = await c.offsets_for_times({tp: since for tp in tps})
             ends = await c.end_offsets(tps)
+            found = await c.offsets_for_times({tp: since for tp in tps})
             for tp in tps:
                 c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
             deadline = time.monotonic() + 60

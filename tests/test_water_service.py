@@ -86,8 +86,8 @@ async def _read_alerts(bootstrap: str, since_ms: int, needle: bytes) -> list[dic
         await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
         tps = [TopicPartition("cityops.alerts.v1", p) for p in c.partitions_for_topic("cityops.alerts.v1") or ()]
         c.assign(tps)
-        found = await c.offsets_for_times({tp: since_ms for tp in tps})
         ends = await c.end_offsets(tps)
+        found = await c.offsets_for_times({tp: since_ms for tp in tps})
         for tp in tps:
             c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
         out = []
