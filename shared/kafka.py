@@ -19,13 +19,40 @@ from schemas.topics import BY_NAME, DEADLETTER
 DLQ_NAMESPACE = uuid.UUID("0b8f8f4e-1a7e-4d0a-8f4c-7d9b1c2e3f40")
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+
+
+def security_options(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """How this process authenticates to Kafka, from `CITYOPS_KAFKA_SECURITY_PROTOCOL` (PLAINTEXT by default),
+    `CITYOPS_KAFKA_SASL_MECHANISM` (SCRAM-SHA-512), `CITYOPS_KAFKA_USERNAME`, `CITYOPS_KAFKA_PASSWORD` and, for
+    TLS, `CITYOPS_KAFKA_SSL_CAFILE`. In Kubernetes each service is a Strimzi KafkaUser whose ACLs name its
+    topics; locally the stack's SASL listener checks the same kind of ACLs (see shared/stack/kafka.py)."""
+    e = os.environ if env is None else env
+    proto = e.get("CITYOPS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+    if proto not in SECURITY_PROTOCOLS:
+        raise ValueError(f"CITYOPS_KAFKA_SECURITY_PROTOCOL={proto!r}: use one of {', '.join(SECURITY_PROTOCOLS)}")
+    opts: dict[str, Any] = {"security_protocol": proto}
+    if proto.startswith("SASL"):
+        user, password = e.get("CITYOPS_KAFKA_USERNAME"), e.get("CITYOPS_KAFKA_PASSWORD")
+        if not user or not password:
+            raise ValueError(f"{proto} needs CITYOPS_KAFKA_USERNAME and CITYOPS_KAFKA_PASSWORD (the KafkaUser's "
+                             "name and the password from its Secret)")
+        opts.update(sasl_mechanism=e.get("CITYOPS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+                    sasl_plain_username=user, sasl_plain_password=password)
+    if proto.endswith("SSL"):
+        import ssl
+
+        opts["ssl_context"] = ssl.create_default_context(cafile=e.get("CITYOPS_KAFKA_SSL_CAFILE") or None)
+    return opts
+
+
 def producer(bootstrap: str, **kw: Any):
     """acks=all + idempotence: a record Kafka acknowledged is on disk once, whatever retries happen."""
     from aiokafka import AIOKafkaProducer
 
     opts = dict(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-        max_batch_size=256 * 1024, request_timeout_ms=30000,
+        max_batch_size=256 * 1024, request_timeout_ms=30000, **security_options(),
     )
     opts.update(kw)
     return AIOKafkaProducer(**opts)
@@ -42,7 +69,7 @@ def consumer(bootstrap: str, group_id: str, *topics: str, **kw: Any):
     opts = dict(
         bootstrap_servers=bootstrap, group_id=os.environ.get("CITYOPS_KAFKA_GROUP_PREFIX", "") + group_id,
         enable_auto_commit=False, auto_offset_reset="earliest",
-        max_poll_records=2000, fetch_max_wait_ms=200, isolation_level="read_committed",
+        max_poll_records=2000, fetch_max_wait_ms=200, isolation_level="read_committed", **security_options(),
     )
     opts.update(kw)
     c = AIOKafkaConsumer(**opts)

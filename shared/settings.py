@@ -38,6 +38,13 @@ class PlatformSettings(BaseSettings):
     # read by shared.kafka.consumer(): isolate a run's consumer groups, and where fresh groups start
     kafka_group_prefix: str = ""
     kafka_start_at_ms: int | None = None
+    # read by shared.kafka.security_options(): PLAINTEXT inside the suite's network, SASL (SCRAM) with a
+    # KafkaUser's ACLs elsewhere
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
 
     def mqtt_password(self, group: str, user: str) -> str:
         """Password of an MQTT user from the credentials file the stack generated."""

@@ -25,16 +25,20 @@ class StackConfig:
     kafka_controller_port: int
     pg_port: int
     mqtt_port: int
+    # the authenticated listener (SCRAM-SHA-512 + ACLs) for parties outside the suite
+    kafka_sasl_port: int = 19094
 
     @classmethod
     def from_env(cls) -> StackConfig:
         state = Path(os.environ.get("CITYOPS_STATE_DIR", PROJECT_ROOT / ".state")).resolve()
+        kafka_port = _port("CITYOPS_KAFKA_PORT", 19092)
         return cls(
             state_dir=state,
-            kafka_port=_port("CITYOPS_KAFKA_PORT", 19092),
+            kafka_port=kafka_port,
             kafka_controller_port=_port("CITYOPS_KAFKA_CONTROLLER_PORT", 19093),
             pg_port=_port("CITYOPS_PG_PORT", 15432),
             mqtt_port=_port("CITYOPS_MQTT_PORT", 11883),
+            kafka_sasl_port=_port("CITYOPS_KAFKA_SASL_PORT", kafka_port + 2),
         )
 
     def dir(self, *parts: str) -> Path:

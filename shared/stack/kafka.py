@@ -1,9 +1,20 @@
-"""Apache Kafka, single node in KRaft mode, jars resolved from Maven Central by `stack/kafka/pom.xml`."""
+"""Apache Kafka, single node in KRaft mode, jars resolved from Maven Central by `stack/kafka/pom.xml`.
+
+Two client listeners, as in the Kubernetes cluster (deploy/generate.py): PLAINTEXT on loopback for the suite's
+own processes (the super user ANONYMOUS), and SASL_PLAINTEXT with SCRAM-SHA-512 for everyone else, where the
+StandardAuthorizer applies each user's ACLs. The local users are `OUTSIDE_USERS`: other city systems read the
+public topics and nothing on personal-data topics. Their credentials are written to
+`.state/kafka/clients/<user>.env` (CITYOPS_KAFKA_* settings that shared.kafka understands).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
+import os
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -26,6 +37,17 @@ rootLogger.appenderRef.file.ref = file
 logger.kafka.name = kafka
 logger.kafka.level = info
 """
+
+
+OUTSIDE_READER = "city-systems-readonly"
+
+
+def outside_users() -> dict[str, dict[str, list[str]]]:
+    """SCRAM users of the local broker -> their ACLs: topics they may read, consumer-group prefixes."""
+    from schemas.topics import KAFKA_TOPICS
+
+    return {OUTSIDE_READER: {"read_topics": sorted(t.name for t in KAFKA_TOPICS if t.access == "public"),
+                             "group_prefixes": ["external-"]}}
 
 
 class Kafka:
@@ -62,17 +84,24 @@ class Kafka:
 
     def write_config(self) -> None:
         data = self.cfg.dir("kafka", "data")
-        p, c = self.cfg.kafka_port, self.cfg.kafka_controller_port
+        p, c, sp = self.cfg.kafka_port, self.cfg.kafka_controller_port, self.cfg.kafka_sasl_port
         self.props.write_text(
             "\n".join([
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{c}",
-                f"listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{p}",
+                f"listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SASL_PLAINTEXT://127.0.0.1:{sp}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{p},SASL_PLAINTEXT://127.0.0.1:{sp}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                # ACLs apply on the SASL listener; the loopback PLAINTEXT listener is the suite itself
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "super.users=User:ANONYMOUS",
+                "allow.everyone.if.no.acl.found=false",
                 f"log.dirs={data}",
                 "num.partitions=3",
                 # topics come from schemas/topics.py, never from a typo in a producer
@@ -113,10 +142,9 @@ class Kafka:
     def up(self) -> None:
         if self.running() and port_open(self.cfg.kafka_port):
             return
-        if port_open(self.cfg.kafka_port):
-            raise RuntimeError(
-                f"port {self.cfg.kafka_port} is taken by another program; set CITYOPS_KAFKA_PORT to a free port"
-            )
+        for port, var in [(self.cfg.kafka_port, "CITYOPS_KAFKA_PORT"), (self.cfg.kafka_sasl_port, "CITYOPS_KAFKA_SASL_PORT")]:
+            if port_open(port):
+                raise RuntimeError(f"port {port} is taken by another program; set {var} to a free port")
         self.ensure_jars()
         self.write_config()
         self.format_storage()
@@ -134,6 +162,52 @@ class Kafka:
 
     def down(self) -> bool:
         return stop(self.pid_file, timeout=30)
+
+    @property
+    def users_file(self) -> Path:
+        return self.home / "users.json"
+
+    def client_env_file(self, user: str) -> Path:
+        return self.home / "clients" / f"{user}.env"
+
+    def ensure_users(self) -> list[str]:
+        """Create the SCRAM users of `outside_users()` and their ACLs where missing or changed; returns the
+        users (re)applied. Idempotent: a user whose ACL set is unchanged costs nothing on the next `up`."""
+        state = json.loads(self.users_file.read_text()) if self.users_file.exists() else {}
+        done = []
+        for user, acl in outside_users().items():
+            entry = state.get(user) or {"password": secrets.token_urlsafe(24)}
+            digest = hashlib.sha256(json.dumps([acl, self.cfg.kafka_sasl_port], sort_keys=True).encode()).hexdigest()
+            if entry.get("applied") != digest:
+                self._tool("kafka.admin.ConfigCommand", "--alter", "--entity-type", "users", "--entity-name", user,
+                           "--add-config", f"SCRAM-SHA-512=[iterations=8192,password={entry['password']}]")
+                topics = [a for t in acl["read_topics"] for a in ("--topic", t)]
+                self._tool("org.apache.kafka.tools.AclCommand", "--add", "--allow-principal", f"User:{user}",
+                           "--operation", "Read", "--operation", "Describe", *topics)
+                for prefix in acl["group_prefixes"]:
+                    self._tool("org.apache.kafka.tools.AclCommand", "--add", "--allow-principal", f"User:{user}",
+                               "--operation", "Read", "--group", prefix, "--resource-pattern-type", "prefixed")
+                entry["applied"] = digest
+                done.append(user)
+            state[user] = entry
+            env_file = self.client_env_file(user)
+            env_file.parent.mkdir(parents=True, exist_ok=True)
+            env_file.write_text(
+                f"CITYOPS_KAFKA_BOOTSTRAP=127.0.0.1:{self.cfg.kafka_sasl_port}\n"
+                "CITYOPS_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\nCITYOPS_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n"
+                f"CITYOPS_KAFKA_USERNAME={user}\nCITYOPS_KAFKA_PASSWORD={entry['password']}\n")
+            env_file.chmod(0o600)
+            self.users_file.write_text(json.dumps(state, indent=1))
+            self.users_file.chmod(0o600)
+        return done
+
+    def _tool(self, main: str, *args: str) -> None:
+        """Run one of Kafka's admin tools against the loopback listener; its output is shown only on failure."""
+        cmd = [*self._java(main, "--bootstrap-server", self.bootstrap, *args)]
+        cmd[1:3] = ["-Xms32m", "-Xmx256m"]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KAFKA_HEAP_OPTS": ""})
+        if r.returncode != 0:
+            raise RuntimeError(f"kafka {main.rsplit('.', 1)[-1]} failed: {(r.stderr or r.stdout).strip()[-800:]}")
 
     def ensure_topics(self) -> list[str]:
         """Create every topic of schemas/topics.py that is missing; returns the ones created."""

@@ -29,6 +29,10 @@ def up(cfg: StackConfig | None = None, *, quiet: bool = False) -> dict[str, str]
     created = Kafka(cfg).ensure_topics()
     if created:
         say(f"  kafka      created {len(created)} topics from schemas/topics.py")
+    users = Kafka(cfg).ensure_users()
+    if users:
+        say(f"  kafka      SCRAM users with ACLs on 127.0.0.1:{cfg.kafka_sasl_port}: {', '.join(users)} "
+            f"(credentials in {Kafka(cfg).home / 'clients'})")
     env = write_env(cfg)
     say(f"  settings   {cfg.env_file}")
     return env
