@@ -42,7 +42,11 @@ def security_options(env: dict[str, str] | None = None) -> dict[str, Any]:
     if proto.endswith("SSL"):
         import ssl
 
-        opts["ssl_context"] = ssl.create_default_context(cafile=e.get("CITYOPS_KAFKA_SSL_CAFILE") or None)
+        cafile = e.get("CITYOPS_KAFKA_SSL_CAFILE") or None
+        if cafile and not os.path.exists(cafile):
+            raise ValueError(f"CITYOPS_KAFKA_SSL_CAFILE={cafile} does not exist: mount the Kafka cluster's CA "
+                             "certificate there (Strimzi: the <cluster>-cluster-ca-cert Secret, key ca.crt)")
+        opts["ssl_context"] = ssl.create_default_context(cafile=cafile)
     return opts
 
 

@@ -165,3 +165,34 @@ def test_topic_replication_fits_the_brokers(overlay):
     min_isr = next(d for d in docs if d["kind"] == "Kafka")["spec"]["kafka"]["config"]["min.insync.replicas"]
     for t in (d for d in docs if d["kind"] == "KafkaTopic"):
         assert min_isr <= t["spec"]["replicas"] <= brokers, t["metadata"]["name"]
+
+
+def test_every_kafka_client_logs_in_as_its_own_kafka_user_over_tls(prod):
+    """Services reach Kafka only on the SCRAM/TLS listener, as the KafkaUser whose ACLs the test above checks;
+    the plain listener is for KEDA's namespace alone."""
+    from shared.kafka import security_options
+
+    users = {d["metadata"]["name"] for d in prod if d["kind"] == "KafkaUser"}
+    cluster = next(d for d in prod if d["kind"] == "Kafka")
+    listeners = {lst["name"]: lst for lst in cluster["spec"]["kafka"]["listeners"]}
+    assert listeners["scram"]["tls"] and listeners["scram"]["authentication"]["type"] == "scram-sha-512"
+    assert [p.get("namespaceSelector") for p in listeners["plain"]["networkPolicyPeers"]] == [
+        {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}]
+    config = next(d for d in prod if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("cityops-platform"))
+    assert config["data"]["CITYOPS_KAFKA_BOOTSTRAP"].endswith(f":{listeners['scram']['port']}")
+    for svc in (s for s in SERVICES if s.consumes or s.produces):
+        dep = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"].endswith(svc.name))
+        pod = dep["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["CITYOPS_KAFKA_USERNAME"]["value"] == svc.name and svc.name in users
+        assert env["CITYOPS_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": svc.name, "key": "password"}
+        opts = security_options({k: e.get("value", "from-secret") for k, e in env.items()
+                                 if k != "CITYOPS_KAFKA_SSL_CAFILE"})  # mounted in the pod, absent here
+        assert opts["security_protocol"] == "SASL_SSL" and opts["sasl_plain_username"] == svc.name
+        ca = env["CITYOPS_KAFKA_SSL_CAFILE"]["value"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert ca.startswith(mounts["kafka-ca"] + "/"), svc.name
+        ports = {p["port"] for rule in next(d for d in prod if d["kind"] == "NetworkPolicy"
+                                           and d["metadata"]["name"].endswith(svc.name))["spec"]["egress"]
+                 for p in rule.get("ports", [])}
+        assert listeners["scram"]["port"] in ports and listeners["plain"]["port"] not in ports, svc.name

@@ -137,3 +137,5 @@ def test_security_settings_fail_clearly():
     opts = security_options({"CITYOPS_KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "CITYOPS_KAFKA_USERNAME": "u",
                              "CITYOPS_KAFKA_PASSWORD": "p"})
     assert opts["sasl_mechanism"] == "SCRAM-SHA-512" and opts["ssl_context"] is not None
+    with pytest.raises(ValueError, match="mount the Kafka cluster's CA"):
+        security_options({"CITYOPS_KAFKA_SECURITY_PROTOCOL": "SSL", "CITYOPS_KAFKA_SSL_CAFILE": "/nonexistent/ca.crt"})
