@@ -91,12 +91,26 @@ def asyncapi() -> str:
                            "from schemas/topics.py — do not edit by hand.",
         },
         "servers": {
-            "kafka": {"host": "localhost:19092", "protocol": "kafka", "description": "local stack"},
+            "kafka": {"host": "localhost:19092", "protocol": "kafka",
+                      "description": "local stack, loopback listener of the suite's own processes"},
+            "kafka-city-systems": {
+                "host": "localhost:19094", "protocol": "kafka",
+                "description": "local stack, for other city systems: SCRAM-SHA-512 (Kubernetes: "
+                               "cityops-kafka-bootstrap:9093 over TLS); ACLs allow reading the public topics "
+                               "with consumer groups named external-*, nothing else",
+                "security": [{"$ref": "#/components/securitySchemes/scram"}],
+            },
             "mqtt": {"host": "localhost:11883", "protocol": "mqtt", "protocolVersion": "5"},
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages},
+        "components": {
+            "messages": messages,
+            "securitySchemes": {"scram": {
+                "type": "scramSha512",
+                "description": "user city-systems-readonly; `cityops stack up` writes its settings to "
+                               ".state/kafka/clients/city-systems-readonly.env"}},
+        },
     }
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110)
 

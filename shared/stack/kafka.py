@@ -42,6 +42,10 @@ logger.kafka.level = info
 OUTSIDE_READER = "city-systems-readonly"
 
 
+class StaleBroker(RuntimeError):
+    """The broker was started with an older configuration; a restart applies the current one."""
+
+
 def outside_users() -> dict[str, dict[str, list[str]]]:
     """SCRAM users of the local broker -> their ACLs: topics they may read, consumer-group prefixes."""
     from schemas.topics import KAFKA_TOPICS
@@ -173,6 +177,9 @@ class Kafka:
     def ensure_users(self) -> list[str]:
         """Create the SCRAM users of `outside_users()` and their ACLs where missing or changed; returns the
         users (re)applied. Idempotent: a user whose ACL set is unchanged costs nothing on the next `up`."""
+        if not port_open(self.cfg.kafka_sasl_port):
+            raise StaleBroker(f"the running Kafka has no SASL listener on {self.cfg.kafka_sasl_port} (started by an "
+                              "older CityOps): restart it with `cityops stack down && cityops stack up`")
         state = json.loads(self.users_file.read_text()) if self.users_file.exists() else {}
         done = []
         for user, acl in outside_users().items():

@@ -6,7 +6,7 @@ import json
 import time
 
 from shared.stack.config import StackConfig
-from shared.stack.kafka import Kafka
+from shared.stack.kafka import Kafka, StaleBroker
 from shared.stack.mosquitto import Mosquitto
 from shared.stack.postgres import Postgres
 
@@ -29,7 +29,11 @@ def up(cfg: StackConfig | None = None, *, quiet: bool = False) -> dict[str, str]
     created = Kafka(cfg).ensure_topics()
     if created:
         say(f"  kafka      created {len(created)} topics from schemas/topics.py")
-    users = Kafka(cfg).ensure_users()
+    try:
+        users = Kafka(cfg).ensure_users()
+    except StaleBroker as exc:
+        print(f"  kafka      warning: {exc}", flush=True)
+        users = []
     if users:
         say(f"  kafka      SCRAM users with ACLs on 127.0.0.1:{cfg.kafka_sasl_port}: {', '.join(users)} "
             f"(credentials in {Kafka(cfg).home / 'clients'})")
