@@ -1,10 +1,9 @@
 """The demo report opens in headless Chromium with every image loaded, on a database the simulated city
 filled through the real ingest code; missing products become "no data" notes, never a crash.
-With CITYOPS_TEST_DEMO_REPORT=1 it is also checked on the real `cityops demo` run (`demo_db`)."""
+It is also checked on the real `cityops demo` run that tests/test_demo_e2e.py makes (`demo_db`)."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -107,11 +106,8 @@ def test_report_survives_an_empty_database(db_url, tmp_path):
     assert text.count("暂无数据") >= 3
 
 
-@pytest.mark.skipif(
-    os.environ.get("CITYOPS_TEST_DEMO_REPORT") != "1",
-    reason="the full demo run takes minutes: set CITYOPS_TEST_DEMO_REPORT=1",
-)
 def test_report_of_the_real_demo_has_every_plot(demo_db):
+    """The same real demo run as tests/test_demo_e2e.py (one session fixture): its report opens in Chromium."""
     path = demo_db["out_dir"] / "report.html"
     assert path.exists(), f"cityops demo wrote no report; see {demo_db['out_dir'] / 'demo-stdout.log'}"
     imgs, text = open_report(path)
