@@ -151,13 +151,20 @@ def test_quickstart_consumer_runs_against_kafka(stack_env):
             await p.stop()
 
     asyncio.run(publish())
+    # the outside reader may read this test's topic as it may the public ones; it logs in over SCRAM
+    from shared.stack.config import StackConfig
+    from shared.stack.kafka import OUTSIDE_READER, Kafka
+
+    broker = Kafka(StackConfig.from_env())
+    broker.allow_read(OUTSIDE_READER, [topic])
+    login = dict(line.split("=", 1) for line in broker.client_env_file(OUTSIDE_READER).read_text().splitlines())
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=90,
-        env={**os.environ, **stack_env, "TOPIC": topic, "GROUP": topic, "ONCE": "1"},
+        env={**os.environ, **stack_env, **login, "TOPIC": topic, "GROUP": f"external-{topic}", "ONCE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(sensor.sensor_id + " ") and "pm25" in proc.stdout

@@ -135,10 +135,10 @@ class Kafka:
         if (data / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.props)),
-            check=True, stdout=subprocess.DEVNULL,
-        )
+        r = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.props)),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed: {(r.stderr or r.stdout).strip()[-800:]}")
 
     def running(self) -> bool:
         return read_pid(self.pid_file) is not None
@@ -188,9 +188,7 @@ class Kafka:
             if entry.get("applied") != digest:
                 self._tool("kafka.admin.ConfigCommand", "--alter", "--entity-type", "users", "--entity-name", user,
                            "--add-config", f"SCRAM-SHA-512=[iterations=8192,password={entry['password']}]")
-                topics = [a for t in acl["read_topics"] for a in ("--topic", t)]
-                self._tool("org.apache.kafka.tools.AclCommand", "--add", "--allow-principal", f"User:{user}",
-                           "--operation", "Read", "--operation", "Describe", *topics)
+                self.allow_read(user, acl["read_topics"])
                 for prefix in acl["group_prefixes"]:
                     self._tool("org.apache.kafka.tools.AclCommand", "--add", "--allow-principal", f"User:{user}",
                                "--operation", "Read", "--group", prefix, "--resource-pattern-type", "prefixed")
@@ -207,6 +205,12 @@ class Kafka:
             self.users_file.write_text(json.dumps(state, indent=1))
             self.users_file.chmod(0o600)
         return done
+
+    def allow_read(self, user: str, topics: list[str]) -> None:
+        """ACLs: `user` may read (and describe) these topics."""
+        args = [a for t in topics for a in ("--topic", t)]
+        self._tool("org.apache.kafka.tools.AclCommand", "--add", "--allow-principal", f"User:{user}",
+                   "--operation", "Read", "--operation", "Describe", *args)
 
     def _tool(self, main: str, *args: str) -> None:
         """Run one of Kafka's admin tools against the loopback listener; its output is shown only on failure."""
