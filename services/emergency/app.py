@@ -1,4 +1,4 @@
-"""Wiring of the emergency service: two stream consumers, the report drawer, retention, HTTP."""
+"""Wiring of the emergency service: three stream consumers, the report drawer, retention, HTTP."""
 
 from __future__ import annotations
 
@@ -16,18 +16,12 @@ def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = N
     from psycopg_pool import AsyncConnectionPool
 
     from services.emergency import endpoints, repository
-    from services.emergency.handlers import EQUIPMENT_TOPICS, SAFETY_TOPICS, EmergencyService
+    from services.emergency.handlers import EmergencyService, processors
     from shared import kafka
-    from shared.stream import StreamProcessor
 
     pool = AsyncConnectionPool(s.db_url, min_size=1, max_size=4, open=False)
     svc = EmergencyService(s, pool, config=config)
-    equipment = StreamProcessor("emergency-equipment", s.kafka_bootstrap, EQUIPMENT_TOPICS,
-                                f"{s.emergency_group_prefix}-equipment", svc.handle_equipment, readiness,
-                                max_records=500)
-    # wearables: small batches and short polls keep wearable -> alert latency low
-    safety = StreamProcessor("emergency-safety", s.kafka_bootstrap, SAFETY_TOPICS, f"{s.emergency_group_prefix}-safety",
-                             svc.handle_safety, readiness, max_records=500, poll_ms=100)
+    consumers = processors(svc, s.kafka_bootstrap, s.emergency_group_prefix, readiness)
 
     async def db_and_reports(stop: asyncio.Event) -> None:
         await pool.open(wait=True, timeout=60)
@@ -43,7 +37,7 @@ def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = N
     async def streams(stop: asyncio.Event) -> None:
         while not readiness.state.get("db"):
             await asyncio.sleep(0.1)
-        await asyncio.gather(equipment.run(stop), safety.run(stop))
+        await asyncio.gather(*(c.run(stop) for c in consumers))
 
     async def retention(stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -49,7 +49,7 @@ from services.emergency.domain.safety import (
 from services.emergency.domain.zones import Zone
 from services.emergency.settings import EmergencySettings
 from shared.city import City, District, default_city
-from shared.stream import Output, PoisonRecord, alert_output, output, stable_id, task_output
+from shared.stream import Output, PoisonRecord, StreamProcessor, alert_output, output, stable_id, task_output
 
 logger = logging.getLogger("cityops.emergency")
 SOURCE = "emergency"
@@ -328,8 +328,21 @@ class EmergencyService:
 
     # -- safety: wearables, fixed detectors, other domains --------------------------------
 
+    async def handle_personal(self, events: list[dict]) -> list[Output]:
+        """Wearable readings from the restricted topic. The topic, not the envelope's type, makes them personal:
+        the ingest gateway types a reading by its sensor's domain (`observation.safety`) on whichever topic."""
+        personal = _parse(events, "observation.")
+        out: list[Output] = []
+        for o in personal:
+            out += self._worker(o)
+            t = _ts(o.observed_at)
+            if o.sensor_id not in self.last_seen or t > self.last_seen[o.sensor_id]:
+                self.last_seen[o.sensor_id] = t
+        out += await self._flush_incidents()
+        return out
+
     async def handle_safety(self, events: list[dict]) -> list[Output]:
-        personal = _parse([e for e in events if e.get("type") == "observation.personal"], "observation.personal")
+        """Fixed safety sensors, other domains' alerts, weather nowcasts and station wind."""
         fixed = _parse([e for e in events if e.get("type") == "observation.safety"], "observation.safety")
         weather = _parse([e for e in events if e.get("type") == "observation.weather"], "observation.weather")
         others = []
@@ -351,11 +364,9 @@ class EmergencyService:
             t = _ts(o.observed_at)
             if "wind_dir" in v and "wind_speed" in v and (self.observed_wind is None or t >= self.observed_wind[0]):
                 self.observed_wind = (t, float(v["wind_dir"]), float(v["wind_speed"]))
-        for o in personal:
-            out += self._worker(o)
         for o in fixed:
             out += self._gas(o)
-        for o in (*personal, *fixed):
+        for o in fixed:
             t = _ts(o.observed_at)
             if o.sensor_id not in self.last_seen or t > self.last_seen[o.sensor_id]:
                 self.last_seen[o.sensor_id] = t
@@ -634,7 +645,8 @@ class EmergencyService:
         if tr is None:
             tr = self.incidents[inc.incident_id] = _Tracked(inc, [alert_id], points or [], public_location=public)
             tr.map_path = str(self.out_dir / "maps" / f"{inc.incident_id}.png")
-            tr.report_path = str(self.out_dir / "reports" / f"{inc.incident_id}.html")
+            # the report document (PDF); its HTML page sits next to it
+            tr.report_path = str(self.out_dir / "reports" / f"{inc.incident_id}.pdf")
         return tr
 
     def _step(self, tr: _Tracked, state: str, at: pd.Timestamp, note: str) -> None:
@@ -677,19 +689,18 @@ class EmergencyService:
         return out
 
     def render(self, tr: _Tracked) -> None:
-        """Draw the map PNG and the HTML report of one incident (blocking: run it in a thread)."""
-        from services.emergency.domain.report import map_png, render_report
+        """Draw the map PNG and the HTML and PDF report of one incident (blocking: run it in a thread)."""
+        from services.emergency.domain.report import map_png, render_pdf, render_report
 
         inc = dataclasses.replace(tr.incident, lat=tr.public_location[0] if tr.public_location else tr.incident.lat,
                                   lon=tr.public_location[1] if tr.public_location else tr.incident.lon)
         png = map_png(inc, self.city, self.zones, tr.points)
-        Path(tr.map_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(tr.map_path).write_bytes(png)
+        _write_atomic(Path(tr.map_path), png)
         html = render_report(inc, self.city, datetime.now(UTC).isoformat(timespec="seconds"), self.zones, tr.points)
-        Path(tr.report_path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tr.report_path + ".tmp")
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(tr.report_path)
+        pdf_path = Path(tr.report_path)
+        _write_atomic(pdf_path.with_suffix(".html"), html.encode("utf-8"))
+        # the PDF last: report_path is published only once it exists, and then the page exists too
+        _write_atomic(pdf_path, render_pdf(html))
 
     async def reporter(self, stop: asyncio.Event, producer, every_s: float = 2.0) -> None:
         """Every few seconds: draw the reports of changed incidents, mark resolved ones reported, publish."""
@@ -719,5 +730,27 @@ class EmergencyService:
                 pass
 
 
-SAFETY_TOPICS = [SAFETY, PERSONAL_OBSERVATIONS, ALERTS, NOWCASTS, OBSERVATION_TOPIC["weather"]]
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Readers (the HTTP routes, a dispatcher's browser) never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+SAFETY_TOPICS = [SAFETY, ALERTS, NOWCASTS, OBSERVATION_TOPIC["weather"]]
+PERSONAL_TOPICS = [PERSONAL_OBSERVATIONS]
 EQUIPMENT_TOPICS = [EQUIPMENT]
+
+
+def processors(svc: EmergencyService, bootstrap: str, group_prefix: str, readiness) -> list[StreamProcessor]:
+    """The service's three consumers (the app and the tests wire them the same way)."""
+    return [
+        StreamProcessor("emergency-equipment", bootstrap, EQUIPMENT_TOPICS, f"{group_prefix}-equipment",
+                        svc.handle_equipment, readiness, max_records=500),
+        # wearables: small batches and short polls keep wearable -> alert latency low
+        StreamProcessor("emergency-personal", bootstrap, PERSONAL_TOPICS, f"{group_prefix}-personal",
+                        svc.handle_personal, readiness, max_records=500, poll_ms=100),
+        StreamProcessor("emergency-safety", bootstrap, SAFETY_TOPICS, f"{group_prefix}-safety",
+                        svc.handle_safety, readiness, max_records=500, poll_ms=100),
+    ]
