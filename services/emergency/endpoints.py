@@ -1,4 +1,4 @@
-"""HTTP routes of the emergency service: incidents (JSON, GeoJSON, HTML report, PNG map), machine health,
+"""HTTP routes of the emergency service: incidents (JSON, GeoJSON, HTML and PDF report, PNG map), machine health,
 and a worker's recent track and health — role-checked, and every read written to the audit log."""
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ def mount(app: FastAPI, s, pool, svc) -> FastAPI:
              summary="The bilingual HTML incident report")
     async def report(incident_id: str) -> HTMLResponse:
         return HTMLResponse(_incident_file(incident_id, "reports", "html").read_text(encoding="utf-8"))
+
+    @app.get("/emergency/incidents/{incident_id}/report.pdf", tags=["emergency"], response_class=FileResponse,
+             summary="The bilingual incident report as a PDF document (the file incidents.report_path names)")
+    async def report_pdf(incident_id: str) -> FileResponse:
+        return FileResponse(_incident_file(incident_id, "reports", "pdf"), media_type="application/pdf",
+                            filename=f"{incident_id}.pdf", content_disposition_type="inline")
 
     @app.get("/emergency/incidents/{incident_id}/map.png", tags=["emergency"], summary="The incident map (PNG)")
     async def incident_map(incident_id: str) -> FileResponse:
