@@ -38,6 +38,7 @@ class NowcastConfig:
     selection: str = "best"  # "best" model per station/horizon, or "blend" (inverse-MSE² weights)
     skill_halflife_h: float = 72.0
     interval_window_h: int = 720
+    min_interval_h: int = 24  # verified issue hours needed before p10/p90 are given (NaN until then)
     quantiles: tuple[float, float] = (0.1, 0.9)
     holdout_h: int = 720  # most recent training hours kept out of the xgboost fit, to warm up skill/intervals
     ffill_limit_h: int = 3
@@ -410,7 +411,7 @@ def _interval_offsets(err: np.ndarray, h: int, cfg: NowcastConfig) -> tuple[np.n
     for t0 in range(0, n_t, 6):
         end = t0 - h + 1  # issues <= t0-h are verified at t0
         start = max(0, end - cfg.interval_window_h)
-        if end - start < 24:
+        if end - start < cfg.min_interval_h:
             continue
         e = err[start:end].ravel()
         e = e[np.isfinite(e)]

@@ -270,3 +270,53 @@ def passed_values(grid: StationGrid, qc: QcResult) -> StationGrid:
     """A copy of the grid with every value not flagged 1 (pass) or 2 (not evaluated) set to NaN."""
     vals = {v: np.where(np.isin(qc.flags[v], (PASS, NOT_EVALUATED)), a, np.nan) for v, a in grid.values.items()}
     return StationGrid(grid.times, grid.station_ids, grid.lat, grid.lon, vals)
+
+
+# the streaming service judges each hour as it closes, with days rather than months of history: the
+# buddy residual's spread is estimated from 6 past hours (floored, so a short history cannot make it
+# tiny), and the regression on the neighbours needs two days of hours before it replaces the median
+STREAM_BUDDY = {"min_history_h": 6, "min_fit_h": 48, "window_h": 336, "fit_window_h": 336}
+
+
+def qc_newest_hour(grid: StationGrid, config: dict[str, dict[str, Any]] | None = None,
+                   buddy: dict[str, Any] | None = None, series_h: int = 24) -> QcResult:
+    """QC of the grid's last hour only, from that hour and the past (what a stream knows when it closes).
+
+    Per variable: gross range, rate of change and flat line on each station's last `series_h` hours
+    (`causal`: no spike test, which needs the next hour), and the spatial buddy check over the whole
+    grid (its residual scale needs the history), with `buddy` overriding the configured buddy settings
+    (default `STREAM_BUDDY`). Returns flags of shape (1, n_stations) per variable and per test.
+    """
+    cfg_all = config or DEFAULT_QC_CONFIG
+    over = STREAM_BUDDY if buddy is None else buddy
+    tail = grid.times[-series_h:]
+    times_s = np.asarray(tail.as_unit("s").asi8, dtype=float)
+    flags: dict[str, np.ndarray] = {}
+    tests: dict[str, dict[str, np.ndarray]] = {}
+    for var, arr in grid.values.items():
+        last = arr[-1:]
+        present = np.isfinite(last)
+        combined = np.where(present, PASS, MISSING).astype(np.uint8)
+        cfg = cfg_all.get(var)
+        if cfg is None:
+            flags[var] = np.where(present, NOT_EVALUATED, MISSING).astype(np.uint8)
+            tests[var] = {}
+            continue
+        per_test: dict[str, np.ndarray] = {}
+        for s in range(grid.n_stations):
+            if not present[0, s]:
+                continue
+            for name, f in qc_series_tests(arr[-series_h:, s], times_s, cfg, causal=True).items():
+                per_test.setdefault(name, np.full(last.shape, MISSING, dtype=np.uint8))[0, s] = f[-1]
+        if "buddy" in cfg:
+            per_test["buddy"] = buddy_check(arr, grid.lat, grid.lon, {**cfg["buddy"], **over})[-1:]
+            agreed = per_test["buddy"] == PASS
+            for name in cfg["buddy"].get("overrides", ("spike", "rate_of_change")):
+                if name in per_test:
+                    per_test[name] = np.where(agreed & (per_test[name] == SUSPECT), PASS, per_test[name]).astype(np.uint8)
+        for f in per_test.values():
+            _combine(combined, f)
+        combined[~present] = MISSING
+        flags[var] = combined
+        tests[var] = per_test
+    return QcResult(flags, tests)

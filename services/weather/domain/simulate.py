@@ -184,11 +184,19 @@ def hourly_from_readings(readings: pd.DataFrame, stations: dict[str, dict]) -> p
 
 
 def check_detection(truth: dict, alerts: list[dict]) -> dict:
-    """Did the service raise the expected signal (at least the truth level) in the district before the peak?"""
+    """Was the injected scenario detected?
+
+    rainstorm: the expected signal (at least the truth level) in the district before the peak;
+    stuck_sensor / spike: a `sensor_fault` alert naming the sensor and quantity, raised from the start of
+    the fault until 2 h after its end (QC judges whole hours, after they close).
+    """
+    scen = truth.get("scenario")
+    if scen in ("stuck_sensor", "spike"):
+        return _check_sensor_fault(truth, alerts)
+    if scen != "rainstorm":
+        return {"detected": False, "at": None, "delay_min": None, "note": f"no check for scenario {scen!r}"}
     from services.weather.domain.signals import LEVELS
 
-    if truth.get("scenario") != "rainstorm":
-        return {"detected": False, "at": None, "delay_min": None, "note": "only the rainstorm is checked by alerts"}
     peak = pd.Timestamp(truth["peak"])
     need = LEVELS.index(truth.get("expected_min_level_before_peak", "blue"))
     hits = sorted(pd.Timestamp(a["raised_at"]) for a in alerts
@@ -203,3 +211,19 @@ def check_detection(truth: dict, alerts: list[dict]) -> dict:
     return {"detected": bool(at <= peak), "at": at.isoformat(), "delay_min": round(-lead, 1),
             "note": f"rainstorm {LEVELS[need]}+ raised {lead:.0f} min before the peak" if at <= peak
             else f"raised {-lead:.0f} min after the peak"}
+
+
+def _check_sensor_fault(truth: dict, alerts: list[dict]) -> dict:
+    start, end = pd.Timestamp(truth["start"]), pd.Timestamp(truth["end"])
+    sid, q = truth.get("sensor_id"), truth.get("quantity")
+    hits = sorted(pd.Timestamp(a["raised_at"]) for a in alerts
+                  if a.get("domain") == "weather" and a.get("kind") == "sensor_fault"
+                  and a.get("status", "raised") != "cleared"
+                  and (a.get("evidence") or {}).get("sensor_id") == sid and (a.get("evidence") or {}).get("quantity") == q
+                  and start <= pd.Timestamp(a["raised_at"]) <= end + pd.Timedelta(hours=2))
+    if not hits:
+        return {"detected": False, "at": None, "delay_min": None,
+                "note": f"no sensor_fault alert for {sid} {q} between {start:%H:%M} and 2 h after {end:%H:%M}"}
+    delay = (hits[0] - start).total_seconds() / 60
+    return {"detected": True, "at": hits[0].isoformat(), "delay_min": round(delay, 1),
+            "note": f"sensor_fault on {sid} {q} raised {delay:.0f} min after the fault began"}
