@@ -1,7 +1,7 @@
 """Benchmark: wearable message -> worker alert on the shared alerts topic, under load (target p99 <= 2 s).
 
 Starts the real emergency service (`cityops emergency serve`, its own process and consumer groups),
-then publishes wearable observations straight to the restricted topic: WORKERS wearables sending at
+then publishes wearable observations straight to the restricted topic, typed as the ingest gateway types them: WORKERS wearables sending at
 RATE messages/s in total for SECONDS, and every SOS_EVERY_S one SOS press from a random wearable (an
 SOS is always alerted, critical). Latency per SOS = the alert record's timestamp on the alerts topic
 minus the moment the SOS message was sent. An idle run (SOS presses only) in the same service gives
@@ -35,7 +35,7 @@ TARGET_P99_S = 2.0
 
 def _env(sensor_id: str, t: datetime, values: dict[str, float]) -> bytes:
     vals = {q: {"value": v, "unit": "1", "qc": 1, "qc_tests": {}} for q, v in values.items()}
-    return json.dumps({"event_id": f"{sensor_id}|{t.isoformat()}", "type": "observation.personal",
+    return json.dumps({"event_id": f"{sensor_id}|{t.isoformat()}", "type": "observation.safety",
                        "schema_version": 1, "source": "bench", "occurred_at": t.isoformat(),
                        "ingested_at": t.isoformat(),
                        "payload": {"sensor_id": sensor_id, "domain": "safety", "kind": "wearable",
