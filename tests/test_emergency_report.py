@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from pathlib import Path
 
 import pandas as pd
 from shapely.geometry import box
@@ -77,3 +78,37 @@ def test_pdf_differs_when_the_incident_does() -> None:
         {"lat": LAT, "lon": LON, "marker": "X", "color": "#c00"}]))
     # a real rendering of its input, not a fixed file
     assert a != b
+
+
+def _service(tmp_path):
+    from services.emergency.handlers import EmergencyService
+    from services.emergency.settings import EmergencySettings
+
+    s = EmergencySettings(db_url="postgresql://unused/none", state_dir=tmp_path,
+                          emergency_pseudonym_key="report-test-key-0123456789abcdef")
+    return EmergencyService(s, None, config={})
+
+
+def test_service_files_pdf_and_html_and_names_the_pdf(tmp_path) -> None:
+    svc = _service(tmp_path)
+    tr = svc._open(_incident(), "alert-1", public=(LAT, LON))
+    svc.render(tr)
+    assert tr.report_path.endswith(".pdf")
+    pdf = (tmp_path / "emergency" / "reports" / f"{tr.incident.incident_id}.pdf").read_bytes()
+    assert pdf[:5] == b"%PDF-" and set("事件报告") <= _unicode_in_cmaps(_streams(pdf))
+    assert "事件报告" in (tmp_path / "emergency" / "reports" / f"{tr.incident.incident_id}.html").read_text("utf-8")
+    assert svc.message(tr, with_report=True).report_path == tr.report_path
+
+
+def test_without_pdf_support_the_html_report_is_still_filed_and_named(tmp_path, monkeypatch, caplog) -> None:
+    from services.emergency.domain import report
+
+    monkeypatch.setattr(report, "pdf_unavailable", lambda: "OSError: cannot load library 'libpango-1.0-0'")
+    svc = _service(tmp_path)
+    tr = svc._open(_incident(), "alert-1", public=(LAT, LON))
+    with caplog.at_level("ERROR", logger="cityops.emergency"):
+        svc.render(tr)
+        svc.render(tr)
+    assert tr.report_path.endswith(".html") and "事件报告" in Path(tr.report_path).read_text("utf-8")
+    assert not list((tmp_path / "emergency" / "reports").glob("*.pdf"))
+    assert sum("HTML only" in r.getMessage() for r in caplog.records) == 1

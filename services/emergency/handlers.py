@@ -188,6 +188,7 @@ class EmergencyService:
         self.cross_alert_ids: list[tuple[pd.Timestamp, str, str]] = []  # (time, district, alert id) of the above
         self.fits = 0
         self.last_seen: dict[str, pd.Timestamp] = {}  # sensor -> newest observed_at handled
+        self.pdf_warned = False
 
     # -- equipment ------------------------------------------------------------------------
 
@@ -690,15 +691,23 @@ class EmergencyService:
 
     def render(self, tr: _Tracked) -> None:
         """Draw the map PNG and the HTML and PDF report of one incident (blocking: run it in a thread)."""
-        from services.emergency.domain.report import map_png, render_pdf, render_report
+        from services.emergency.domain.report import map_png, pdf_unavailable, render_pdf, render_report
 
         inc = dataclasses.replace(tr.incident, lat=tr.public_location[0] if tr.public_location else tr.incident.lat,
                                   lon=tr.public_location[1] if tr.public_location else tr.incident.lon)
         png = map_png(inc, self.city, self.zones, tr.points)
         _write_atomic(Path(tr.map_path), png)
         html = render_report(inc, self.city, datetime.now(UTC).isoformat(timespec="seconds"), self.zones, tr.points)
-        pdf_path = Path(tr.report_path)
+        pdf_path = Path(tr.report_path).with_suffix(".pdf")
         _write_atomic(pdf_path.with_suffix(".html"), html.encode("utf-8"))
+        why = pdf_unavailable()
+        if why is not None:
+            # an image without Pango still files the HTML report; say so once, loudly
+            if not self.pdf_warned:
+                logger.error("incident reports as HTML only: cannot draw PDF", extra={"fields": {"error": why}})
+                self.pdf_warned = True
+            tr.report_path = str(pdf_path.with_suffix(".html"))
+            return
         # the PDF last: report_path is published only once it exists, and then the page exists too
         _write_atomic(pdf_path, render_pdf(html))
 

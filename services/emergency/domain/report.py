@@ -115,6 +115,15 @@ def render_report(incident: Incident, city: City, generated_at: str, zones: list
                             generated_at=generated_at)
 
 
+def pdf_unavailable() -> str | None:
+    """Why PDF reports cannot be drawn here (WeasyPrint or its Pango library missing), or None if they can."""
+    try:
+        import weasyprint  # noqa: F401 - loads Pango through cffi; that is what may fail
+    except (ImportError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
 def render_pdf(html: str) -> bytes:
     """The report page as a PDF document (fonts subset and embedded, so it reads the same anywhere)."""
     from weasyprint import CSS, HTML
