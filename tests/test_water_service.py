@@ -169,21 +169,29 @@ async def test_leaks_and_floods_detected_and_replay_adds_nothing(stack_env, db_u
     assert svc.late == 0, "a step went into the models before all its readings were in"
     alerts = [o for o in outs if o["_topic"] == "cityops.alerts.v1"]
     tasks = [o for o in outs if o["_topic"] == "cityops.tasks.v1"]
+    # the notification service keeps an alert's first version (later ones with its id are repeats):
+    # the demo judges detection on those, and so does this test
+    first_versions: dict[str, dict] = {}
+    for a in alerts:
+        first_versions.setdefault(a["alert_id"], a)
     rows = [{k: a.get(k) for k in ("alert_id", "domain", "kind", "severity", "level", "district", "raised_at",
-                                   "evidence", "title_en")} for a in alerts]
+                                   "evidence", "title_en")} for a in first_versions.values()]
     results = {(t["scenario"], t.get("catchment_id")): check_detection(t, rows) for t in truth}
+    print("water check_detection:", json.dumps({f"{k[0]}:{k[1]}": v for k, v in results.items()}, indent=1))
 
-    # leaks: an alarm, then the localised leak with ranked candidates, a map and a repair task
+    # leaks: an alarm naming candidate pipes at once, then the refined leak with a map and a repair task
     leak_alerts = [a for a in alerts if a["kind"] == "leak"]
     assert leak_alerts, "no leak alert"
     assert all(a["dedup_key"].startswith("water:leak:") and a["evidence"]["observed_at"] for a in leak_alerts)
-    localised = [a for a in leak_alerts if a["evidence"]["candidates"]]
+    assert all(a["evidence"]["candidates"] for a in leak_alerts if a["status"] == "raised"), "an alarm without pipes"
+    for scenario in ("incipient_leak", "pipe_burst"):
+        assert results[(scenario, None)]["detected"], (scenario, results[(scenario, None)])
+    localised = [a for a in leak_alerts if a["evidence"].get("map_png")]
     assert localised, "no leak was localised"
-    # no alarm before the first leak started; localisation accuracy is the domain's (bench/water), reported here
+    # no alarm before the first leak started
     first_leak = min(pd.Timestamp(t["start"]) for t in truth if t["scenario"] in ("pipe_burst", "incipient_leak"))
     assert min(pd.Timestamp(a["raised_at"]) for a in leak_alerts) >= first_leak, "leak alarm before any leak"
     assert all(a["evidence"]["estimated_flow_m3h"] > 0 for a in localised)
-    print("water check_detection:", json.dumps({f"{k[0]}:{k[1]}": v for k, v in results.items()}, indent=1))
     assert Path(localised[0]["evidence"]["map_png"]).read_bytes()[:4] == b"\x89PNG"
     repair = [t for t in tasks if t["kind"] == "repair_pipe"]
     assert repair and repair[0]["required_skills"] == ["water_repair"] and repair[0]["evidence"]["map_png"]

@@ -367,22 +367,36 @@ class WaterService:
         return dmas[0] if len(dmas) == 1 else "network"
 
     def _leak_alarm(self, ev: detection.LeakEvent) -> list[Output]:
+        """The alarm, at once, with the candidates the alarm's own hours point to (a notification service keeps
+        an alert's first version; the refined candidates follow in an update, the leaks table and the repair task)."""
         t = _ts(ev.detected_at)
         dma = self._episode_dma(ev)
         dedup = f"water:leak:{dma}"
         alert_id = stable_id(dedup, t.isoformat())
         self.announced[t] = (dedup, alert_id)
+        cands = [{"rank": i, "pipe_id": c.pipe_id, "score": round(c.score, 4), "flow_m3h": round(c.flow_m3h, 2),
+                  "distance_to_top_m": round(c.distance_to_top_m, 1)} for i, c in enumerate(ev.candidates[:10], 1)]
+        flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
         evidence = {"observed_at": t.isoformat(), "detected_at": t.isoformat(), "statistic": ev.statistic,
                     "onset_at": _ts(ev.onset_at).isoformat() if ev.onset_at is not None else None, "dma": dma,
-                    "candidates": [], "localisation": "pending: candidates follow in an update",
+                    "candidates": cands, "top_pipe": ev.pipe_id or None,
+                    "estimated_flow_m3h": round(flow, 2) if flow is not None else None,
+                    "localisation": "provisional: from the hours before the alarm; refined candidates follow in an update",
                     "min_night_flow": dict(list(self.night_flow.items())[-2:])}
+        if ev.pipe_id:
+            lat, lon = self._pipe_lat_lon(ev.pipe_id)
+            near_zh = f"，初步怀疑管段 {'、'.join(c['pipe_id'] for c in cands[:3])} 附近"
+            near_en = f"; first candidates: pipes {', '.join(c['pipe_id'] for c in cands[:3])}"
+        else:
+            lat, lon = self.city.centre_lat, self.city.centre_lon
+            near_zh = near_en = ""
         alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="major", status="raised",
                       title_zh=f"管网疑似漏损：{dma}", title_en=f"Suspected water leak in {dma}",
-                      message_zh=f"【漏损告警】{t:%m-%d %H:%M} 起{dma}供水量异常上升（依据：{ev.statistic}），"
-                                 "正在定位候选管段，请做好听漏准备。",
-                      message_en=f"[Leak alert] {dma}: supply rose abnormally from {t:%m-%d %H:%M} (evidence: "
-                                 f"{ev.statistic}); candidate pipes are being located - get a leak survey crew ready.",
-                      location=GeoPoint(lat=self.city.centre_lat, lon=self.city.centre_lon), district=None,
+                      message_zh=f"【漏损告警】{t:%m-%d %H:%M} 起{dma}供水量或压力异常（依据：{ev.statistic}）{near_zh}，"
+                                 "正在精确定位，请做好听漏准备。",
+                      message_en=f"[Leak alert] {dma}: supply or pressure abnormal from {t:%m-%d %H:%M} (evidence: "
+                                 f"{ev.statistic}){near_en}; locating more precisely - get a leak survey crew ready.",
+                      location=GeoPoint(lat=lat, lon=lon), district=self.city.district_of(lat, lon) if ev.pipe_id else None,
                       dedup_key=dedup, raised_at=t, evidence=evidence)
         return [alert_output(alert, source=SOURCE)]
 

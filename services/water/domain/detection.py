@@ -190,6 +190,8 @@ class _Pending:
     event: LeakEvent
     onset_row: int
     alarm_row: int
+    # the level the CUSUMs ran against when it alarmed (watching while localising): the change is measured from it
+    base: np.ndarray | None = None
 
 
 class LeakMonitor:
@@ -215,6 +217,7 @@ class LeakMonitor:
         localise_weighting: str = "sigma",
         z_clip: float = 6.0,
         suppress: list[tuple[pd.Timestamp, pd.Timestamp]] | None = None,
+        watch_while_localising: bool = False,
     ):
         self.model, self.matrix, self.net = model, matrix, net
         self.step = step
@@ -229,6 +232,9 @@ class LeakMonitor:
         self.baseline_steps = max(1, int(pd.Timedelta(hours=baseline_hours) / step))
         self.localise_weighting = localise_weighting
         self.z_clip = z_clip
+        # keep the CUSUMs running while an alarm's localisation window fills (against the level the
+        # alarm reached): a second leak inside that window is then a second alarm, not part of the first
+        self.watch_while_localising = watch_while_localising
         gap_h = smooth_hours if baseline_gap_hours is None else baseline_gap_hours
         self.baseline_gap_steps = max(0, int(pd.Timedelta(hours=gap_h) / step))
         by_id = {s.sensor_id: s for s in model.sensors}
@@ -246,7 +252,33 @@ class LeakMonitor:
         self.stat_sd[~np.isfinite(self.stat_sd) | (self.stat_sd < 1e-9)] = 1.0
         xz = (xs - self.stat_mu) / self.stat_sd
         self.h = np.maximum(min_threshold, threshold_margin * self._cusum_path(xz).max(axis=0))
+        self.sig_idx: np.ndarray | None = None
+        if "white" in localise_weighting:
+            self._calibrate_whitening(zc)
         self.reset()
+
+    def _calibrate_whitening(self, zc: np.ndarray) -> None:
+        """Whitening of the smoothed pressure residuals by their leak-free covariance, for localisation.
+
+        Pressures move together with demand and tanks; matching leak signatures in whitened
+        coordinates counts that shared swing once instead of once per logger, so the local drop
+        a leak causes decides the ranking."""
+        if self.matrix is None:
+            return
+        col = {m.sensor_id: j for j, m in enumerate(self.matrix.sensors)}
+        idx = [i for i, s in enumerate(self.target_sensors) if s.kind == "pressure" and s.sensor_id in col]
+        if len(idx) < 3:
+            return
+        self.sig_idx = np.array(idx)
+        scale = (self.model.sigma * self.orientation)[self.sig_idx]
+        hist = _running_mean(np.nan_to_num(zc[:, self.sig_idx] * scale), self.smooth_steps)[self.smooth_steps - 1:]
+        cov = np.cov(hist.T)
+        # shrunk toward the diagonal: a few days of history estimate a dozen correlations loosely
+        cov = 0.9 * cov + 0.1 * np.diag(np.diag(cov)) + 1e-9 * np.eye(len(idx))
+        self.sig_white = np.linalg.cholesky(np.linalg.inv(cov))
+        sig = self.matrix.per_m3h[:, [col[self.target_sensors[i].sensor_id] for i in idx]]
+        self.sig_matrix = SensitivityMatrix([self.target_sensors[i] for i in idx], self.matrix.pipes,
+                                            sig @ self.sig_white, self.matrix.network_hash)
 
     # ---- setup -------------------------------------------------------------------------
     def _orientation(self) -> np.ndarray:
@@ -342,7 +374,8 @@ class LeakMonitor:
             self.resid.append(r)
             i = self.row
             self.row += 1
-            self.xbuf.append(self._stat_values(self._oriented(r - self.offset)[None, :])[0])
+            z = self._oriented(r - self.offset)
+            self.xbuf.append(self._stat_values(z[None, :])[0])
             if len(self.xbuf) > self.smooth_steps:
                 self.xbuf.pop(0)
             x = (np.mean(self.xbuf, axis=0) - self.stat_mu) / self.stat_sd
@@ -356,9 +389,28 @@ class LeakMonitor:
                 if over.any():
                     j = int(np.argmax(self.cusum / self.h))
                     name, dma, _ = self.stats[j]
-                    ev = LeakEvent("", t, name, dma, onset_at=self.times[self.last_zero[j]])
-                    self.pending.append(_Pending(ev, int(self.last_zero[j]), i))
-                    self.blind_until = i + self.localise_steps
+                    onset = int(self.last_zero[j])
+                    if self.watch_while_localising:
+                        # an open window ends where the new change began
+                        for p in list(self.pending):
+                            self.pending.remove(p)
+                            done = self._localise(p, end_row=max(p.alarm_row + 1, onset))
+                            if done is not None and all(done is not o for o in out):
+                                out.append(done)
+                    ev = LeakEvent("", t, name, dma, onset_at=self.times[onset])
+                    pend = _Pending(ev, onset, i)
+                    if self.watch_while_localising:
+                        # the level now, over the running-mean window the alarm looked at
+                        level = np.nanmean(np.array(self.resid[max(onset, i + 1 - self.smooth_steps):]), axis=0)
+                        level = np.where(np.isfinite(level), level, self.offset)
+                        pend.base = self.offset.copy()
+                        self._fill_candidates(ev, level - pend.base)
+                        self._rebase(level)
+                    else:
+                        self._fill_candidates(ev, self._change(pend, i + 1))
+                        self.blind_until = i + self.localise_steps
+                    # candidates at once from what the alarm saw; refined when the window is full
+                    self.pending.append(pend)
             for p in list(self.pending):
                 if i - p.alarm_row >= self.localise_steps:
                     self.pending.remove(p)
@@ -380,9 +432,15 @@ class LeakMonitor:
     def _suppressed(self, t: pd.Timestamp) -> bool:
         return any(a <= t <= b for a, b in self.suppress)
 
-    def _localise(self, p: _Pending) -> LeakEvent | None:
-        window = np.array(self.resid[p.alarm_row:])
+    def _after(self, p: _Pending, end_row: int) -> np.ndarray:
+        window = np.array(self.resid[p.alarm_row:end_row])
+        if not len(window):  # an alarm on its own row: what the CUSUM saw since the onset
+            window = np.array(self.resid[p.onset_row:end_row])
         after = np.nanmean(window, axis=0) if len(window) else np.zeros_like(self.offset)
+        return np.where(np.isfinite(after), after, self.offset)
+
+    def _change(self, p: _Pending, end_row: int, *, provisional: bool = True) -> np.ndarray:
+        """Mean residual after the alarm (or, `provisional`, since the onset) minus the mean before the onset."""
         # the change is measured against the hours just before its onset rather than against the
         # learned expectation alone: slow drifts of the expectation (and an earlier leak) cancel
         # the smoothed CUSUM leaves zero up to `smooth_hours` after the change began, so the
@@ -394,13 +452,35 @@ class LeakMonitor:
             before = np.where(np.isfinite(before), before, self.offset)
         else:
             before = self.offset
-        change = after - before
-        ev = p.event
-        ev.localised_at = self.times[-1]
-        # the leak's pattern becomes the new normal: the next alarm must be a new change
-        self.offset = after
+        if p.base is not None:
+            return self._after(p, end_row) - p.base
+        if provisional:
+            window = np.array(self.resid[p.onset_row:end_row])
+            after = np.nanmean(window, axis=0) if len(window) else before
+            after = np.where(np.isfinite(after), after, before)
+        else:
+            after = self._after(p, end_row)
+        return after - before
+
+    def _rebase(self, offset: np.ndarray) -> None:
+        """A new normal level: CUSUMs restart from zero and the running mean is recomputed against it."""
+        self.offset = np.where(np.isfinite(offset), offset, self.offset)
         self.cusum[:] = 0.0
-        self.xbuf = []
+        self.last_zero[:] = self.row - 1
+        self.xbuf = [self._stat_values(self._oriented(r - self.offset)[None, :])[0]
+                     for r in self.resid[-self.smooth_steps:]]
+
+    def _localise(self, p: _Pending, end_row: int | None = None) -> LeakEvent | None:
+        end_row = len(self.resid) if end_row is None else end_row
+        after = self._after(p, end_row)
+        change = self._change(p, end_row, provisional=False)
+        ev = p.event
+        ev.localised_at = self.times[end_row - 1]
+        # the leak's pattern becomes the new normal: the next alarm must be a new change
+        if not self.watch_while_localising:  # (watching, the CUSUMs run against the level at the alarm)
+            self.offset = after
+            self.cusum[:] = 0.0
+            self.xbuf = []
         # a growing leak repeats its own pressure pattern; the water balance moves with every leak,
         # so only the pressure pattern's shape (centred) tells whether this is a known leak
         pattern = self._pressure_shape(change)
@@ -446,7 +526,12 @@ class LeakMonitor:
                 r[col[s.sensor_id]] = change[i]
                 spread = self.model.spread if self.model.spread is not None else self.model.sigma
                 sig[col[s.sensor_id]] = spread[i] if "sigma" in self.localise_weighting else 1.0
-        ev.candidates = localise(self.matrix, r, sig, self.net, centre="centre" in self.localise_weighting)
+        if "white" in self.localise_weighting and self.sig_idx is not None:
+            # pressures whitened by their leak-free covariance (a shared swing counts once, not per logger)
+            rw = np.nan_to_num(change[self.sig_idx]) @ self.sig_white
+            ev.candidates = localise(self.sig_matrix, rw, np.ones(len(rw)), self.net)
+        else:
+            ev.candidates = localise(self.matrix, r, sig, self.net, centre="centre" in self.localise_weighting)
         bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
         if bal and change[bal[0]] > 0:
             ev.flow_m3h = float(change[bal[0]])

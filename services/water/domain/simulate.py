@@ -124,8 +124,10 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
                         "sensors": {"drain_level": f"dl-{c.catchment_id}", "river_level": f"rl-{c.catchment_id}",
                                     "rain": f"rg-{c.catchment_id}"}} for c in catchments],
         "operations": [],
-        # a demo has hours, not weeks: shorter windows than the batch defaults (12 h, 24 h)
-        "monitor": {"smooth_hours": 2.0, "localise_hours": 4.0, "threshold_margin": 1.5},
+        # a demo has hours, not weeks: shorter windows than the batch defaults (12 h, 24 h); two leaks a few
+        # hours apart, so the CUSUMs keep watching while the first one's window fills
+        "monitor": {"smooth_hours": 2.0, "localise_hours": 2.0, "threshold_margin": 1.5,
+                    "watch_while_localising": True, "localise_weighting": "white"},
         "training": {"leak_free_until": (start + pd.Timedelta(hours=0.4 * hours)).isoformat(),
                      "history": "services.water.domain.simulate.leak_free_history(config, start, days, seed)"},
         "timing": {"incipient_leak_start": "start + 0.42*hours (ramp 0.1*hours)",
