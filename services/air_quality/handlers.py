@@ -62,8 +62,16 @@ SEVERITY_OF_LEVEL = {"III": ("minor", "yellow"), "IV": ("major", "orange"), "V":
 TRACE_WAIT_H = 12.0
 # a traced source must explain at least this much of the station's value to be named
 MIN_CONTRIBUTION_UGM3 = 5.0
+# a station's source trace is open from its first hour above the PM2.5 threshold until this many
+# consecutive hours below it: a plume meanders across a station, and a dip of an hour is the same episode
+TRACE_CLOSE_H = 2
 # how far (robust z among the peers) a sensor's gain change must stand out to count as a drift
-DRIFT_Z = 4.5
+DRIFT_Z = 5.0
+# ... and how far every earlier block of the drift window must stand out on the same side (a drift lasts)
+DRIFT_HOLD_Z = 3.0
+# readings this close (hours) to a station's exceedance hour are left out of the drift check: a plume crossing a
+# sensor but not its reference station (or the reverse) is not a calibration problem
+DRIFT_PLUME_MARGIN_H = 2.0
 POLLUTANT_NAME = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2", "o3": "O3"}
 
 
@@ -113,6 +121,24 @@ class _Station:
     aqi_24h: dict[str, Any] | None = None
 
 
+def _hour_value(st: _Station, times: pd.DatetimeIndex, quantity: str,
+                exclude: frozenset[pd.Timestamp] = frozenset()) -> np.ndarray:
+    """The station's hourly value covering each time: its latest report at or before it, within the hour.
+
+    Station hours are stamped at whatever minute the network reports (the simulator starts at any
+    minute), so a reading at 10:05 belongs to the 09:39 report, not to a 10:00 that never comes."""
+    keys = sorted(st.hours)
+    out = np.full(len(times), np.nan)
+    if not keys or len(times) == 0:
+        return out
+    hours = pd.DatetimeIndex(keys)
+    i = hours.searchsorted(times, side="right") - 1
+    for k in np.flatnonzero(i >= 0):
+        if times[k] - hours[i[k]] < pd.Timedelta(hours=1) and keys[i[k]] not in exclude:
+            out[k] = st.hours[keys[i[k]]].get(quantity, np.nan)
+    return out
+
+
 @dataclass
 class _LowCost:
     sensor_id: str
@@ -135,6 +161,8 @@ class _Episode:
     top_source: str | None = None  # the settled top source (two traced hours agree)
     tops: list[str | None] = field(default_factory=list)  # top source of each traced hour
     tasks: set[str] = field(default_factory=set)
+    atts: list[Any] = field(default_factory=list)  # the traced hours that named a source
+    below_h: int = 0  # consecutive hours under the tracing threshold (a trace closes after TRACE_CLOSE_H)
 
 
 @dataclass
@@ -166,11 +194,15 @@ class AirService:
         self.sources = pd.DataFrame(air.get("sources", []), columns=["source_id", "kind", "lat", "lon", "height_m",
                                                                      "district"])
         self.reference_ids = set(air.get("reference_stations", []))
+        self.lowcost_step = pd.Timedelta(minutes=float(air.get("lowcost_step_min", 10)))
         self.calibration_until = _ts(air["calibration_until"]) if air.get("calibration_until") else None
         self.out_dir = settings.air_state_dir
         self.stations: dict[str, _Station] = {}
         self.lowcost: dict[str, _LowCost] = {}
         self.episodes: dict[str, _Episode] = {}  # dedup key -> open episode
+        # station -> open source trace: tracing follows the PM2.5 exceedance itself, not the AQI alert, whose
+        # hysteresis (on 150 / off 130) can clear and re-raise within one plume and would split its hours
+        self.traces: dict[str, _Episode] = {}
         self.pending_traces: list[tuple[_Episode, str, pd.Timestamp]] = []  # (episode, station, hour)
         self.wind: dict[str, tuple[pd.Timestamp, float, float]] = {}  # sensor -> (t, from_deg, speed)
         self.nowcast_wind: tuple[pd.Timestamp, float | None, float | None] | None = None
@@ -267,25 +299,34 @@ class AirService:
         if change == "raised":
             ep = self.episodes[key] = _Episode(t, stable_id(key, t.isoformat()), r.aqi)
             out.append(self._alert(st, t, r, conc, ep, "raised"))
-            if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
-                self.pending_traces.append((ep, st.station_id, t))
         elif ep is not None and change is None:
             ep.peak_aqi = max(ep.peak_aqi, r.aqi)
-            # keep tracing while the exceedance lasts: the plume's signal builds up over the hours
-            if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
-                self.pending_traces.append((ep, st.station_id, t))
         elif change == "cleared" and ep is not None:
             out.append(self._alert(st, t, r, conc, ep, "cleared"))
-            if ep.top_source is not None:
-                out.append(self._source_alert(st, t, ep, None))
             del self.episodes[key]
+        self._trace_hour(st, t, conc)
         return out
+
+    def _trace_hour(self, st: _Station, t: pd.Timestamp, conc: dict[str, float]) -> None:
+        """Open or extend the station's source trace on a PM2.5 exceedance; count the hours under it."""
+        tr = self.traces.get(st.station_id)
+        if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
+            if tr is None:
+                key = f"air:source:{st.station_id}"
+                tr = self.traces[st.station_id] = _Episode(t, stable_id(key, t.isoformat()), 0)
+            tr.below_h = 0
+            # trace every exceedance hour: the plume's signal across stations builds up over the hours
+            self.pending_traces.append((tr, st.station_id, t))
+        elif tr is not None:
+            tr.below_h += 1
 
     async def _run_traces(self) -> list[Output]:
         """Trace the pending station-hours whose hour every live station has reported (partitions progress
         unevenly; tracing on a half-reported hour would rank sources on whoever happened to arrive)."""
-        if not self.pending_traces or self.clock is None:
+        if self.clock is None:
             return []
+        if not self.pending_traces:
+            return await self._close_traces() if self.traces else []
         lasts = [st.last_hour for st in self.stations.values() if st.last_hour is not None]
         complete = min(lasts) if lasts else self.clock
         # a station that stays silent may not hold tracing back for more than a few hours
@@ -300,6 +341,22 @@ class AirService:
             out += await self._trace(st, t)
             out += await self._settle(st, t, ep)
         self.pending_traces = waiting
+        return out + await self._close_traces()
+
+    async def _close_traces(self) -> list[Output]:
+        """Name the source of a short exceedance, end the traces that stayed under the threshold long
+        enough; only traces with no hour left to trace."""
+        busy = {id(ep) for ep, _, _ in self.pending_traces}
+        out: list[Output] = []
+        for sid, tr in list(self.traces.items()):
+            if tr.below_h >= 1 and tr.top_source is None and tr.atts and id(tr) not in busy:
+                st = self.stations[sid]
+                out += await self._settle_short(st, st.last_hour, tr)
+            if tr.below_h >= TRACE_CLOSE_H and id(tr) not in busy:
+                st = self.stations[sid]
+                if tr.top_source is not None and st.last_hour is not None:
+                    out.append(self._source_alert(st, st.last_hour, tr, None))
+                del self.traces[sid]
         return out
 
     def _alert(self, st: _Station, t: pd.Timestamp, r, conc: dict[str, float], ep: _Episode, status: str) -> Output:
@@ -312,8 +369,9 @@ class AirService:
                     "primary": list(r.primary), "concentrations_ugm3": {k: round(v, 1) for k, v in conc.items()},
                     "on": self.on, "off": self.off, "episode_start": ep.start.isoformat(), "peak_aqi": ep.peak_aqi,
                     "aqi_24h": (st.aqi_24h or {}).get("aqi")}
-        if ep.top_source is not None:
-            evidence["top_source_id"] = ep.top_source
+        tr = self.traces.get(st.station_id)
+        if tr is not None and tr.top_source is not None:
+            evidence["top_source_id"] = tr.top_source
         if status == "cleared":
             alert = Alert(
                 alert_id=ep.alert_id, domain="air", kind="aqi_exceedance", severity="info", status="cleared",
@@ -396,16 +454,39 @@ class AirService:
             c = att.contributions[0]
             top = c["source_id"] if c["contribution"] >= MIN_CONTRIBUTION_UGM3 else None
         ep.tops.append(top)
+        if top is not None:
+            ep.atts.append(att)
         if top is None or len(ep.tops) < 2 or ep.tops[-2] != top or ep.top_source == top:
             return []
-        ep.top_source = top
+        return await self._name_source(st, t, ep, att)
+
+    async def _name_source(self, st: _Station, t: pd.Timestamp, ep: _Episode, att: SourceAttribution) -> list[Output]:
+        ep.top_source = att.contributions[0]["source_id"]
         out = [self._source_alert(st, t, ep, att)]
-        out += await self._inspection_task(st, t, ep)
+        out += await self._inspection_task(st, t, ep, att)
         return out
+
+    async def _settle_short(self, st: _Station, t: pd.Timestamp, ep: _Episode) -> list[Output]:
+        """An exceedance that ended before two traced hours could agree is still traced: the source
+        with the largest contribution summed over its traced hours is named, once the station is back
+        under the threshold (a single-hour plume peak is what a short episode looks like at a station)."""
+        total: dict[str, float] = {}
+        for a in ep.atts:
+            for c in a.contributions:
+                total[c["source_id"]] = total.get(c["source_id"], 0.0) + float(c["contribution"])
+        best = max(total, key=lambda k: total[k])
+        att = next((a for a in reversed(ep.atts) if a.contributions[0]["source_id"] == best), None)
+        if att is None:
+            return []
+        return await self._name_source(st, t, ep, att)
+
+    @staticmethod
+    def _source_alert_id(st: _Station, ep: _Episode) -> str:
+        return stable_id(f"air:source:{st.station_id}", ep.top_source, ep.start.isoformat())
 
     def _source_alert(self, st: _Station, t: pd.Timestamp, ep: _Episode, att: SourceAttribution | None) -> Output:
         key = f"air:source:{st.station_id}"
-        alert_id = stable_id(key, ep.top_source, ep.start.isoformat())
+        alert_id = self._source_alert_id(st, ep)
         where_zh, where_en = f"{st.district or '市区'} 站点 {st.station_id}", f"station {st.station_id}"
         if att is None:
             alert = Alert(alert_id=alert_id, domain="air", kind="pollution_source", severity="info", status="cleared",
@@ -416,10 +497,11 @@ class AirService:
                           location=GeoPoint(lat=st.lat, lon=st.lon), district=st.district, dedup_key=key,
                           raised_at=t.to_pydatetime(),
                           evidence={"observed_at": t.isoformat(), "station_id": st.station_id,
-                                    "top_source_id": ep.top_source, "episode_alert_id": ep.alert_id})
+                                    "top_source_id": ep.top_source, "trace_id": ep.alert_id})
             return alert_output(alert, source=SOURCE)
         c = att.contributions[0]
         src = self.sources[self.sources["source_id"] == c["source_id"]].iloc[0]
+        aqi_ep = self.episodes.get(f"air:aqi:{st.station_id}")
         alert = Alert(
             alert_id=alert_id, domain="air", kind="pollution_source", severity="minor",
             title_zh=f"溯源结果：{where_zh} 超标首要来源 {c['source_id']}",
@@ -433,17 +515,16 @@ class AirService:
             raised_at=t.to_pydatetime(),
             evidence={"observed_at": t.isoformat(), "station_id": st.station_id, "top_source_id": c["source_id"],
                       "top_source_kind": str(src.kind), "contribution_ugm3": c["contribution"],
-                      "confidence": c["confidence"], "observed_ugm3": att.observed, "episode_alert_id": ep.alert_id,
+                      "confidence": c["confidence"], "observed_ugm3": att.observed, "trace_id": ep.alert_id,
+                      "aqi_alert_id": aqi_ep.alert_id if aqi_ep else None,
                       "episode_start": ep.start.isoformat(), "hourly_top_sources": list(ep.tops),
                       "attribution": att.contributions[:3]})
         return alert_output(alert, source=SOURCE)
 
-    async def _inspection_task(self, st: _Station, t: pd.Timestamp, ep: _Episode) -> list[Output]:
+    async def _inspection_task(self, st: _Station, t: pd.Timestamp, ep: _Episode,
+                               att: SourceAttribution) -> list[Output]:
         from services.air_quality.domain.tasks import inspection_task
 
-        att = self.latest_attribution.get(st.station_id)
-        if att is None or _ts(att.at) != t or not att.contributions:
-            return []
         top = att.contributions[0]
         src = self.sources[self.sources["source_id"] == top["source_id"]].iloc[0]
         task_id = stable_id("air:inspect_source", top["source_id"], ep.alert_id)
@@ -462,7 +543,8 @@ class AirService:
             task_id=task_id, kind="inspect_source", domain="air", priority=it.priority, title_zh=it.title_zh,
             title_en=it.title_en, description_zh=it.body_zh, description_en=it.body_en,
             location=GeoPoint(lat=it.lat, lon=it.lon), district=src.district if isinstance(src.district, str) else None,
-            required_skills=["air_inspection"], related_alert_id=ep.alert_id, created_at=t.to_pydatetime(),
+            required_skills=["air_inspection"], related_alert_id=self._source_alert_id(st, ep),
+            created_at=t.to_pydatetime(),
             due_at=(t + pd.Timedelta(hours=4)).to_pydatetime(),
             evidence={"observed_at": t.isoformat(), "source_id": top["source_id"], "source_kind": str(src.kind),
                       "station_id": st.station_id, "observed_ugm3": round(att.observed, 1),
@@ -523,8 +605,30 @@ class AirService:
         x, y = to_local_xy_m(la, lo, lat, lon)
         return self.stations[ids[int(np.argmin(np.hypot(x, y)))]]
 
-    def _pairs(self, s: _LowCost, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None):
-        """(times, raw, rh, temp, reference pm25 of the nearest station in the same hour) of a sensor."""
+    def _disturbed_hours(self) -> dict[str, frozenset[pd.Timestamp]]:
+        """Per station, the hours a local plume lifted it away from the rest of the network.
+
+        A low-cost sensor is compared with its nearest reference station; while a plume crosses
+        that station but not the sensor, the comparison says nothing about the sensor (this made a
+        demo flag every sensor around the episode's station as drifting). A station is disturbed when
+        its difference to the network median leaves its usual band by more than 3 robust sigma and
+        15 µg/m³."""
+        rows = {sid: {h: v["pm25"] for h, v in st.hours.items() if "pm25" in v} for sid, st in self.stations.items()}
+        table = pd.DataFrame(rows)
+        if table.shape[1] < 3 or table.empty:
+            return {}
+        diff = table.sub(table.median(axis=1), axis=0)
+        until = self.calibration_until
+        usual = diff[diff.index <= until] if until is not None and (diff.index <= until).sum() >= 6 else diff
+        base = usual.median()
+        spread = 1.4826 * (usual - base).abs().median()
+        bad = (diff - base).abs().gt(np.maximum(3 * spread, 15.0), axis=1)
+        return {sid: frozenset(bad.index[bad[sid].to_numpy()]) for sid in bad.columns if bad[sid].any()}
+
+    def _pairs(self, s: _LowCost, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None,
+               exclude: dict[str, frozenset[pd.Timestamp]] | None = None):
+        """(times, raw, rh, temp, reference pm25 of the nearest station in the same hour) of a sensor;
+        the reference is NaN in `exclude`d station hours."""
         ref = self.stations.get(s.reference or "")
         if ref is None:
             return None
@@ -533,7 +637,7 @@ class AirService:
         if len(r) == 0:
             return None
         times = pd.DatetimeIndex(r[:, 0])
-        refv = np.array([ref.hours.get(h, {}).get("pm25", np.nan) for h in times.floor("h")], dtype=float)
+        refv = _hour_value(ref, times, "pm25", (exclude or {}).get(ref.station_id, frozenset()))
         return times, r[:, 1].astype(float), r[:, 2].astype(float), r[:, 3].astype(float), refv
 
     def _calibration_due(self) -> bool:
@@ -546,10 +650,11 @@ class AirService:
     def _calibration_pairs(self, until: pd.Timestamp) -> dict[str, tuple]:
         """Each sensor's training pairs up to `until`, copied on the event loop (the fit runs in a thread)."""
         pairs = {}
+        disturbed = self._disturbed_hours()
         for s in self.lowcost.values():
             st = self._nearest_station(s.lat, s.lon)
             s.reference = st.station_id if st else None
-            p = self._pairs(s, until=until)
+            p = self._pairs(s, until=until, exclude=disturbed)
             if p is not None:
                 pairs[s.sensor_id] = p[1:]
                 raw, rh, temp, ref = p[1:]
@@ -654,7 +759,9 @@ class AirService:
         if self.forecaster is None:
             return []
         mark = self.watermark()
-        issue = mark.floor("h") if mark is not None else None
+        # the newest station hour every station has had the chance to report (hours carry the network's minute)
+        done = sorted({h for st in self.stations.values() for h in st.hours if mark is not None and h <= mark})
+        issue = done[-1] if done else None
         if issue is None or (self.forecast_issued is not None and issue <= self.forecast_issued):
             return []
         model = self.forecaster
@@ -818,7 +925,7 @@ class AirService:
 
     def _drift_tasks(self) -> list[Output]:
         """A `calibrate_sensor` task for a low-cost sensor whose calibration no longer holds (once per sensor)."""
-        from services.air_quality.domain.calibration import drift_flags
+        from services.air_quality.domain.calibration import peer_drift
 
         if not self.calibrated or self.clock is None:
             return []
@@ -827,72 +934,67 @@ class AirService:
             return []
         self.drift_checked = mark
         # A drift is a change of the sensor's gain against its reference that its peers do not share:
-        # log(raw/ref) minus the network median at the same time, minus the same quantity while the
-        # calibration was fitted. Humidity growth is common to all sensors and cancels; the xgboost
-        # calibration is not used here because trees cannot extrapolate beyond the fitted weather.
+        # log(raw/ref) minus the same while the calibration was fitted, judged against the other sensors
+        # over the last hours of comparable data (calibration.peer_drift). Humidity growth is common to all
+        # sensors and cancels; the xgboost calibration is not used here because trees cannot extrapolate
+        # beyond the fitted weather. Plume hours are left out: station hours a local plume lifted away
+        # from the network, and every reading near an exceedance hour of any station.
         logs: dict[str, pd.Series] = {}
+        disturbed = self._disturbed_hours()
+        thr = float(self.thresholds["pm25"])
+        exceed = pd.DatetimeIndex(sorted({h for st in self.stations.values() for h, v in st.hours.items()
+                                          if v.get("pm25", 0.0) > thr}))
+        margin = pd.Timedelta(hours=DRIFT_PLUME_MARGIN_H)
+        since = max(self.calibration_until or mark, mark - pd.Timedelta(hours=24))
         for s in self.lowcost.values():
             if s.calibration is None or s.task_id is not None or s.train_log_ratio is None:
                 continue
-            p = self._pairs(s, since=self.calibration_until, until=mark)
+            p = self._pairs(s, since=since, until=mark, exclude=disturbed)
             if p is None:
                 continue
             times, raw, _, _, ref = p
             ok = np.isfinite(ref) & (ref > 1.0) & (raw > 1.0)
-            if ok.sum() < 24:
+            if len(exceed):
+                i = exceed.searchsorted(times)
+                after, before = exceed[np.minimum(i, len(exceed) - 1)], exceed[np.maximum(i - 1, 0)]
+                ok &= np.asarray(np.minimum(abs(times - after), abs(times - before)) > margin)
+            if ok.sum() < 12:
                 continue
-            logs[s.sensor_id] = pd.Series(np.log(raw[ok] / ref[ok]), index=times[ok]).iloc[-60:]
+            # on the network's reporting step, so the peers' readings line up row by row
+            e = pd.Series(np.log(raw[ok] / ref[ok]) - s.train_log_ratio, index=times[ok].floor(self.lowcost_step))
+            logs[s.sensor_id] = e.groupby(level=0).mean()
         if len(logs) < 3:
             return []
-        table = pd.DataFrame(logs)
-        train = pd.Series({sid: self.lowcost[sid].train_log_ratio for sid in table.columns})
-        factor = table.sub(table.median(axis=1), axis=0) - (train - train.median())
-        f = factor.to_numpy()
-        spread = float(1.4826 * np.nanmedian(np.abs(f - np.nanmedian(f))))
-
-        def peer_z(window: pd.DataFrame) -> pd.Series:
-            # medians over 6 h: a plume crossing one sensor for an hour or two is not a drift
-            rec = window.median()
-            med = float(rec.median())
-            return (rec - med) / max(float(1.4826 * (rec - med).abs().median()), 0.02)
-
-        # a drift must stand out among the peers now and two hours ago (a drift lasts, a plume passes)
-        z_now, z_before = peer_z(factor.iloc[-36:]), peer_z(factor.iloc[-48:-12])
+        rows = max(int(pd.Timedelta(hours=2) / self.lowcost_step), 1)
+        verdict = peer_drift(pd.DataFrame(logs).sort_index(), blocks=2, block_rows=rows, z_drift=DRIFT_Z,
+                             z_hold=DRIFT_HOLD_Z)
         out = []
-        for sid, e in factor.items():
+        for sid, row in verdict[verdict["flagged"].astype(bool)].iterrows():
             s = self.lowcost[sid]
-            e = e.dropna()
-            if len(e) < 48:
-                continue
-            sd = max(spread, 0.02)
-            flags = drift_flags(e.to_numpy(), np.zeros(len(e)), sd)
-            z, zb = float(z_now[sid]), float(z_before[sid])
-            if not flags[-6:].all() or abs(z) < DRIFT_Z or abs(zb) < DRIFT_Z or z * zb < 0:
-                continue
-            times = e.index
-            gain = float(np.exp(e.iloc[-36:].median()))
-            ref_now = self.stations[s.reference].hours.get(times[-1].floor("h"), {}).get("pm25", np.nan)
-            cal, ref = np.array([ref_now * gain]), np.array([ref_now])
-            t = times[-1]
-            bias = float(np.mean(cal - ref))
+            z, z_first = float(row["z_last"]), float(row["z_first"])
+            t = logs[sid].index[-1]
+            gain = float(np.exp(row["log_factor"]))
+            ref_now = float(_hour_value(self.stations[s.reference], pd.DatetimeIndex([t]), "pm25")[0])
+            bias = ref_now * (gain - 1) if np.isfinite(ref_now) else float("nan")
             s.task_id = stable_id("air:calibrate_sensor", s.sensor_id, t.isoformat())
             task = FieldTask(
                 task_id=s.task_id, kind="calibrate_sensor", domain="air", priority="normal",
                 title_zh=f"低成本传感器校准：{s.sensor_id}", title_en=f"Recalibrate low-cost sensor {s.sensor_id}",
-                description_zh=f"{s.sensor_id} 相对参考站 {s.reference} 的增益较校准时变化为 {gain:.2f} 倍（扣除全网共同变化，"
-                               f"当前约 {bias:+.1f} µg/m³），校准已不再有效。请到现场清洁或更换"
+                description_zh=f"{s.sensor_id} 相对参考站 {s.reference} 的响应较校准时变化为 {gain:.2f} 倍（扣除全网共同变化，"
+                               f"已持续 10 小时以上，当前约 {bias:+.1f} µg/m³），校准已不再有效。请到现场清洁或更换"
                                "传感器，并与参考站比对后重新标定；在此之前该传感器不参与网格估算。",
-                description_en=f"After calibration, {s.sensor_id}'s PM2.5 differs from reference station "
-                               f"{s.reference} is now {gain:.2f}× what it was at calibration, beyond what its peers share "
+                description_en=f"{s.sensor_id}'s response to reference station {s.reference} is now {gain:.2f}× "
+                               "what it was at calibration, beyond what its peers share, for 10 hours or more "
                                f"(about {bias:+.1f} µg/m³ now); its calibration no longer holds. Clean or replace "
                                "the sensor on site and recalibrate it against the reference; until then it is "
                                "left out of the grid.",
                 location=GeoPoint(lat=s.lat, lon=s.lon), district=s.district, required_skills=["air_inspection"],
                 created_at=t.to_pydatetime(),
                 evidence={"observed_at": t.isoformat(), "sensor_id": s.sensor_id, "reference_station": s.reference,
-                          "bias_ugm3": round(bias, 2), "gain_change": round(gain, 3),
-                          "log_gain_sd": round(sd, 4), "peer_z": round(z, 2), "resid_sd_ugm3": round(s.calibration.resid_sd, 2),
-                          "readings": int(len(cal)), "n_train": s.calibration.n_train})
+                          "bias_ugm3": round(bias, 2) if np.isfinite(bias) else None, "gain_change": round(gain, 3),
+                          "peer_z": round(z, 2), "peer_z_10h_ago": round(z_first, 2),
+                          "resid_sd_ugm3": round(s.calibration.resid_sd, 2), "readings": int(len(logs[sid])),
+                          "n_train": s.calibration.n_train})
             out.append(task_output(task, source=SOURCE))
             key = f"air:calibration:{s.sensor_id}"
             alert = Alert(

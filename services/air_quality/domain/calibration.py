@@ -53,3 +53,34 @@ def drift_flags(calibrated, reference, resid_sd: float, *, window: int = 48, k: 
     n = err.notna().astype(float).rolling(window, min_periods=1).sum()
     se = np.maximum(resid_sd, 1e-6) / np.sqrt(np.maximum(n, 1.0)) + 0.25 * resid_sd
     return (mean.abs() > k * se).fillna(False).to_numpy()
+
+
+def peer_drift(log_ratio: pd.DataFrame, *, blocks: int = 3, block_rows: int = 12, z_drift: float = 4.5,
+               z_hold: float = 1.5, floor: float = 0.03, min_readings: int = 4) -> pd.DataFrame:
+    """Which sensors drift: `log_ratio` is time × sensor of log(raw / what the calibration expects),
+    on a common time step (rows), with the hours to ignore (plumes) already left out.
+
+    What all sensors share at a time (weather the calibration does not capture, a regional change the
+    reference stations do not see) is removed by the median over sensors. The rest is summarised
+    per block of `block_rows` rows, the last `blocks` blocks of rows, as a robust z among the peers.
+    A sensor drifts when its newest block stands out by `z_drift` and every block stands out (by
+    `z_hold`) on the same side: a drift lasts, while a plume or a bad hour comes and goes.
+    Returns per sensor: z of the newest and of the oldest block, the newest block's log factor, flagged."""
+    cols = ["z_last", "z_first", "log_factor", "flagged"]
+    dev = log_ratio[log_ratio.notna().sum(axis=1) >= 3]
+    if dev.empty or dev.shape[1] < 3 or len(dev) < blocks * block_rows:
+        return pd.DataFrame(columns=cols)
+    dev = dev.sub(dev.median(axis=1), axis=0)
+    zs, meds = [], []
+    for k in range(blocks):
+        part = dev.iloc[len(dev) - (k + 1) * block_rows:len(dev) - k * block_rows]
+        m = part.median().where(part.notna().sum() >= min_readings)
+        centre = float(m.median())
+        spread = max(float(1.4826 * (m - centre).abs().median()), floor)
+        zs.append((m - centre) / spread)
+        meds.append(m)
+    z = pd.DataFrame(zs)  # block (0 = newest) × sensor
+    last = z.iloc[0]
+    same_side = (np.sign(z).eq(np.sign(last), axis=1) & (z.abs() >= z_hold)).all()
+    flagged = (last.abs() >= z_drift) & same_side & z.notna().all()
+    return pd.DataFrame({"z_last": last, "z_first": z.iloc[-1], "log_factor": meds[0], "flagged": flagged})
