@@ -37,7 +37,7 @@ def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = N
     async def streams(stop: asyncio.Event) -> None:
         while not readiness.state.get("db"):
             await asyncio.sleep(0.1)
-        await asyncio.gather(*(c.run(stop) for c in consumers))
+        await asyncio.gather(*(supervise(c, stop) for c in consumers))
 
     async def retention(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -51,6 +51,26 @@ def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = N
     app = health_app("emergency", readiness)
     endpoints.mount(app, s, pool, svc)
     return svc, app, [db_and_reports, streams, retention]
+
+
+async def supervise(consumer, stop: asyncio.Event, backoff_s: float = 1.0) -> None:
+    """Run one stream consumer until `stop`; when Kafka fails it (a commit refused because the group rebalanced
+    while a loaded machine starved the heartbeats, a broker restart), log it and rejoin. The group resumes at
+    its last commit and the handlers skip what they already handled, so nothing is lost or doubled; anything
+    that is not a Kafka error is a bug and still stops the service."""
+    from aiokafka.errors import KafkaError
+
+    while not stop.is_set():
+        try:
+            await consumer.run(stop)
+            return
+        except KafkaError as exc:
+            logger.error("stream consumer failed; rejoining its group", extra={"fields": {
+                "consumer": consumer.name, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}})
+            try:
+                await asyncio.wait_for(stop.wait(), backoff_s)
+            except TimeoutError:
+                pass
 
 
 def run(port: int | None = None) -> int:

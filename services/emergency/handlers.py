@@ -21,6 +21,9 @@ import asyncio
 import dataclasses
 import logging
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,6 +192,7 @@ class EmergencyService:
         self.fits = 0
         self.last_seen: dict[str, pd.Timestamp] = {}  # sensor -> newest observed_at handled
         self.pdf_warned = False
+        self._drawer: ProcessPoolExecutor | None = None
 
     # -- equipment ------------------------------------------------------------------------
 
@@ -332,14 +336,22 @@ class EmergencyService:
     async def handle_personal(self, events: list[dict]) -> list[Output]:
         """Wearable readings from the restricted topic. The topic, not the envelope's type, makes them personal:
         the ingest gateway types a reading by its sensor's domain (`observation.safety`) on whichever topic."""
-        personal = _parse(events, "observation.")
         out: list[Output] = []
-        for o in personal:
+        for o in self._new(_parse(events, "observation.")):
             out += self._worker(o)
-            t = _ts(o.observed_at)
-            if o.sensor_id not in self.last_seen or t > self.last_seen[o.sensor_id]:
-                self.last_seen[o.sensor_id] = t
         out += await self._flush_incidents()
+        return out
+
+    def _new(self, obs: list[Observation]) -> list[Observation]:
+        """The readings not handled yet: after a consumer rejoins (a rebalance under load), Kafka redelivers
+        what came after the last commit, and a worker's or detector's rules must not see a reading twice."""
+        out = []
+        for o in obs:
+            t = _ts(o.observed_at)
+            if o.sensor_id in self.last_seen and t <= self.last_seen[o.sensor_id]:
+                continue
+            self.last_seen[o.sensor_id] = t
+            out.append(o)
         return out
 
     async def handle_safety(self, events: list[dict]) -> list[Output]:
@@ -365,12 +377,8 @@ class EmergencyService:
             t = _ts(o.observed_at)
             if "wind_dir" in v and "wind_speed" in v and (self.observed_wind is None or t >= self.observed_wind[0]):
                 self.observed_wind = (t, float(v["wind_dir"]), float(v["wind_speed"]))
-        for o in fixed:
+        for o in self._new(fixed):
             out += self._gas(o)
-        for o in fixed:
-            t = _ts(o.observed_at)
-            if o.sensor_id not in self.last_seen or t > self.last_seen[o.sensor_id]:
-                self.last_seen[o.sensor_id] = t
         for x in others:
             if isinstance(x, Alert):
                 out += self._cross_domain(x)
@@ -689,27 +697,36 @@ class EmergencyService:
                 tr.needs_report = True
         return out
 
-    def render(self, tr: _Tracked) -> None:
-        """Draw the map PNG and the HTML and PDF report of one incident (blocking: run it in a thread)."""
-        from services.emergency.domain.report import map_png, pdf_unavailable, render_pdf, render_report
-
+    def _render_args(self, tr: _Tracked) -> tuple:
         inc = dataclasses.replace(tr.incident, lat=tr.public_location[0] if tr.public_location else tr.incident.lat,
                                   lon=tr.public_location[1] if tr.public_location else tr.incident.lon)
-        png = map_png(inc, self.city, self.zones, tr.points)
-        _write_atomic(Path(tr.map_path), png)
-        html = render_report(inc, self.city, datetime.now(UTC).isoformat(timespec="seconds"), self.zones, tr.points)
-        pdf_path = Path(tr.report_path).with_suffix(".pdf")
-        _write_atomic(pdf_path.with_suffix(".html"), html.encode("utf-8"))
-        why = pdf_unavailable()
-        if why is not None:
+        return inc, self.city, self.zones, tr.points, tr.map_path, str(Path(tr.report_path).with_suffix(".pdf"))
+
+    def _rendered(self, tr: _Tracked, report_path: str, why_no_pdf: str | None) -> None:
+        tr.report_path = report_path
+        if why_no_pdf is not None and not self.pdf_warned:
             # an image without Pango still files the HTML report; say so once, loudly
-            if not self.pdf_warned:
-                logger.error("incident reports as HTML only: cannot draw PDF", extra={"fields": {"error": why}})
-                self.pdf_warned = True
-            tr.report_path = str(pdf_path.with_suffix(".html"))
-            return
-        # the PDF last: report_path is published only once it exists, and then the page exists too
-        _write_atomic(pdf_path, render_pdf(html))
+            logger.error("incident reports as HTML only: cannot draw PDF", extra={"fields": {"error": why_no_pdf}})
+            self.pdf_warned = True
+
+    def render(self, tr: _Tracked) -> None:
+        """Draw the map PNG and the HTML and PDF report of one incident, here (blocking)."""
+        self._rendered(tr, *render_files(*self._render_args(tr)))
+
+    async def _render_elsewhere(self, tr: _Tracked) -> None:
+        """Draw in a worker process: layout and PDF are pure-Python CPU work that, in a thread, would hold the
+        GIL long enough on a loaded machine for the Kafka heartbeats to lapse and the groups to rebalance."""
+        if self._drawer is None:
+            self._drawer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        try:
+            got = await loop.run_in_executor(self._drawer, render_files, *self._render_args(tr))
+        except BrokenProcessPool:
+            logger.error("report drawer process died; starting a new one", extra={"fields": {
+                "incident": tr.incident.incident_id}})
+            self._drawer = None
+            got = await asyncio.to_thread(render_files, *self._render_args(tr))
+        self._rendered(tr, *got)
 
     async def reporter(self, stop: asyncio.Event, producer, every_s: float = 2.0) -> None:
         """Every few seconds: draw the reports of changed incidents, mark resolved ones reported, publish."""
@@ -721,10 +738,10 @@ class EmergencyService:
                 if stop.is_set():
                     break
                 tr.needs_report = False
-                await asyncio.to_thread(self.render, tr)
+                await self._render_elsewhere(tr)
                 if tr.incident.state == inc_rules.IncidentState.RESOLVED:
                     self._step(tr, "reported", tr.incident.timeline[-1].time, f"report {tr.report_path}")
-                    await asyncio.to_thread(self.render, tr)
+                    await self._render_elsewhere(tr)
                 msg = self.message(tr, with_report=True)
                 steps = [(e.state.value, e.time.to_pydatetime(), e.note) for e in tr.incident.timeline]
                 async with self.pool.connection() as conn:
@@ -737,6 +754,28 @@ class EmergencyService:
                 await asyncio.wait_for(stop.wait(), every_s)
             except TimeoutError:
                 pass
+        if self._drawer is not None:
+            self._drawer.shutdown(wait=False, cancel_futures=True)
+            self._drawer = None
+
+
+def render_files(inc: inc_rules.Incident, city: City, zones: list[Zone], points: list[dict[str, Any]],
+                 map_path: str, pdf_path: str) -> tuple[str, str | None]:
+    """Write an incident's map PNG, HTML report and PDF report; returns (the report's path, why there is no PDF).
+
+    Module-level and free of service state, so a worker process can run it."""
+    from services.emergency.domain.report import map_png, pdf_unavailable, render_pdf, render_report
+
+    _write_atomic(Path(map_path), map_png(inc, city, zones, points))
+    html = render_report(inc, city, datetime.now(UTC).isoformat(timespec="seconds"), zones, points)
+    html_path = Path(pdf_path).with_suffix(".html")
+    _write_atomic(html_path, html.encode("utf-8"))
+    why = pdf_unavailable()
+    if why is not None:
+        return str(html_path), why
+    # the PDF last: report_path is published only once it exists, and then the page exists too
+    _write_atomic(Path(pdf_path), render_pdf(html))
+    return pdf_path, None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
