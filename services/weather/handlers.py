@@ -2,10 +2,11 @@
 
 Hours are SIMULATED time (observed_at). An hour is closed once every live station has reported a
 later hour (`SignalMonitor.watermark`: partitions progress unevenly in a backlog). When hour `h`
-closes:
+closes, in this order:
 
-- signals: district aggregates of the gateway-passed readings -> CMA signals with hysteresis
-  (`SignalBoard`) as alerts (`weather:<signal>:<district>`);
+- signals: district aggregates of the gateway-passed readings, and for the rainstorm also the
+  district's rain nowcast (CMA: rain that "has reached or will reach" the amount) -> CMA signals
+  with hysteresis (`SignalBoard`) as alerts (`weather:<signal>:<district>`);
 - QC: each station's hourly value (mean of its gateway-passed readings, rain summed) is judged by
   `qc_newest_hour` (gross range, step, flat line, the spatial buddy check); a value the gateway
   flagged in at least half of the hour's readings (e.g. a stuck sensor) keeps the gateway's flag.
@@ -154,8 +155,13 @@ class SignalMonitor:
         wm = self.watermark()
         return sorted({h for (_, h) in self.open if wm is not None and h < wm})
 
-    def close_hour(self, h: pd.Timestamp) -> list[Output]:
-        """Signals of hour h from its district aggregates; the board moves to the end of the hour."""
+    def close_hour(self, h: pd.Timestamp, expected_rain: dict[str, list[float]] | None = None) -> list[Output]:
+        """Signals of hour h from its district aggregates; the board moves to the end of the hour.
+
+        expected_rain: per district, the rain nowcast for the coming hours (mm per hour). As in the CMA
+        definitions ("will reach or has reached"), the rainstorm metric takes the wettest 3/6/12-hour
+        window that ends now or later over observed plus expected rain.
+        """
         out: list[Output] = []
         metrics: dict[str, dict[str, float]] = {"rainstorm": {}, "gale": {}, "high_temperature": {}}
         evidence: dict[str, dict] = {}
@@ -168,17 +174,22 @@ class SignalMonitor:
             # rain is mm per 10-min step: district hourly rain = all steps' rain / stations reporting
             n_st = max(len({sid for sid, _ in recs}), 1)
             self.rain[d][h] = float(np.sum(by_q["rain"]) / n_st) if by_q.get("rain") else 0.0
-            acc = {w: sum(v for k, v in self.rain[d].items() if h - pd.Timedelta(hours=w) < k <= h)
-                   for w in (3, 6, 12)}
             for k in [k for k in self.rain[d] if k <= h - pd.Timedelta(hours=12)]:
                 del self.rain[d][k]
+            seen = [self.rain[d].get(h - pd.Timedelta(hours=k), 0.0) for k in range(11, -1, -1)]
+            fut = [max(0.0, float(x)) for x in (expected_rain or {}).get(d, [])]
+            seq = np.array(seen + fut)
+            acc = {w: float(max(seq[e - w:e].sum() for e in range(len(seen), len(seq) + 1))) for w in (3, 6, 12)}
+            # gauges resolve 0.1 mm; rounding keeps sums of fractions from missing a threshold by 1e-12
+            acc = {w: round(v, 2) for w, v in acc.items()}
             metrics["rainstorm"][d] = rainstorm_index(acc[3], acc[6], acc[12])
             if by_q.get("wind_speed"):
                 metrics["gale"][d] = float(np.mean(by_q["wind_speed"]))
             if by_q.get("temp"):
                 metrics["high_temperature"][d] = float(np.mean(by_q["temp"]))
-            evidence[d] = {"rain_3h_mm": round(acc[3], 1), "rain_6h_mm": round(acc[6], 1),
-                           "rain_12h_mm": round(acc[12], 1)}
+            evidence[d] = {"rain_3h_mm": round(sum(seen[-3:]), 1), "rain_6h_mm": round(sum(seen[-6:]), 1),
+                           "rain_12h_mm": round(sum(seen), 1), "rain_expected_mm": [round(x, 1) for x in fut],
+                           "rain_3h_mm_with_nowcast": round(acc[3], 1)}
         for ch in self.board.update(h + pd.Timedelta(hours=1), metrics):
             out.append(alert_output(self._alert(ch, evidence.get(ch.area, {})), source=SOURCE))
         self.last_closed = h if self.last_closed is None else max(self.last_closed, h)
@@ -294,12 +305,22 @@ class WeatherService:
         hours = self.monitor.ready_hours()
         out: list[Output] = []
         for i, h in enumerate(hours):
-            out += self.monitor.close_hour(h)
-            out += await self.close_hour(h, bulletins=i == len(hours) - 1)
+            out += await self.close_hour(h)
+            out += self.monitor.close_hour(h, self.expected_rain())
+            if i == len(hours) - 1:
+                out += await self._bulletins(h, self.grid(passed_only=True))
         return out
 
-    async def close_hour(self, h: pd.Timestamp, *, bulletins: bool = True) -> list[Output]:
-        """QC, sensor-fault alerts, nowcasts and (optionally) bulletins of closed hour h."""
+    def expected_rain(self) -> dict[str, list[float]]:
+        """Per district, the mean of its stations' newest rain nowcasts per horizon (mm per hour)."""
+        per: dict[str, list[list[float]]] = defaultdict(list)
+        for c in self.latest_casts:
+            if c.forecast.variable == "rain" and c.forecast.horizons_h == list(range(1, len(c.forecast.values) + 1)):
+                per[self.meta[c.forecast.station_id][2]].append(c.forecast.values)
+        return {d: [float(x) for x in np.mean(v, axis=0)] for d, v in per.items()}
+
+    async def close_hour(self, h: pd.Timestamp) -> list[Output]:
+        """QC, sensor-fault alerts and nowcasts of closed hour h (signals and bulletins follow in `handle`)."""
         self._aggregate(h)
         raw = self.grid()
         gate = self._gateway_flags.pop(h, {})
@@ -320,8 +341,6 @@ class WeatherService:
         passed = self.grid(passed_only=True)
         await self._maybe_refit(h, passed)
         out += await self._nowcasts(h, passed)
-        if bulletins:
-            out += await self._bulletins(h, passed)
         return out
 
     # ---- hourly values and QC -------------------------------------------------------------------
