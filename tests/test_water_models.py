@@ -62,3 +62,44 @@ def test_demo_burst_and_growing_leak_are_two_leaks(tmp_path):
     assert growing <= leaks[0].detected_at < burst
     assert burst <= leaks[1].detected_at <= start + pd.Timedelta(hours=24)
     assert leaks[0].leak_id != leaks[1].leak_id
+
+
+@pytest.mark.parametrize("seed", [11])
+def test_demo_leak_alarms_name_pipes_near_each_leak(tmp_path, seed):
+    """What the demo judges: each leak's alarm (the alert version a notification service keeps) names the
+    leaking pipe among its candidates, or a top candidate within 300 m. Seed 7 runs through the real
+    stack in test_water_service; this is another city. Fails if the burst after the growing leak is missed."""
+    from services.water.domain import detection
+    from services.water.domain.simulate import check_detection, generate, leak_free_history, network_path
+    from shared.city import default_city
+
+    start = pd.Timestamp("2026-11-26T21:26Z")  # a demo starts at any minute of the day
+    scenario = generate(default_city(), start, 24.0, seed=seed)
+    cfg = scenario.config
+    element = {k: v["element"] for k, v in cfg["sensors"].items()}
+    hist = leak_free_history(cfg, start - pd.Timedelta(days=7), 7, seed=seed + 1000)
+    r = scenario.readings
+    scada = r[r["sensor_id"].isin(cfg["sensors"])].rename(columns={"quantity": "kind"})
+    hist["sensor_id"] = hist["sensor_id"].map(element)
+    scada = scada.assign(sensor_id=scada["sensor_id"].map(element))
+    net = load_network(network_path())
+    train_until = pd.Timestamp(cfg["training"]["leak_free_until"])
+    wide, sensors, step = detection.scada_to_wide(pd.concat([hist, scada[scada["time"] <= train_until]]))
+    sensors = detection.add_water_balance(wide, sensors, net, step)
+    monitor = detection.build_monitor(net, wide.dropna(how="all"), sensors, step, cache_dir=tmp_path, **cfg["monitor"])
+    stream, _, _ = detection.scada_to_wide(scada)
+    detection.add_water_balance(stream, sensors, net, step)
+    stream = stream[stream.index > train_until]
+
+    alarms, seen = [], set()
+    for i in range(len(stream)):  # one 15-minute step at a time, as the service feeds it
+        monitor.update(stream.iloc[i:i + 1])
+        for p in monitor.pending:
+            if id(p) not in seen:
+                seen.add(id(p))
+                alarms.append({"alert_id": f"a{len(alarms)}", "domain": "water", "kind": "leak",
+                               "raised_at": p.event.detected_at.isoformat(),
+                               "evidence": {"candidates": [{"pipe_id": c.pipe_id} for c in p.event.candidates]}})
+    results = {t["scenario"]: check_detection(t, alarms) for t in scenario.truth
+               if t["scenario"] in ("pipe_burst", "incipient_leak")}
+    assert all(r["detected"] for r in results.values()), results

@@ -48,14 +48,21 @@ def _scenario():
 
 
 def _envelopes(specs, readings) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) per reading, built the way the ingest gateway builds them."""
+    """(topic, key, value) per reading, built the way the ingest gateway builds them, with its QARTOD flags
+    (a stopped pump's flat zero flow is flagged; the service must still see it)."""
     from schemas.topics import OBSERVATION_TOPIC
+    from services.ingest.domain.qc import QcConfig, StreamQc
 
+    qc = StreamQc()
     out = []
     for (t, sid), g in readings.groupby(["time", "sensor_id"], sort=True):
         spec = specs[sid]
-        values = {q: {"value": float(v), "unit": spec.quantities[q].unit, "qc": 1, "qc_tests": {}}
-                  for q, v in zip(g["quantity"], g["value"], strict=True)}
+        values = {}
+        for q, v in zip(g["quantity"], g["value"], strict=True):
+            qs = spec.quantities[q]
+            flag, tests = qc.check((sid, q), t.timestamp(), float(v), QcConfig(qs.valid_min, qs.valid_max,
+                                                                                 qs.max_rate_per_h))
+            values[q] = {"value": float(v), "unit": qs.unit, "qc": flag, "qc_tests": tests}
         env = {"event_id": f"{sid}|{t.isoformat()}", "type": "observation.water", "schema_version": 1,
                "source": "test", "occurred_at": t.isoformat(), "ingested_at": t.isoformat(),
                "payload": {"sensor_id": sid, "domain": "water", "kind": spec.kind, "gateway_id": spec.gateway_id,

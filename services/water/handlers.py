@@ -96,9 +96,24 @@ def parse(events: list[dict]) -> tuple[list[Observation], list[StationForecast]]
     return obs, casts
 
 
+# quantities that are legitimately flat for hours: a stopped pump or closed valve (flow), an idle property's
+# meter (demand), a dry spell (rain)
+FLAT_IS_NORMAL = {"flow", "demand", "rain"}
+
+
 def good_values(obs: Observation) -> dict[str, float]:
-    """Only QARTOD pass / not-evaluated values feed the models."""
-    return {q: v.value for q, v in obs.values.items() if v.qc in (1, 2) and math.isfinite(v.value)}
+    """Only QARTOD pass / not-evaluated values feed the models — except a reading of `FLAT_IS_NORMAL` flagged for
+    nothing but a flat line. Without those, the water balance, the pumps' on/off state (what the leak monitor
+    conditions on) and complete SCADA steps would be missing whenever a pump is off."""
+    out = {}
+    for q, v in obs.values.items():
+        if not math.isfinite(v.value):
+            continue
+        flat_only = (q in FLAT_IS_NORMAL and v.qc in (3, 4)
+                     and {k for k, f in v.qc_tests.items() if f in (3, 4)} == {"flat_line"})
+        if v.qc in (1, 2) or flat_only:
+            out[q] = v.value
+    return out
 
 
 @dataclass

@@ -253,8 +253,7 @@ class LeakMonitor:
         xz = (xs - self.stat_mu) / self.stat_sd
         self.h = np.maximum(min_threshold, threshold_margin * self._cusum_path(xz).max(axis=0))
         self.sig_idx: np.ndarray | None = None
-        if "white" in localise_weighting:
-            self._calibrate_whitening(zc)
+        self._calibrate_whitening(zc)
         self.reset()
 
     def _calibrate_whitening(self, zc: np.ndarray) -> None:
@@ -511,9 +510,32 @@ class LeakMonitor:
         known._change = known._change + change
         return known._change
 
-    def _fill_candidates(self, ev: LeakEvent, change: np.ndarray) -> None:
+    def rank_pipes(self, change: np.ndarray, weighting: str | None = None) -> list[LeakCandidate]:
+        """Candidate pipes for a change of the residuals (one value per target sensor), best first.
+
+        `weighting` (default: the monitor's `localise_weighting`): "sigma" weights each pressure by the
+        spread of its held-out residuals; "white" matches in coordinates whitened by the pressures'
+        leak-free covariance (needs the monitor built with it); "nearest" is the naive baseline — the
+        pipes nearest the logger whose pressure fell most, in noise units.
+        """
+        weighting = weighting or self.localise_weighting
         if self.matrix is None:
-            return
+            return []
+        spread = self.model.spread if self.model.spread is not None else self.model.sigma
+        if weighting == "nearest":
+            drop = [(-change[i] / spread[i], s.element) for i, s in enumerate(self.target_sensors)
+                    if s.kind == "pressure" and np.isfinite(change[i])]
+            if not drop:
+                return []
+            node = max(drop)[1]
+            d = self.net.node_distances_m(node)
+            near = sorted(self.matrix.pipes, key=lambda p: min(d.get(n, np.inf) for n in self.net.link_nodes[p])
+                          + self.net.pipe_length_m.get(p, 0.0) / 2)[:10]
+            return [LeakCandidate(p, 0.0, float("nan"), self.net.pipe_distance_m(near[0], p)) for p in near]
+        if "white" in weighting and self.sig_idx is not None:
+            # pressures whitened by their leak-free covariance (a shared swing counts once, not per logger)
+            rw = np.nan_to_num(change[self.sig_idx]) @ self.sig_white
+            return localise(self.sig_matrix, rw, np.ones(len(rw)), self.net)
         col = {m.sensor_id: j for j, m in enumerate(self.matrix.sensors)}
         r = np.full(len(self.matrix.sensors), np.nan)
         sig = np.full(len(self.matrix.sensors), np.nan)
@@ -524,14 +546,13 @@ class LeakMonitor:
         for i, s in enumerate(self.target_sensors):
             if s.sensor_id in col and s.kind == "pressure":
                 r[col[s.sensor_id]] = change[i]
-                spread = self.model.spread if self.model.spread is not None else self.model.sigma
-                sig[col[s.sensor_id]] = spread[i] if "sigma" in self.localise_weighting else 1.0
-        if "white" in self.localise_weighting and self.sig_idx is not None:
-            # pressures whitened by their leak-free covariance (a shared swing counts once, not per logger)
-            rw = np.nan_to_num(change[self.sig_idx]) @ self.sig_white
-            ev.candidates = localise(self.sig_matrix, rw, np.ones(len(rw)), self.net)
-        else:
-            ev.candidates = localise(self.matrix, r, sig, self.net, centre="centre" in self.localise_weighting)
+                sig[col[s.sensor_id]] = spread[i] if "sigma" in weighting else 1.0
+        return localise(self.matrix, r, sig, self.net, centre="centre" in weighting)
+
+    def _fill_candidates(self, ev: LeakEvent, change: np.ndarray) -> None:
+        if self.matrix is None:
+            return
+        ev.candidates = self.rank_pipes(change)
         bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
         if bal and change[bal[0]] > 0:
             ev.flow_m3h = float(change[bal[0]])
