@@ -195,8 +195,8 @@ def _markdown(r: dict) -> str:
         "",
         "What this does and does not remove: the threshold, persistence and smoothing window are no longer tuned "
         "on the scored file. The candidates themselves (the grid, and the rule that leaves lone drifting channels "
-        "out of the test) were designed by people who had seen these experiments, and there is no other SKAB "
-        "valve to check them on; a chosen setting at the edge of the grid (the MSET window) also says the grid "
+        "out of the test) were designed by people who had seen these experiments, and /work/shared/data holds "
+        "no other SKAB recording to check them on; a chosen setting at the edge of the grid (the MSET window) also says the grid "
         "was not designed blind. The service and `cityops emergency detect` keep their defaults (window 10, "
         "threshold 1, 3-of-5); the settings chosen on all 16 are a candidate, not yet shipped.",
     ]
