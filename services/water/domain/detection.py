@@ -16,6 +16,13 @@
    locates it (see localisation.py) and becomes the new baseline, so a second leak is a second
    change. A later alarm whose pressure pattern matches
    a known leak nearby (a slowly growing leak getting bigger) updates that leak instead.
+   Every alarm carries provisional candidates at once (from the hours the alarm saw). With
+   `watch_while_localising` (the city demo: leaks a few hours apart) the CUSUMs restart at the
+   alarm against the level it reached instead of going blind for `localise_hours`, so a second
+   leak inside the window is a second alarm, and each change is measured from that level.
+3. :meth:`LeakMonitor.rank_pipes` ranks pipes for a change: pressures weighted by residual spread
+   (the batch default), whitened by their leak-free covariance (`localise_weighting="white"`, the
+   demo), or the naive nearest-logger baseline the benchmark compares against.
 
 Known operations (tank filling, valve changes) enter as features when they are measured, and
 as explicit suppression windows when they come from config (`suppress`).
