@@ -22,7 +22,9 @@ import pytest
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
 TAG = secrets.token_hex(3)
-START = pd.Timestamp("2026-11-26T00:00Z")
+# not on the hour, as in the demo (its period ends "now"): station hours and low-cost readings must still
+# be matched (an on-the-hour start hid that nothing was calibrated, so no drift could be flagged)
+START = pd.Timestamp("2026-11-26T00:39Z")
 HOURS, SEED = 30, 7
 
 
@@ -136,7 +138,8 @@ async def _run_service(stack_env, db_url, config, state: Path, group: str, last:
                 **{k: (v.readings[-1][0] if v.readings else None) for k, v in svc.lowcost.items()}}
         return (all(seen.get(sid) == t for sid, t in last.items()) and svc.forecaster is not None
                 and svc.calibrated and not svc._bg and svc.forecast_issued is not None and not svc.pending_traces  # noqa: SLF001
-                and svc.latest is not None and svc.latest.valid_at >= max(last.values()) - pd.Timedelta(minutes=10))
+                and svc.latest is not None and svc.latest.valid_at >= max(last.values()) - pd.Timedelta(minutes=10)
+                and svc.drift_check_current())
 
     try:
         deadline = time.monotonic() + timeout_s
@@ -182,7 +185,10 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
 
     svc, pool = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-air-test-{TAG}", last)
     try:
-        assert svc.fits["calibration"] == 1 and svc.fits["forecast"] >= 1
+        assert svc.fits["calibration"] >= 1 and svc.fits["forecast"] >= 1
+        # readings ten minutes apart are matched to station hours stamped at :39; sensors whose partition came
+        # late in the backlog are fitted too
+        assert sum(s.calibration is not None for s in svc.lowcost.values()) >= 55
 
         alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms, lambda v: TAG.encode() in v)
         rows = [a["payload"] for a in alerts]
@@ -192,18 +198,17 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
         source = [a for a in rows if a["kind"] == "pollution_source" and a["status"] == "raised"]
         assert source, "no source was traced during the episode"
         named = source[0]["evidence"]["top_source_id"]
-        # the verdict follows the named source (which source the plume model ranks first is the model's
-        # business, benchmarked in bench/air, and that model is being improved in parallel)
-        assert episode["detected"] == (named == truth[0]["source_id"]), episode
+        # the episode is traced to the simulator's true source, at a station it lifted over the threshold
+        assert named == truth[0]["source_id"] and episode["detected"], episode
         assert episode["delay_min"] is not None and 0 <= episode["delay_min"] <= 300, episode
+        # every drifting low-cost sensor gets a calibration alert, no healthy one does
         drift = [r for t, r in zip(truth, results, strict=True) if t["scenario"] == "sensor_drift"]
-        # the drift grows through the second half and stands out of the peers only near the end of 30 h:
-        # whether the last check catches it is timing-dependent (reported, not asserted); false flags are not
         print("drift detection:", drift)
+        assert all(r["detected"] for r in drift), drift
         calib = [a for a in rows if a["kind"] == "sensor_calibration"]
         drifting = {t["sensor_id"] for t in truth if t["scenario"] == "sensor_drift"}
         false = [a["evidence"]["sensor_id"] for a in calib if a["evidence"]["sensor_id"] not in drifting]
-        assert len(false) <= 2, f"too many false drift flags: {false}"
+        assert not false, f"healthy sensors flagged as drifting: {false}"
 
         aqi = [a for a in rows if a["kind"] == "aqi_exceedance"]
         raised = [a for a in aqi if a["status"] == "raised"]
@@ -217,20 +222,20 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
             assert seq in (["raised"], ["raised", "cleared"]), (key, seq)
             assert len({a["alert_id"] for a in aqi if a["dedup_key"] == key}) == 1
 
-        assert source[0]["evidence"]["hourly_top_sources"][-2:] == [named] * 2
         with psycopg.connect(db_url) as conn:
             ranked = conn.execute(
                 "SELECT at, source_id FROM source_attributions WHERE station_id = %s AND rank = 1 AND at <= %s "
-                "ORDER BY at DESC LIMIT 2", (source[0]["evidence"]["station_id"],
-                                             source[0]["evidence"]["observed_at"])).fetchall()
-        assert [r[1] for r in ranked] == [named, named], ranked
+                "ORDER BY at DESC", (source[0]["evidence"]["station_id"],
+                                     source[0]["evidence"]["observed_at"])).fetchall()
+        # named once two traced hours agree, or, for a shorter exceedance, after it ended
+        assert ranked and named in [r[1] for r in ranked], ranked
 
         tasks = await _read(bootstrap, "cityops.tasks.v1", since_ms, lambda v: TAG.encode() in v)
         inspect = [t["payload"] for t in tasks if t["payload"]["kind"] == "inspect_source"]
         top = [t for t in inspect if t["evidence"]["source_id"] == named]
         assert top, [t["evidence"]["source_id"] for t in inspect]
         task = top[0]
-        assert task["required_skills"] == ["air_inspection"] and task["related_alert_id"] in {a["alert_id"] for a in raised}
+        assert task["required_skills"] == ["air_inspection"] and task["related_alert_id"] == source[0]["alert_id"]
         assert "现场核查" in task["title_zh"] and "inspection" in task["title_en"]
         assert {"estimated_contribution_ugm3", "confidence", "source_kind"} <= set(task["evidence"])
         assert Path(task["evidence"]["map_png"]).read_bytes()[:4] == b"\x89PNG"

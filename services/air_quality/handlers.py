@@ -65,6 +65,8 @@ MIN_CONTRIBUTION_UGM3 = 5.0
 # a station's source trace is open from its first hour above the PM2.5 threshold until this many
 # consecutive hours below it: a plume meanders across a station, and a dip of an hour is the same episode
 TRACE_CLOSE_H = 2
+# weight of a calibrated low-cost sensor's rows against a reference station's in the source-tracing fit
+LOWCOST_TRACE_WEIGHT = 0.5
 # how far (robust z among the peers) a sensor's gain change must stand out to count as a drift
 DRIFT_Z = 5.0
 # ... and how far every earlier block of the drift window must stand out on the same side (a drift lasts)
@@ -151,6 +153,7 @@ class _LowCost:
     train_log_ratio: float | None = None  # median log(raw / reference) while the calibration was fitted
     train_range: tuple[float, float, float, float] | None = None  # raw max, rh min, rh max, temp min
     task_id: str | None = None
+    fit_tried: bool = False  # calibration attempted (a sensor first heard after the others is fitted later)
 
 
 @dataclass
@@ -215,10 +218,12 @@ class AirService:
         self.forecast_issued: pd.Timestamp | None = None
         self.latest_forecasts: dict[str, StationForecast] = {}
         self.latest_attribution: dict[str, SourceAttribution] = {}
-        self.drift_checked: pd.Timestamp | None = None
+        # (window, calibration rounds) of the last drift check: sensors fitted late are checked on the same window
+        self.drift_checked: tuple[pd.Timestamp, int] | None = None
         self.fits = {"calibration": 0, "forecast": 0}
         self._bg: dict[str, asyncio.Task] = {}
         self.calibrated = False
+        self.calibrated_until: pd.Timestamp | None = None
 
     # -- the handler ----------------------------------------------------------------------
 
@@ -414,6 +419,43 @@ class AirService:
                     rows.append({"time": h, "station_id": st.station_id, "lat": st.lat, "lon": st.lon, **v})
         return pd.DataFrame(rows)
 
+    def _lowcost_frame(self, hours: list[pd.Timestamp]) -> pd.DataFrame:
+        """Calibrated low-cost PM2.5 per station hour, as extra receptors for source tracing.
+
+        Each sensor's hourly mean over the station hour, divided by its gain against its reference
+        at calibration and by the humidity growth all sensors share at that hour (the median over
+        sensors of reading / expected), so a plume far above anything seen while calibrating still
+        scales linearly (the tree calibration would flatten it). Drifting sensors are left out."""
+        if not hours:
+            return pd.DataFrame()
+        edges = pd.DatetimeIndex(hours)
+        rows: dict[str, pd.Series] = {}
+        expect: dict[str, pd.Series] = {}
+        for s in self.lowcost.values():
+            ref = self.stations.get(s.reference or "")
+            if s.calibration is None or s.task_id is not None or s.train_log_ratio is None or ref is None:
+                continue
+            r = [x for x in s.readings if edges[0] <= x[0] < edges[-1] + pd.Timedelta(hours=1)]
+            if not r:
+                continue
+            times = pd.DatetimeIndex([x[0] for x in r])
+            i = edges.searchsorted(times, side="right") - 1
+            raw = pd.Series([x[1] for x in r], dtype=float).groupby(edges[i]).mean() / np.exp(s.train_log_ratio)
+            rows[s.sensor_id] = raw
+            refv = pd.Series({h: ref.hours[h].get("pm25", np.nan) for h in raw.index if h in ref.hours}, dtype=float)
+            expect[s.sensor_id] = raw / refv.reindex(raw.index)
+        if len(rows) < 3:
+            return pd.DataFrame()
+        growth = pd.DataFrame(expect).median(axis=1)
+        table = pd.DataFrame(rows).div(growth, axis=0)
+        long = table.stack().rename("pm25").reset_index()
+        long.columns = ["time", "station_id", "pm25"]
+        where = {sid: (self.lowcost[sid].lat, self.lowcost[sid].lon) for sid in rows}
+        long["lat"] = [where[x][0] for x in long["station_id"]]
+        long["lon"] = [where[x][1] for x in long["station_id"]]
+        long["weight"] = LOWCOST_TRACE_WEIGHT
+        return long.dropna(subset=["pm25"])
+
     async def _trace(self, st: _Station, t: pd.Timestamp) -> list[Output]:
         """Attribute the station's newest exceedance hour to the registered sources (in a thread)."""
         from services.air_quality.domain.attribution import attribute_observations
@@ -424,9 +466,13 @@ class AirService:
         need = {"pm25", "wind_dir", "wind_speed"}
         if obs.empty or not need <= set(obs.columns):
             return []
-        obs = obs.dropna(subset=["pm25"])
+        obs = obs.dropna(subset=["pm25"]).assign(weight=1.0)
+        lc = self._lowcost_frame(sorted(obs["time"].unique()))
+        if not lc.empty:
+            obs = pd.concat([obs, lc], ignore_index=True)
         thr = float(self.thresholds["pm25"])
-        res = await asyncio.to_thread(attribute_observations, obs, self.sources, "pm25", thr)
+        res = await asyncio.to_thread(attribute_observations, obs, self.sources, "pm25", thr, None,
+                                      [(t, st.station_id)])
         mine = [a for a in res if a.station_id == st.station_id and _ts(a.time) == t]
         if not mine:
             return []
@@ -641,17 +687,35 @@ class AirService:
         return times, r[:, 1].astype(float), r[:, 2].astype(float), r[:, 3].astype(float), refv
 
     def _calibration_due(self) -> bool:
-        if self.calibrated or "calibration" in self._bg or self.clock is None or not self.lowcost:
+        if "calibration" in self._bg or self.clock is None or not self.lowcost:
             return False
+        if self.calibrated:
+            # sensors whose partition was read after the first fit (a backlog) are fitted on the same period
+            return any(not s.fit_tried and s.readings and s.readings[-1][0] > self.calibrated_until
+                       for s in self.lowcost.values())
         if self.calibration_until is not None:
-            return self.clock > self.calibration_until
+            return self._reported_until(self.calibration_until)
         return self.first_seen is not None and self.clock - self.first_seen >= pd.Timedelta(hours=12)
+
+    def _reported_until(self, t: pd.Timestamp) -> bool:
+        """Has every known sensor reported past `t`? Partitions of a backlog progress unevenly, and a fit on
+        the ones that happened to arrive would miss the rest; a sensor silent for TRACE_WAIT_H no longer counts."""
+        if self.clock is None or self.clock <= t:
+            return False
+        if self.clock - t > pd.Timedelta(hours=TRACE_WAIT_H):
+            return True
+        ends = [st.last_hour + pd.Timedelta(hours=1) for st in self.stations.values() if st.last_hour is not None]
+        ends += [s.readings[-1][0] + self.lowcost_step for s in self.lowcost.values() if s.readings]
+        return all(e > t for e in ends)
 
     def _calibration_pairs(self, until: pd.Timestamp) -> dict[str, tuple]:
         """Each sensor's training pairs up to `until`, copied on the event loop (the fit runs in a thread)."""
         pairs = {}
         disturbed = self._disturbed_hours()
         for s in self.lowcost.values():
+            if s.fit_tried:
+                continue
+            s.fit_tried = True
             st = self._nearest_station(s.lat, s.lon)
             s.reference = st.station_id if st else None
             p = self._pairs(s, until=until, exclude=disturbed)
@@ -687,8 +751,8 @@ class AirService:
     def _start_fits(self) -> None:
         self._reap()
         if self._calibration_due():
-            until = self.calibration_until or self.clock
-
+            until = self.calibrated_until or self.calibration_until or self.clock
+            self.calibrated_until = until
             pairs = self._calibration_pairs(until)
 
             async def calibrate() -> None:
@@ -838,7 +902,7 @@ class AirService:
     async def heavy(self) -> list[Output]:
         """Grid of the latest complete window, forecasts of the latest hour, the drift check."""
         out: list[Output] = []
-        self._reap()
+        self._start_fits()  # also when no record arrives any more (the end of a backlog)
         if self.clock is None:
             return out
         mark = self.watermark()
@@ -848,6 +912,12 @@ class AirService:
         out += await self._issue_forecasts()
         out += self._drift_tasks()
         return out
+
+    def drift_check_current(self) -> bool:
+        """Has the drift check seen the newest complete window with every calibration fitted so far?"""
+        mark = self.watermark()
+        return (self.calibrated and mark is not None and self.drift_checked is not None
+                and self.drift_checked >= (mark.floor(self.update), self.fits["calibration"]))
 
     def watermark(self) -> pd.Timestamp | None:
         """The newest time every live sensor has reached: Kafka partitions progress unevenly, so
@@ -930,9 +1000,9 @@ class AirService:
         if not self.calibrated or self.clock is None:
             return []
         mark = self.watermark().floor(self.update)
-        if self.drift_checked is not None and mark <= self.drift_checked:
+        if self.drift_checked is not None and (mark, self.fits["calibration"]) <= self.drift_checked:
             return []
-        self.drift_checked = mark
+        self.drift_checked = (mark, self.fits["calibration"])
         # A drift is a change of the sensor's gain against its reference that its peers do not share:
         # log(raw/ref) minus the same while the calibration was fitted, judged against the other sensors
         # over the last hours of comparable data (calibration.peer_drift). Humidity growth is common to all

@@ -20,8 +20,11 @@ def network_wind(obs: pd.DataFrame, times: pd.DatetimeIndex) -> tuple[np.ndarray
 
 
 def attribute_observations(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: str, threshold: float,
-                           progress=None) -> list[Attribution]:
-    """Attribute every station-hour of `obs` above `threshold` to `sources` (source_id, lat, lon[, height_m])."""
+                           progress=None, only: list[tuple[pd.Timestamp, str]] | None = None) -> list[Attribution]:
+    """Attribute every station-hour of `obs` above `threshold` to `sources` (source_id, lat, lon[, height_m]).
+
+    `only` limits it to those (time, station_id); an optional `weight` column weighs a receptor's rows
+    in the fit (low-cost sensors: less than reference stations)."""
     times = pd.DatetimeIndex(np.sort(obs["time"].unique()))
     st = obs.groupby("station_id", sort=True)[["lat", "lon"]].median()
     lat0 = float(np.mean(np.r_[st["lat"], sources["lat"]]))
@@ -30,10 +33,22 @@ def attribute_observations(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: 
     qx, qy = to_local_xy_m(sources["lat"].to_numpy(float), sources["lon"].to_numpy(float), lat0, lon0)
     wide = obs.pivot_table(index="time", columns="station_id", values=pollutant, aggfunc="mean", dropna=False)
     values = wide.reindex(index=times, columns=st.index).to_numpy(float)
-    wd, ws = network_wind(obs, times)
+    wind = obs.dropna(subset=["wind_dir", "wind_speed"])
+    wd, ws = network_wind(wind if len(wind) else obs, times)
     local_hour = ((times.hour + times.minute / 60 + lon0 / 15.0) % 24).to_numpy()
+    targets = None
+    if only is not None:
+        targets = np.zeros(values.shape, dtype=bool)
+        col = {sid: j for j, sid in enumerate(st.index)}
+        for t, sid in only:
+            i = times.get_indexer([t])[0]
+            if i >= 0 and sid in col:
+                targets[i, col[sid]] = True
+    weights = obs.groupby("station_id")["weight"].median().reindex(st.index).fillna(1.0).to_numpy() \
+        if "weight" in obs else None
     return attribute_exceedances(times, list(st.index), sx, sy, values, wd, ws, local_hour,
-                                 sources.reset_index(drop=True), qx, qy, threshold, progress=progress)
+                                 sources.reset_index(drop=True), qx, qy, threshold, progress=progress,
+                                 targets=targets, weights=weights)
 
 
 def attribute_table(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: str, threshold: float) -> pd.DataFrame:
