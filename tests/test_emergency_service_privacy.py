@@ -97,20 +97,25 @@ def test_worker_track_needs_the_role_and_every_read_is_audited(service, db_url):
     assert got[0][2]["reason"] == "fall investigation inc-1" and got[0][2]["rows"] == 2
 
 
-def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(service, stack_env):
+@pytest.mark.parametrize(("topic", "record_type", "stage", "reason"), [
+    ("cityops.observations.safety.v1", "observation.safety", "emergency-safety", "Observation"),
+    ("cityops.observations.personal.restricted.v1", "alert", "emergency-personal", "personal topic"),
+])
+def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(service, stack_env, topic,
+                                                                               record_type, stage, reason):
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from shared import kafka
 
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
-    bad = json.dumps({"event_id": TAG, "type": "observation.safety", "payload": {"sensor_id": f"gas-{TAG}",
-                                                                                    "values": "nonsense"}}).encode()
+    bad = json.dumps({"event_id": f"{TAG}-{stage}", "type": record_type,
+                      "payload": {"sensor_id": f"gas-{TAG}", "values": "nonsense"}}).encode()
     since = int(time.time() * 1000) - 1000
 
     async def go():
         p = kafka.producer(bootstrap)
         await p.start()
-        await (await p.send("cityops.observations.safety.v1", bad, key=f"gas-{TAG}".encode()))
+        await (await p.send(topic, bad, key=f"gas-{TAG}".encode()))
         await p.stop()
         c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await c.start()
@@ -134,8 +139,8 @@ def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(s
             await c.stop()
 
     dl = asyncio.run(go())
-    assert dl is not None, "no dead letter for the bad safety record"
-    assert dl["stage"] == "emergency-safety" and "Observation" in dl["reason"]
+    assert dl is not None, f"no dead letter for the bad record on {topic}"
+    assert dl["stage"] == stage and reason in dl["reason"], dl
     assert httpx.get(f"{service}/readyz", timeout=10).status_code == 200
     assert isinstance(httpx.get(f"{service}/emergency/incidents", timeout=10).json(), list)
 

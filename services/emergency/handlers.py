@@ -336,6 +336,10 @@ class EmergencyService:
     async def handle_personal(self, events: list[dict]) -> list[Output]:
         """Wearable readings from the restricted topic. The topic, not the envelope's type, makes them personal:
         the ingest gateway types a reading by its sensor's domain (`observation.safety`) on whichever topic."""
+        for env in events:
+            if not str(env.get("type", "")).startswith("observation."):
+                raise PoisonRecord(f"a {env.get('type')!r} record on the personal topic: only observations of "
+                                   "personal sensors belong there")
         out: list[Output] = []
         for o in self._new(_parse(events, "observation.")):
             out += self._worker(o)
