@@ -1,18 +1,21 @@
 """Stream handlers of the emergency service: machines, worker safety, gas releases, cross-domain incidents.
 
-Two consumers share one :class:`EmergencyService` (its per-sensor state and the incidents):
+Three consumers (:func:`processors`) share one :class:`EmergencyService` (its per-sensor state and
+the incidents):
 
 - equipment observations -> per-machine `hybrid` fault detector, trained on the first part of
   each machine's stream (off the event loop) -> equipment_health rows, fault alerts, an
   `inspect_equipment` task and a pumping-station incident;
-- safety and personal observations, other domains' alerts, weather nowcasts and station wind -> worker
-  safety alerts (pseudonymous on the shared topic), gas-release evacuation incidents, flood
-  incidents from rainstorm + drain alerts.
+- the restricted personal topic (wearables; personal because of the topic they arrive on) -> worker
+  safety alerts (pseudonymous on the shared topic) and worker incidents;
+- fixed safety detectors, other domains' alerts, weather nowcasts and station wind -> gas-release
+  evacuation incidents, flood incidents from rainstorm + drain alerts.
 
 Everything is judged in simulated time (`observed_at`). Alert ids are `stable_id(dedup_key,
 episode start)` and incident ids come from what they are about, so a replayed batch gives the
 same ids; the database takes them with upserts on the natural keys. Reports and maps are drawn
-by a separate loop (:meth:`EmergencyService.reporter`) so that no drawing delays an alert.
+by a separate loop (:meth:`EmergencyService.reporter`) in a worker process, so that no drawing
+delays an alert.
 """
 
 from __future__ import annotations
