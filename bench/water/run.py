@@ -236,7 +236,13 @@ def _markdown(r: dict) -> str:
               "the day before the onset) against steady-state leak signatures, sensors weighted by their residual "
               "spread. With the true leak start known (an oracle window) the same matching puts about 3-5 of 13 Net3 "
               "leaks and none of 9 ky4 leaks within 300 m: the remaining gap is the signatures' resolution with 12 "
-              "(Net3) or 30 (ky4, 964 nodes) loggers and leaks of a few cm of pressure, not the alarm timing alone."]
+              "(Net3) or 30 (ky4, 964 nodes) loggers and leaks of a few cm of pressure, not the alarm timing alone.",
+              "", "Whitening the pressures by their leak-free covariance shortens the median distance (and is what "
+              "the demo uses, where it named both leaks of seeds 7 and 11) but does not raise top-1 within 300 m. "
+              "Also tried in this comparison (2026-11-27, same 19 leaks): fixing each pipe's leak flow to the rise "
+              "of the metered water balance instead of fitting it, so the size of the pressure drop tells near from "
+              "far pipes — top-1 within 300 m 0.105 (spread-weighted) and 0.053 (whitened), median 1629 / 1063 m; "
+              "no better, so not kept."]
     return "\n".join(lines) + "\n"
 
 
