@@ -321,10 +321,25 @@ def fit_nowcaster(grid: StationGrid, variable: str, train_until: pd.Timestamp,
     return Nowcaster(variable, cfg, xgbs, names, ss, train_until)
 
 
+def _ewm_mean(x: np.ndarray, halflife: float) -> np.ndarray:
+    """pandas' `ewm(halflife, ignore_na=True).mean()` (adjusted weights) along axis 0, vectorised over
+    the columns: pandas applies it column by column, 30x slower for 500 stations."""
+    decay = np.exp(-np.log(2.0) / halflife)
+    num = np.zeros(x.shape[1:])
+    den = np.zeros(x.shape[1:])
+    out = np.full(x.shape, np.nan)
+    for t in range(x.shape[0]):
+        ok = np.isfinite(x[t])
+        num = np.where(ok, np.where(ok, x[t], 0.0) + decay * num, num)
+        den = np.where(ok, 1.0 + decay * den, den)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[t] = np.where(den > 0, num / den, np.nan)
+    return out
+
+
 def _rolling_mse(err: np.ndarray, h: int, halflife: float) -> np.ndarray:
     """EW mean squared error known at each issue time t: errors of issues <= t-h (target <= t)."""
-    m = pd.DataFrame(err**2).ewm(halflife=halflife, ignore_na=True).mean().to_numpy()
-    return _shift(m, h)
+    return _shift(_ewm_mean(err**2, halflife), h)
 
 
 def nowcast(model: Nowcaster, grid: StationGrid, issue_rows: np.ndarray | None = None) -> NowcastResult:
