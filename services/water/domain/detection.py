@@ -407,8 +407,7 @@ class LeakMonitor:
                     pend = _Pending(ev, onset, i)
                     if self.watch_while_localising:
                         # the level now, over the running-mean window the alarm looked at
-                        level = np.nanmean(np.array(self.resid[max(onset, i + 1 - self.smooth_steps):]), axis=0)
-                        level = np.where(np.isfinite(level), level, self.offset)
+                        level = _column_mean(np.array(self.resid[max(onset, i + 1 - self.smooth_steps):]), self.offset)
                         pend.base = self.offset.copy()
                         self._fill_candidates(ev, level - pend.base)
                         self._rebase(level)
@@ -567,6 +566,14 @@ class LeakMonitor:
             ev.flow_m3h = ev.candidates[0].flow_m3h
         if ev.candidates:
             ev.dma = self.net.dma_of_link(ev.candidates[0].pipe_id)
+
+
+def _column_mean(x: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Mean of each column over its finite values; `fallback` where a column has none (a silent sensor)."""
+    ok = np.isfinite(x)
+    n = ok.sum(axis=0)
+    total = np.where(ok, x, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), fallback)
 
 
 def _running_mean(x: np.ndarray, n: int) -> np.ndarray:
