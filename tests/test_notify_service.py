@@ -383,6 +383,29 @@ async def test_duplicates_yield_one_notification_and_redelivery_none(env, servic
     assert len(hooks) == 2
 
 
+async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(env, service):
+    """A leak alarm first, its candidate pipes an update later: the console shows the refinement, nobody is
+    paged twice."""
+    key = f"water:leak:{secrets.token_hex(3)}"
+    first = _alert("water", key)
+    await _publish(env, first)
+    update = first.model_copy(update={"status": "updated", "raised_at": first.raised_at + timedelta(minutes=5),
+                                      "alert_id": f"al-{secrets.token_hex(5)}", "title_en": "Leak near pipe P-223",
+                                      "evidence": {"candidates": [{"pipe_id": "P-223", "score": 0.7}]}})
+    await _publish(env, update)
+
+    async def refined():
+        r = _rows(env["db_url"], "SELECT alert_id, repeat_count, title_en, evidence FROM alerts WHERE dedup_key = %s",
+                  key)
+        return r if r and r[0][1] == 1 else None
+
+    rows = await async_wait_for(refined, 60, what="the update counted on the first alert")
+    assert len(rows) == 1 and rows[0][0] == first.alert_id
+    assert rows[0][2] == "Leak near pipe P-223" and rows[0][3]["candidates"][0]["pipe_id"] == "P-223"
+    n = _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", update.alert_id)[0][0]
+    assert n == 0
+
+
 async def test_failing_channel_retries_with_backoff_then_dead_letters(env, service):
     alert = _alert("weather", f"weather:x:{secrets.token_hex(3)}")
     await _publish(env, alert)

@@ -359,6 +359,7 @@ class NotifyService:
         window = timedelta(seconds=self.routing.dedup_window_s)
         new_rows: list[dict] = []
         repeats: dict[str, list] = {}
+        refreshed: dict[str, Alert] = {}  # open alert -> the newest "updated" version of it
         escalations = []
         for event_id, a in live:
             prev = existing.get(a.dedup_key)
@@ -367,6 +368,12 @@ class NotifyService:
                 r[0] += 1
                 r[1] = max(r[1], a.raised_at)
                 prev["seen"] = max(prev["seen"], a.raised_at)
+                # a source's refinement (a leak's candidate pipes, a traced source) reaches the stored alert
+                # and the console; it notifies nobody again
+                if a.status == "updated" and (
+                    prev["alert_id"] not in refreshed or a.raised_at >= refreshed[prev["alert_id"]].raised_at
+                ):
+                    refreshed[prev["alert_id"]] = a
                 continue
             rule = match_rule(
                 self.routing,
@@ -415,6 +422,8 @@ class NotifyService:
             escalations.append((a.alert_id, rule.name, due))
         await repository.insert_alerts(cur, new_rows)
         await repository.count_repeats(cur, [(aid, n, seen) for aid, (n, seen) in repeats.items()])
+        await repository.refresh_alerts(cur, [(aid, a) for aid, a in refreshed.items() if aid not in
+                                              {r["alert_id"] for r in new_rows}])
         await repository.start_escalations(cur, escalations)
 
     def _next_due(self, rule: Rule, tier: int, now: datetime) -> datetime | None:

@@ -118,6 +118,17 @@ async def count_repeats(cur: psycopg.AsyncCursor, repeats: list[tuple[str, int, 
         )
 
 
+async def refresh_alerts(cur: psycopg.AsyncCursor, updates: list[tuple[str, Any]]) -> None:
+    """(stored alert_id, a newer "updated" Alert of the same dedup key): its words and evidence replace the
+    stored ones; severity, routing and escalation stay as they were."""
+    if updates:
+        await cur.executemany(
+            "UPDATE alerts SET evidence = %s, title_zh = %s, title_en = %s, message_zh = %s, message_en = %s,"
+            " updated_at = now() WHERE alert_id = %s",
+            [(Jsonb(a.evidence or {}), a.title_zh, a.title_en, a.message_zh, a.message_en, aid) for aid, a in updates],
+        )
+
+
 async def clear_alerts(cur: psycopg.AsyncCursor, dedup_keys: list[str], by: str) -> list[str]:
     """The source says the condition is over: resolve the open alerts of these keys, stop escalating."""
     if not dedup_keys:
