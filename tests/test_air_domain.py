@@ -182,6 +182,35 @@ def test_calibration_removes_humidity_bias_and_flags_drift():
     assert flags[-50:].all() and clean.mean() < 0.1
 
 
+def _peer_log_ratios(seed: int, drift: dict[int, float], plume: dict[int, tuple[int, int]], n: int = 20,
+                     rows: int = 72) -> pd.DataFrame:
+    """log(raw/ref) of `n` sensors over `rows` 10-min steps: a shared humidity swing, noise, a linear drift
+    reaching `drift[i]` (factor) at the end, and plume bumps (×2.5 between two rows) at others."""
+    rng = np.random.default_rng(seed)
+    common = 0.2 * np.sin(np.arange(rows) / 9)[:, None]
+    x = common + rng.normal(0, 0.04, (rows, n))
+    for i, f in drift.items():
+        x[:, i] += np.log(np.linspace(1.0, f, rows))
+    for i, (a, b) in plume.items():
+        x[a:b, i] += np.log(2.5)
+    return pd.DataFrame(x, index=pd.date_range("2026-01-10", periods=rows, freq="10min"),
+                        columns=[f"lc{i:02d}" for i in range(n)])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_peer_drift_flags_a_lasting_gain_change_not_a_passing_plume(seed):
+    table = _peer_log_ratios(seed, drift={3: 1.8, 11: 0.55}, plume={5: (60, 72), 7: (30, 50)})
+    v = calibration.peer_drift(table, blocks=2, block_rows=12, z_drift=5.0, z_hold=3.0)
+    assert set(v.index[v["flagged"].astype(bool)]) == {"lc03", "lc11"}
+    assert v.loc["lc03", "log_factor"] > 0.3 and v.loc["lc11", "log_factor"] < -0.3
+
+
+def test_peer_drift_needs_peers_and_enough_rows():
+    table = _peer_log_ratios(0, drift={1: 2.0}, plume={})
+    assert calibration.peer_drift(table.iloc[:, :2]).empty
+    assert calibration.peer_drift(table.iloc[:10]).empty
+
+
 # --- plume and attribution ------------------------------------------------------------------------
 
 def test_plume_is_downwind_only_and_decays():
@@ -200,6 +229,22 @@ def test_single_source_plume_recovered():
     res = attribute_observations(ep.obs, ep.sources, "pm25", threshold=float(np.percentile(ep.obs.pm25, 80)))
     top = pd.Series([r.source_id for r in res if r.rank == 1]).value_counts()
     assert top.index[0] == src["source_id"].iloc[active]
+
+
+def test_attribution_of_chosen_station_hours_with_weighted_receptors():
+    ep = episodes.simulate_episode(3, hours=24, n_active=2)
+    thr = float(np.percentile(ep.obs.pm25, 90))
+    full = attribute_observations(ep.obs, ep.sources, "pm25", threshold=thr)
+    t, sid = full[0].time, full[0].station_id
+    one = attribute_observations(ep.obs, ep.sources, "pm25", threshold=thr, only=[(t, sid)])
+    assert one and {(r.time, r.station_id) for r in one} == {(t, sid)}
+    assert [r.source_id for r in one] == [r.source_id for r in full if (r.time, r.station_id) == (t, sid)]
+    # extra receptors without wind (low-cost sensors), weighted down, do not break the fit
+    extra = ep.obs.assign(station_id="lc-" + ep.obs["station_id"], lat=ep.obs["lat"] + 0.004,
+                          wind_dir=np.nan, wind_speed=np.nan, weight=0.5)
+    both = attribute_observations(pd.concat([ep.obs.assign(weight=1.0), extra]), ep.sources, "pm25",
+                                  threshold=thr, only=[(t, sid)])
+    assert both and both[0].station_id == sid and np.isfinite(both[0].contribution)
 
 
 def test_inspection_task_is_bilingual():
