@@ -84,3 +84,25 @@ async def test_stuck_sensor_raises_one_fault_cleared_once_it_reads_again_and_is_
     assert np.isnan(passed.values["temp"][hours, col]).all()  # kept in the buffer, not given to the models
     raw = svc.grid()
     assert np.isfinite(raw.values["temp"][hours, col]).all()
+
+
+def test_nowcast_with_the_stream_cache_gives_the_same_forecasts_hour_after_hour():
+    from services.weather.domain.grid import StationGrid
+    from services.weather.domain.nowcast import NowcastConfig, fit_nowcaster, nowcast
+
+    g = _grid(seed=2, n=6)
+    cfg = NowcastConfig(horizons=[1, 3], interval_window_h=24, min_interval_h=6, holdout_h=12,
+                        candidates=("persistence", "diurnal", "xgboost"),
+                        xgb_params={"n_estimators": 20, "max_depth": 3, "n_jobs": 1})
+    model = fit_nowcaster(g, "temp", g.times[60], cfg)
+    assert model.xgb
+    cache: dict = {}
+    for end in range(70, 96):  # the stream: the grid grows by an hour, the newest row is issued
+        sub = StationGrid(g.times[:end], g.station_ids, g.lat, g.lon, {k: v[:end] for k, v in g.values.items()})
+        fresh = nowcast(model, sub, issue_rows=np.array([end - 1]))
+        cached = nowcast(model, sub, issue_rows=np.array([end - 1]), cache=cache)
+        for h in (1, 3):
+            np.testing.assert_allclose(cached.forecast[h][-1], fresh.forecast[h][-1])
+            np.testing.assert_allclose(cached.p10[h][-1], fresh.p10[h][-1])
+            assert (cached.chosen[h][-1] == fresh.chosen[h][-1]).all()
+    assert len(cache[("temp", "xgboost", 1)]) > 24

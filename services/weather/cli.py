@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_qc)
 
-    p = cmds.add_parser("serve", help="run the weather streaming service (warning signals)")
+    p = cmds.add_parser("serve", help="run the weather streaming service (QC, nowcasts, warning signals, bulletins)")
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=_serve)
 

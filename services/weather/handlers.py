@@ -291,6 +291,9 @@ class WeatherService:
         # hour -> (station, quantity) -> (worst flag, tests) where most of the hour's readings failed at the gateway
         self._gateway_flags: dict[pd.Timestamp, dict[tuple[str, str], tuple[int, list[str]]]] = {}
         self.latest_casts: list[_Cast] = []
+        # xgboost forecasts issued in earlier hours (their skill is verified later) and the stations they are for
+        self._cache: dict = {}
+        self._cache_stations: tuple[str, ...] = ()
         # consecutive hours in which every reading of a station's quantity was the same value
         self.flat_run: Counter = Counter()
 
@@ -483,7 +486,9 @@ class WeatherService:
 
     async def _nowcasts(self, h: pd.Timestamp, passed: StationGrid) -> list[Output]:
         issued = h + pd.Timedelta(hours=1)
-        casts = await asyncio.to_thread(_nowcast_all, passed, dict(self.models), self.opt, issued)
+        if self._cache_stations != tuple(passed.station_ids):  # the cache's rows are per station list
+            self._cache_stations, self._cache = tuple(passed.station_ids), {}
+        casts = await asyncio.to_thread(_nowcast_all, passed, dict(self.models), self.opt, issued, self._cache)
         self.latest_casts = casts
         if self.pool is not None and casts:
             from services.weather import repository
@@ -572,7 +577,8 @@ class _Cast:
     skill_rmse: dict[str, dict[int, float]]
 
 
-def _nowcast_all(passed: StationGrid, models: dict[str, Any], opt: StreamOptions, issued: pd.Timestamp) -> list[_Cast]:
+def _nowcast_all(passed: StationGrid, models: dict[str, Any], opt: StreamOptions, issued: pd.Timestamp,
+                 cache: dict | None = None) -> list[_Cast]:
     """Every variable's nowcast at every station from the grid's last hour (QC-passed values only)."""
     from services.weather.domain.nowcast import Nowcaster, nowcast
 
@@ -584,7 +590,7 @@ def _nowcast_all(passed: StationGrid, models: dict[str, Any], opt: StreamOptions
             continue
         # before the first fit (or for a variable that had no data then): persistence and diurnal only
         model = models.get(var) or Nowcaster(var, cfg, {}, {}, None, issued)
-        res = nowcast(model, passed, issue_rows=np.array([last]))
+        res = nowcast(model, passed, issue_rows=np.array([last]), cache=cache)
         hs = sorted(res.forecast)
         for j, sid in enumerate(passed.station_ids):
             vals = [float(res.forecast[k][last, j]) for k in hs]

@@ -342,11 +342,15 @@ def _rolling_mse(err: np.ndarray, h: int, halflife: float) -> np.ndarray:
     return _shift(_ewm_mean(err**2, halflife), h)
 
 
-def nowcast(model: Nowcaster, grid: StationGrid, issue_rows: np.ndarray | None = None) -> NowcastResult:
+def nowcast(model: Nowcaster, grid: StationGrid, issue_rows: np.ndarray | None = None,
+            cache: dict | None = None) -> NowcastResult:
     """Forecasts at every hour of `grid` (or only `issue_rows`) for every station and horizon.
 
     `grid` should hold passed values only (see qc.passed_values) and enough history before the
     first issue row to verify the candidates (≥ `interval_window_h` hours is best).
+    `cache` (a stream's, one dict kept across calls on the same stations): the xgboost forecasts of
+    earlier hours, issued then, are taken from it instead of being predicted again for the skill
+    and the intervals (the trees are most of a cycle's time).
     """
     cfg, var = model.config, model.variable
     circ = var in CIRCULAR
@@ -376,8 +380,18 @@ def nowcast(model: Nowcaster, grid: StationGrid, issue_rows: np.ndarray | None =
                         # skill needs the xgboost errors over the verification window before the issues too
                         lo = max(0, int(np.min(issue_rows)) - cfg.interval_window_h - h)
                         rows = rows[lo:]
-                    delta = model.xgb[h].predict(_stack(f, rows)).reshape(len(rows), n_s)
-                    pred[rows] = x_ff[rows] + delta
+                    known: dict = {} if cache is None else cache.setdefault((var, m, h), {})
+                    todo = np.array([i for i in rows if grid.times[i] not in known], dtype=int)
+                    if len(todo):
+                        delta = model.xgb[h].predict(_stack(f, todo)).reshape(len(todo), n_s)
+                        pred[todo] = x_ff[todo] + delta
+                    for i in rows:
+                        if grid.times[i] in known:
+                            pred[i] = known[grid.times[i]]
+                        elif cache is not None:
+                            known[grid.times[i]] = pred[i].copy()
+                    for t in [t for t in known if t < grid.times[0]]:
+                        del known[t]
             pred = _finish(var, pred)
             pred = np.where(np.isfinite(x_ff), pred, np.nan)
             cands[m][h] = pred
