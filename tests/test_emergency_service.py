@@ -165,7 +165,6 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
     await _publish(bootstrap, records)
     n_per_sensor = readings.groupby("sensor_id")["time"].nunique()
-    pump2 = f"pump-ps-2-{TAG}"
     last_times = readings.groupby("sensor_id")["time"].max().to_dict()
 
     def counts():
@@ -176,8 +175,9 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
                     conn.execute("SELECT count(*) FROM incidents WHERE report_path IS NOT NULL").fetchone()[0])
 
     async def done(svc):
-        m = svc.machines.get(pump2)
-        seen = m is not None and m.last is not None and m.last >= readings["time"].max()
+        # every pump to its last sample: the equipment topic's partitions progress unevenly under load
+        seen = all(sid in svc.machines and svc.machines[sid].last is not None and svc.machines[sid].last >= t
+                   for sid, t in last_times.items() if sid.startswith("pump"))
         workers_done = all(svc.last_seen.get(sid) == t for sid, t in last_times.items() if not sid.startswith("pump"))
         n_inc = counts()
         return seen and workers_done and n_inc[1] >= 3 and n_inc[3] == n_inc[1]
