@@ -123,6 +123,13 @@ def target_features(net: Network, xt: float, yt: float, exclude: int | None = No
     d_core = np.hypot(xt - core_x, yt - core_y) / 1000.0
     # along-wind position of the place relative to the core (km downwind > 0)
     core_along = -((core_x - xt) * u + (core_y - yt) * v) / ws / 1000.0
+    # each neighbour as a share of its own level, interpolated, times the interpolated level: a place
+    # between a dirty and a clean station follows the shape of both, not the dirty one's swings
+    lvl = np.maximum(np.nan_to_num(level, nan=float(np.nanmean(level))), 1.0)
+    l_anom = wmean(w2, lv / lvl[None, :]) * float((lvl / d_km ** 2).sum() / (1 / d_km ** 2).sum())
+    # plumes travel: the upwind neighbours an hour or three earlier
+    s_up = pd.Series(l_up)
+    n3 = order[min(2, len(order) - 1)]
     s = pd.Series(l_idw)
     hours = net.times.hour.to_numpy()
     doy = net.times.day_of_year.to_numpy()
@@ -132,6 +139,8 @@ def target_features(net: Network, xt: float, yt: float, exclude: int | None = No
         s.shift(1).bfill().to_numpy() - l_idw, s.shift(-1).ffill().to_numpy() - l_idw,
         s.rolling(6, min_periods=1).mean().to_numpy() - l_idw,
         s[::-1].rolling(6, min_periods=1).mean()[::-1].to_numpy() - l_idw,
+        l_anom - l_idw, s_up.shift(1).bfill().to_numpy() - l_idw, s_up.shift(3).bfill().to_numpy() - l_idw,
+        lv[:, n3] - l_idw, cosang[:, n1], cosang[:, n2], np.full(len(l_idw), d_km[n2]),
         u, v, net.met["wind_speed"].to_numpy(), net.met["temp"].to_numpy(), net.met["dewp"].to_numpy(),
         net.met["spread"].to_numpy(), net.met["pres"].to_numpy(), net.met["rain"].to_numpy(),
         np.sin(2 * np.pi * hours / 24), np.cos(2 * np.pi * hours / 24),
