@@ -4,12 +4,17 @@ Observations of the reference stations and low-cost sensors (and the weather sta
 are kept per sensor in memory, in SIMULATED time (`observed_at`):
 
 - every reference-station hour -> hourly and 24-h AQI (HJ 633) and the exceedance alert with
-  hysteresis (`air:aqi:<station>`); raising it runs source tracing (溯源) first, so the alert
-  names the top source, and the top source gets an `inspect_source` field task with a map;
+  hysteresis (`air:aqi:<station>`);
+- every station hour above the PM2.5 threshold -> source tracing (溯源) once every station has
+  reported that hour, with the calibrated low-cost sensors as extra receptors; when two traced
+  hours agree (or a shorter exceedance ends) a `pollution_source` alert names the source and an
+  `inspect_source` field task with a map goes out (`air:source:<station>`, cleared two hours
+  under the threshold);
 - at most every `air_heavy_every_s` wall seconds, on the latest complete window only (stale
   windows are skipped when the stream is behind): the PM2.5/PM10/NO2/O3 grids with 1-sigma,
   the station forecasts 1-72 h (and the forecast exceedance alert `air:aqi-forecast:<station>`),
-  the low-cost drift check (a `calibrate_sensor` task when a calibration no longer holds);
+  the low-cost drift check (a `calibrate_sensor` task and a `sensor_calibration` alert when a
+  sensor's gain against its reference changed, lastingly, beyond what its peers share);
 - model fits (low-cost calibration after the scenario-free part, forecaster refits) run in a
   thread, never on the event loop.
 
