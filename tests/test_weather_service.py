@@ -317,3 +317,54 @@ async def test_signal_lift_is_a_cleared_alert_with_the_same_dedup_key():
     assert mon.board.active() == {}
     # a redelivered record is counted once: the same hour again changes nothing
     assert await mon.handle([env(3, 30)]) == [] and mon.late == 1
+
+
+@pytest.mark.stack
+async def test_restart_completes_the_open_hour_from_the_stored_readings(db_url):
+    """A crash after the first 40 minutes of an hour were committed: the restarted service reads them back
+    from the database (the sink stored them) and aggregates the hour as an uninterrupted run does."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.weather.handlers import StreamOptions, WeatherService
+
+    sids = [f"r{i}-{TAG}" for i in range(4)]
+    config = {"domains": {"weather": {"stations": {s: {"lat": 30.2 + 0.01 * i, "lon": 120.1 + 0.01 * i,
+                                                        "district": f"dr-{TAG}"} for i, s in enumerate(sids)}}}}
+    times = pd.date_range("2026-03-01T00:00Z", periods=18, freq="10min")
+
+    def env(s: str, i: int, t: pd.Timestamp) -> dict:
+        return {"payload": {"sensor_id": s, "district": f"dr-{TAG}", "lat": 30.2 + 0.01 * i, "lon": 120.1 + 0.01 * i,
+                            "observed_at": t.isoformat(),
+                            "values": {"temp": {"value": 10.0 + i + 0.1 * t.minute, "unit": "degC", "qc": 1},
+                                       "rain": {"value": 0.5 * i, "unit": "mm", "qc": 1}}}}
+
+    events = [env(s, i, t) for t in times for i, s in enumerate(sids)]
+    opts = StreamOptions(variables=["temp", "rain"], refit_in_background=False)
+    ref = WeatherService(opts, None, config=config)
+    await ref.handle(events)
+    h0 = times[0]
+    assert ref.raw[h0] and ref.monitor.last_closed >= h0
+    committed = [e for e in events if pd.Timestamp(e["payload"]["observed_at"]) < h0 + pd.Timedelta(minutes=40)]
+    with psycopg.connect(db_url) as conn:
+        for e in committed:
+            p = e["payload"]
+            for q, v in p["values"].items():
+                conn.execute("INSERT INTO observations (time, sensor_id, quantity, value, unit, qc, domain, district) "
+                             "VALUES (%s, %s, %s, %s, %s, %s, 'weather', %s)",
+                             (p["observed_at"], p["sensor_id"], q, v["value"], v["unit"], v["qc"], p["district"]))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=1, open=False)
+    await pool.open(wait=True, timeout=30)
+    try:
+        again = WeatherService(opts, pool, config=config)
+        rest = events[len(committed):]
+        await again.handle(rest[:10])
+        await again.handle(rest[10:])
+    finally:
+        await pool.close()
+    assert again.counts["recovered_readings"] == len(committed)
+    assert again.raw[h0] == ref.raw[h0]
+    assert again.monitor.rain[f"dr-{TAG}"][h0] == ref.monitor.rain[f"dr-{TAG}"][h0] > 0
+    # without the stored readings the hour would have been aggregated from its last 20 minutes only
+    lone = WeatherService(opts, None, config=config)
+    await lone.handle(rest)
+    assert lone.raw[h0] != ref.raw[h0]

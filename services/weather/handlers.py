@@ -291,6 +291,7 @@ class WeatherService:
         # hour -> (station, quantity) -> (worst flag, tests) where most of the hour's readings failed at the gateway
         self._gateway_flags: dict[pd.Timestamp, dict[tuple[str, str], tuple[int, list[str]]]] = {}
         self.latest_casts: list[_Cast] = []
+        self._recovered = False
         # xgboost forecasts issued in earlier hours (their skill is verified later) and the stations they are for
         self._cache: dict = {}
         self._cache_stations: tuple[str, ...] = ()
@@ -300,6 +301,8 @@ class WeatherService:
     # ---- stream --------------------------------------------------------------------------------
     async def handle(self, events: list[dict]) -> list[Output]:
         readings = parse_readings(events)  # before any state changes: a poison batch replays cleanly
+        if self.pool is not None and not self._recovered and readings:
+            readings = await self._recover(min(r.hour for r in readings)) + readings
         for r in readings:
             if self.monitor.add(r):
                 self.pending[r.hour][r.sensor_id][r.t] = r
@@ -312,6 +315,36 @@ class WeatherService:
             out += self.monitor.close_hour(h, self.expected_rain())
             if i == len(hours) - 1:
                 out += await self._bulletins(h, self.grid(passed_only=True))
+        return out
+
+    async def _recover(self, h0: pd.Timestamp) -> list[Reading]:
+        """After a (re)start: the readings of the hours that may have been open, from the database.
+
+        Offsets are committed per batch, so before a crash the records of the hour being collected were
+        already committed: the stream resumes after them. The sink stored them, so they are read back
+        here (the first two hours of the first batch); readings that also come again from the stream
+        count once (keyed by station and time). A store flag of 3/4 on zero rain or calm wind is taken as
+        the gateway's flat line (see `Reading.passed`).
+        """
+        from services.weather import repository
+
+        self._recovered = True
+        async with self.pool.connection() as conn:
+            rows = await repository.weather_readings(conn, h0.to_pydatetime(), (h0 + pd.Timedelta(hours=2)).to_pydatetime())
+        by_key: dict[tuple[str, pd.Timestamp], dict] = defaultdict(dict)
+        district: dict[str, str] = {}
+        for sid, t, q, v, qc, d in rows:
+            if sid not in self.meta:
+                continue  # position unknown until the station reports on the stream
+            zero_flat = qc in (SUSPECT, FAIL) and v == 0.0 and q in ("rain", "wind_speed")
+            by_key[(sid, pd.Timestamp(t).tz_convert("UTC"))][q] = (float(v), int(qc), ("flat_line",) if zero_flat else ())
+            district[sid] = d or self.meta[sid][2]
+        out = [Reading(sid, t, district[sid], self.meta[sid][0], self.meta[sid][1], vals)
+               for (sid, t), vals in sorted(by_key.items())]
+        if out:
+            logger.info("open hours recovered from the database", extra={"fields": {"from": h0.isoformat(),
+                                                                                      "readings": len(out)}})
+        self.counts["recovered_readings"] += len(out)
         return out
 
     def expected_rain(self) -> dict[str, list[float]]:

@@ -74,3 +74,11 @@ async def latest_nowcasts(conn: psycopg.AsyncConnection, *, station_id: str | No
         {"st": station_id, "var": variable})
     cols = [c.name for c in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
+
+
+async def weather_readings(conn: psycopg.AsyncConnection, since: datetime, until: datetime) -> list[tuple]:
+    """Stored weather readings (sensor_id, time, quantity, value, qc, district) with since <= time < until."""
+    cur = await conn.execute(
+        "SELECT sensor_id, time, quantity, value, qc, district FROM observations "
+        "WHERE domain = 'weather' AND time >= %s AND time < %s ORDER BY time", (since, until))
+    return await cur.fetchall()
