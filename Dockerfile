@@ -20,7 +20,7 @@ RUN /opt/venv/bin/pip install --no-deps -e . \
 
 FROM python:3.11-slim-bookworm AS runtime
 # libgomp: xgboost/scikit-learn threads; no compilers, no shell tools beyond the base image
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 libpango-1.0-0 libpangoft2-1.0-0 fonts-noto-cjk && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 cityops && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin cityops \
  && mkdir -p /etc/cityops/mqtt && chown 10001:10001 /etc/cityops/mqtt
 # (a new named volume mounted there takes this owner, so the mqtt-credentials job can write into it)

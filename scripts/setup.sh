@@ -18,6 +18,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 fc-list 2>/dev/null | grep -qi "noto.*cjk\|wqy\|droid sans fallback" || need_apt+=(fonts-noto-cjk)
+# WeasyPrint (incident reports as PDF) draws text with Pango
+dpkg -s libpango-1.0-0 >/dev/null 2>&1 && dpkg -s libpangoft2-1.0-0 >/dev/null 2>&1 || need_apt+=(libpango-1.0-0 libpangoft2-1.0-0)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
