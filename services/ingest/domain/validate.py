@@ -155,7 +155,8 @@ class Validator:
         event_id = event_id_for(spec.sensor_id, t.isoformat())
         envelope = {
             "event_id": event_id,
-            "type": f"observation.{spec.domain}",
+            # the event type of the topic it goes to (schemas/topics.py): wearables are personal data
+            "type": "observation.personal" if spec.personal else f"observation.{spec.domain}",
             "schema_version": 1,
             "source": self.source,
             "occurred_at": t.isoformat(),
