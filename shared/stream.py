@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aiokafka.errors import CommitFailedError
 from pydantic import BaseModel
 
 from schemas.topics import ALERTS, TASKS
@@ -122,7 +123,15 @@ class StreamProcessor:
                     await asyncio.gather(*futs)
                     MESSAGES.labels(self.name, "produce", "records").inc(len(outputs))
                 if records:
-                    await consumer.commit()
+                    try:
+                        await consumer.commit()
+                    except CommitFailedError as exc:
+                        # the group rebalanced while we worked: these records go to the new owner (or to us
+                        # again); the outputs carry stable ids, so a second pass duplicates nothing downstream
+                        logger.warning("commit refused after a rebalance; the batch will be delivered again",
+                                       extra={"fields": {"service": self.name, "error": str(exc)}})
+                        MESSAGES.labels(self.name, "commit", "refused").inc()
+                        continue
                     self.processed += len(records)
                     now = time.time()
                     for r in records[-50:]:

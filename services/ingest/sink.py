@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
+from aiokafka.errors import CommitFailedError
 
 from schemas.topics import DEADLETTER, OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
 from services.ingest import repository
@@ -93,7 +94,12 @@ class ObservationSink:
                     rows, worker_rows, dls = self._rows(records, worker_of)
                     n_obs, n_worker, _ = await repository.write_observations(conn, rows, worker_rows, dls)
                     # only now: the rows are committed
-                    await consumer.commit()
+                    try:
+                        await consumer.commit()
+                    except CommitFailedError:
+                        # a rebalance took the partitions: the new owner replays them, and the insert is
+                        # idempotent on (sensor, quantity, time), so nothing is stored twice
+                        logger.warning("offset commit refused after a rebalance; the batch will be replayed")
                     self.rows_written += n_obs
                     self.worker_rows_written += n_worker
                     MESSAGES.labels(SERVICE, "sink", "records").inc(len(records))
