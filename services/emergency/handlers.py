@@ -337,8 +337,8 @@ class EmergencyService:
     # -- safety: wearables, fixed detectors, other domains --------------------------------
 
     async def handle_personal(self, events: list[dict]) -> list[Output]:
-        """Wearable readings from the restricted topic. The topic, not the envelope's type, makes them personal:
-        the ingest gateway types a reading by its sensor's domain (`observation.safety`) on whichever topic."""
+        """Wearable readings from the restricted topic. The topic, not the envelope's type, makes them personal
+        (the gateway types them `observation.personal`; records from before that said `observation.safety`)."""
         for env in events:
             if not str(env.get("type", "")).startswith("observation."):
                 raise PoisonRecord(f"a {env.get('type')!r} record on the personal topic: only observations of "
