@@ -163,7 +163,9 @@ def pollution_peak(conn, sim, path: Path) -> tuple[Path, str]:
 def nowcast_vs_observed(conn, sim, path: Path) -> tuple[Path, str]:
     plt = _plt()
     fc = conn.execute(
-        "SELECT station_id, valid_at, value, p10, p90 FROM forecasts WHERE domain = 'weather' AND variable = 'temp' "
+        # a weather nowcast's valid_at ends the forecast hour; observations_hourly labels an hour by its start
+        "SELECT station_id, valid_at - interval '1 hour', value, p10, p90 FROM forecasts "
+        "WHERE domain = 'weather' AND variable = 'temp' "
         "AND horizon_h = 1 ORDER BY station_id, valid_at"
     ).fetchall()
     station = fc[0][0] if fc else None
@@ -188,9 +190,11 @@ def nowcast_vs_observed(conn, sim, path: Path) -> tuple[Path, str]:
     if mine:
         t = [f[1] for f in mine]
         ax.plot(t, [f[2] for f in mine], "C0-", label="nowcast +1 h 临近预报")
-        if all(f[3] is not None and f[4] is not None for f in mine):
+        band = [f for f in mine if f[3] is not None and f[4] is not None]  # intervals need verified hours first
+        if band:
             ax.fill_between(
-                t, [f[3] for f in mine], [f[4] for f in mine], color="C0", alpha=0.2, label="p10–p90"
+                [f[1] for f in band], [f[3] for f in band], [f[4] for f in band], color="C0", alpha=0.2,
+                label="p10–p90"
             )
     else:
         note = "no data for nowcasts (forecasts is empty): observed only / 无临近预报数据，仅显示实况"

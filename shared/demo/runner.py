@@ -121,8 +121,13 @@ def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tupl
             "SELECT alert_id, domain, kind, severity, level, district, raised_at, evidence, title_en "
             "FROM alerts WHERE raised_at >= %s - interval '3 days' ORDER BY raised_at", (since,)
         ).fetchall()
+        bulletins = conn.execute(
+            "SELECT count(*), count(DISTINCT district), count(DISTINCT issued_at) FROM bulletins "
+            "WHERE issued_at > %s AND issued_at <= %s", (t0, t1)
+        ).fetchone()
     return {
         "observation_rows": rows, "worker_rows": worker, "dead_letters": dict(dl),
+        "bulletins": {"count": bulletins[0], "districts": bulletins[1], "hours": bulletins[2]},
         "alerts": [dict(zip(["alert_id", "domain", "kind", "severity", "level", "district", "raised_at", "evidence",
                              "title_en"], a, strict=True)) for a in alerts],
     }
@@ -238,7 +243,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
             "readings_expected": expected_rows,
             "rows_stored": db["observation_rows"] + db["worker_rows"],
             "accounted": accepted + dead == pub["total"] and db["observation_rows"] + db["worker_rows"] == expected_rows,
-            "latency": latency, "alerts": len(db["alerts"]), "scenarios": scenarios,
+            "latency": latency, "alerts": len(db["alerts"]), "bulletins": db["bulletins"], "scenarios": scenarios,
             "notifications": notifications,
             "services": {p.name: p.port for p in procs},
             "wall_seconds": round(time.monotonic() - t_start, 1),
@@ -287,6 +292,9 @@ def print_summary(x: dict) -> None:
         if q:
             print(f"  {stage:<26} {q['p50_s'] * 1000:>8.0f} ms / {q['p99_s'] * 1000:>8.0f} ms  (n={q['n']:,})")
     print(f"alerts raised          {x['alerts']:>9,}")
+    if x.get("bulletins", {}).get("count"):
+        b = x["bulletins"]
+        print(f"weather bulletins      {b['count']:>9,}  ({b['districts']} districts x {b['hours']} hours)")
     n = x.get("notifications") or {}
     if n.get("channels") is not None:
         print("deliveries per channel (sent / dead, p50 / p99 latency):")
