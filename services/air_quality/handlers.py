@@ -331,20 +331,25 @@ class AirService:
             tr.below_h += 1
 
     async def _run_traces(self) -> list[Output]:
-        """Trace the pending station-hours whose hour every live station has reported (partitions progress
-        unevenly; tracing on a half-reported hour would rank sources on whoever happened to arrive)."""
+        """Trace the pending station-hours whose hour every live station and low-cost sensor has reported
+        (partitions progress unevenly; tracing on a half-reported hour would rank sources on whoever
+        happened to arrive, and a replay would name another source)."""
         if self.clock is None:
             return []
         if not self.pending_traces:
             return await self._close_traces() if self.traces else []
         lasts = [st.last_hour for st in self.stations.values() if st.last_hour is not None]
         complete = min(lasts) if lasts else self.clock
+        # the calibrated low-cost sensors' readings of the whole station hour (their hourly means join the fit)
+        lc = [s.readings[-1][0] + self.lowcost_step for s in self.lowcost.values()
+              if s.calibration is not None and s.task_id is None and s.readings]
+        mark = min(lc) if lc else self.clock
         # a station that stays silent may not hold tracing back for more than a few hours
         give_up = self.clock - pd.Timedelta(hours=TRACE_WAIT_H)
         out: list[Output] = []
         waiting = []
         for ep, sid, t in self.pending_traces:
-            if t > complete and t > give_up:
+            if (t > complete or t + pd.Timedelta(hours=1) - self.lowcost_step > mark) and t > give_up:
                 waiting.append((ep, sid, t))
                 continue
             st = self.stations[sid]
@@ -696,8 +701,9 @@ class AirService:
             return False
         if self.calibrated:
             # sensors whose partition was read after the first fit (a backlog) are fitted on the same period
-            return any(not s.fit_tried and s.readings and s.readings[-1][0] > self.calibrated_until
-                       for s in self.lowcost.values())
+            return self._reported_until(self.calibrated_until) and any(
+                not s.fit_tried and s.readings and s.readings[-1][0] > self.calibrated_until
+                for s in self.lowcost.values())
         if self.calibration_until is not None:
             return self._reported_until(self.calibration_until)
         return self.first_seen is not None and self.clock - self.first_seen >= pd.Timedelta(hours=12)
