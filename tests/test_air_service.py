@@ -139,7 +139,7 @@ async def _run_service(stack_env, db_url, config, state: Path, group: str, last:
         return (all(seen.get(sid) == t for sid, t in last.items()) and svc.forecaster is not None
                 and svc.calibrated and not svc._bg and svc.forecast_issued is not None and not svc.pending_traces  # noqa: SLF001
                 and svc.latest is not None and svc.latest.valid_at >= max(last.values()) - pd.Timedelta(minutes=10)
-                and svc.drift_check_current())
+                and svc.drift_check_current() and not svc._calibration_due())  # noqa: SLF001
 
     try:
         deadline = time.monotonic() + timeout_s

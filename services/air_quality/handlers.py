@@ -159,6 +159,7 @@ class _LowCost:
     train_range: tuple[float, float, float, float] | None = None  # raw max, rh min, rh max, temp min
     task_id: str | None = None
     fit_tried: bool = False  # calibration attempted (a sensor first heard after the others is fitted later)
+    fit_failures: int = 0  # fits without enough pairs (its reference had not reported yet): retried up to 3 times
 
 
 @dataclass
@@ -724,10 +725,12 @@ class AirService:
         pairs = {}
         disturbed = self._disturbed_hours()
         for s in self.lowcost.values():
-            if s.fit_tried:
+            st = self._nearest_station(s.lat, s.lon)
+            # fitted once it and its reference reported through the period (a backlog's partitions lag)
+            if s.fit_tried or st is None or st.last_hour is None or st.last_hour + pd.Timedelta(hours=1) <= until \
+                    or not s.readings or s.readings[-1][0] <= until:
                 continue
             s.fit_tried = True
-            st = self._nearest_station(s.lat, s.lon)
             s.reference = st.station_id if st else None
             p = self._pairs(s, until=until, exclude=disturbed)
             if p is not None:
@@ -761,15 +764,21 @@ class AirService:
 
     def _start_fits(self) -> None:
         self._reap()
+        pairs = {}
         if self._calibration_due():
             until = self.calibrated_until or self.calibration_until or self.clock
-            self.calibrated_until = until
             pairs = self._calibration_pairs(until)
+        if pairs:  # none yet: the sensors or their references have not reported through the period
+            self.calibrated_until = until
 
             async def calibrate() -> None:
                 fitted = await asyncio.to_thread(self._fit_calibrations, pairs)
                 for sid, cal in fitted.items():
                     self.lowcost[sid].calibration = cal
+                for sid in set(pairs) - set(fitted):
+                    s = self.lowcost[sid]
+                    s.fit_failures += 1
+                    s.fit_tried = s.fit_failures >= 3
                 n = len(fitted)
                 self.calibrated = True
                 self.fits["calibration"] += 1
