@@ -43,3 +43,13 @@ def test_demo_notifies_through_webhook_email_and_mqtt_with_an_escalation(demo_db
     assert all(sent.get(ch, 0) > 0 for ch in ("webhook", "email", "mqtt")), sent
     assert n["received"]["webhook_posts"] > 0 and n["received"]["emails"] > 0
     assert len(n["escalations"]) >= 1
+
+
+def test_demo_opens_incidents_and_writes_their_reports(demo_db):
+    """Issue 6: the pump fault and the gas release become incidents, and their reports are on disk."""
+    from pathlib import Path
+
+    inc = demo_db["summary"]["incidents"]
+    assert {"equipment_fault", "gas_release"} <= {i["kind"] for i in inc}, inc
+    written = [i for i in inc if i["report"] and Path(i["report"]).exists()]
+    assert any(i["kind"] == "gas_release" for i in written), inc

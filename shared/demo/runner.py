@@ -121,6 +121,10 @@ def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tupl
             "SELECT alert_id, domain, kind, severity, level, district, raised_at, evidence, title_en "
             "FROM alerts WHERE raised_at >= %s - interval '3 days' ORDER BY raised_at", (since,)
         ).fetchall()
+        incidents = conn.execute(
+            "SELECT incident_id, kind, status, opened_at, report_path FROM incidents "
+            "WHERE opened_at >= %s AND opened_at <= %s ORDER BY opened_at", (t0, t1)
+        ).fetchall()
         bulletins = conn.execute(
             "SELECT count(*), count(DISTINCT district), count(DISTINCT issued_at) FROM bulletins "
             "WHERE issued_at > %s AND issued_at <= %s", (t0, t1)
@@ -128,6 +132,8 @@ def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tupl
     return {
         "observation_rows": rows, "worker_rows": worker, "dead_letters": dict(dl),
         "bulletins": {"count": bulletins[0], "districts": bulletins[1], "hours": bulletins[2]},
+        "incidents": [{"incident_id": i, "kind": k, "status": st, "opened_at": o.isoformat(), "report": r}
+                      for i, k, st, o, r in incidents],
         "alerts": [dict(zip(["alert_id", "domain", "kind", "severity", "level", "district", "raised_at", "evidence",
                              "title_en"], a, strict=True)) for a in alerts],
     }
@@ -243,7 +249,8 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
             "readings_expected": expected_rows,
             "rows_stored": db["observation_rows"] + db["worker_rows"],
             "accounted": accepted + dead == pub["total"] and db["observation_rows"] + db["worker_rows"] == expected_rows,
-            "latency": latency, "alerts": len(db["alerts"]), "bulletins": db["bulletins"], "scenarios": scenarios,
+            "latency": latency, "alerts": len(db["alerts"]), "bulletins": db["bulletins"], "incidents": db["incidents"],
+            "scenarios": scenarios,
             "notifications": notifications,
             "services": {p.name: p.port for p in procs},
             "wall_seconds": round(time.monotonic() - t_start, 1),
@@ -295,6 +302,9 @@ def print_summary(x: dict) -> None:
     if x.get("bulletins", {}).get("count"):
         b = x["bulletins"]
         print(f"weather bulletins      {b['count']:>9,}  ({b['districts']} districts x {b['hours']} hours)")
+    for inc in x.get("incidents") or []:
+        print(f"incident               {inc['kind']} opened {inc['opened_at'][:16]} (simulated), {inc['status']}; "
+              f"report {inc['report'] or 'not written yet'}")
     n = x.get("notifications") or {}
     if n.get("channels") is not None:
         print("deliveries per channel (sent / dead, p50 / p99 latency):")
