@@ -616,17 +616,23 @@ class AirService:
         if self.latest is None or self.latest.valid_at < t - pd.Timedelta(hours=1):
             await self._grid_at(t)
         if self.latest is None or "pm25" not in self.latest.values:
-            mark = self.watermark()
-            if mark is not None:
-                await self._grid_at(mark.floor(self.update))
+            wm = self.watermark()
+            if wm is not None:
+                await self._grid_at(wm.floor(self.update))
         if self.latest is None or "pm25" not in self.latest.values:
-            logger.warning("no PM2.5 grid for the task map", extra={"fields": {"task": name, "at": str(t)}})
-            return None
-        lg = self.latest
-        lats = np.r_[lg.sensors[0], [mark[0]]] if mark else lg.sensors[0]
-        lons = np.r_[lg.sensors[1], [mark[1]]] if mark else lg.sensors[1]
-        png = await asyncio.to_thread(heatmap_png, lg.grid, lg.values["pm25"], title="PM2.5 µg/m³",
-                                      sensors=(lats, lons))
+            # catching up on a backlog, a trace can come before any grid: the inspector still gets the place
+            logger.warning("no PM2.5 grid for the task map; the map marks the source only",
+                           extra={"fields": {"task": name, "at": str(t)}})
+            blank = np.full(len(self.grid.lat), np.nan)
+            png = await asyncio.to_thread(heatmap_png, self.grid, blank, title="PM2.5 grid not estimated yet",
+                                          sensors=(np.array([mark[0]]), np.array([mark[1]])) if mark else None,
+                                          vmax=1.0)
+        else:
+            lg = self.latest
+            lats = np.r_[lg.sensors[0], [mark[0]]] if mark else lg.sensors[0]
+            lons = np.r_[lg.sensors[1], [mark[1]]] if mark else lg.sensors[1]
+            png = await asyncio.to_thread(heatmap_png, lg.grid, lg.values["pm25"], title="PM2.5 µg/m³",
+                                          sensors=(lats, lons))
         path = self.out_dir / "maps" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)

@@ -36,7 +36,7 @@ def station_features(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     met = net.met.copy()
     # carried forward only: met gaps are filled from the past
     hours = net.times.hour.to_numpy()
-    dow = net.times.dayofweek.to_numpy()
+    dow = net.times.day_of_week.to_numpy()
     doy = net.times.day_of_year.to_numpy()
     common = np.column_stack([
         net_mean, net_mean - _lagged(net_mean, 1), net_mean - _lagged(net_mean, 3), net_mean - _lagged(net_mean, 24),
