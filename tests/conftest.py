@@ -32,6 +32,22 @@ def _with_db(url: str, db: str) -> str:
     return urlunsplit(parts._replace(path="/" + db))
 
 
+def drop_database(admin_url: str, name: str) -> None:
+    """DROP DATABASE … WITH (FORCE), retried: FORCE may not terminate a backend that is not ours (an
+    autovacuum worker that just started on the new database), which goes away by itself within moments."""
+    import time
+
+    for attempt in range(20):
+        try:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def db_url(stack_env) -> Iterator[str]:
     """A fresh, migrated database for this test module, dropped afterwards."""
@@ -45,8 +61,7 @@ def db_url(stack_env) -> Iterator[str]:
     with psycopg.connect(url) as conn:
         migrate(conn)
     yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(admin, name)
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):
@@ -106,5 +121,4 @@ def demo_db(stack_env, tmp_path_factory):
                              f"{proc.stderr[-3000:]}")
     yield {"db_url": url, "summary": json.loads(summary_file.read_text()), "out_dir": out_dir,
            "returncode": proc.returncode}
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(admin, name)

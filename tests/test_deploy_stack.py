@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from deploy.mqtt import write as write_mqtt
-from tests.conftest import _with_db, wait_for
+from tests.conftest import _with_db, drop_database, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -136,8 +136,7 @@ def empty_db(stack_env):
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield _with_db(admin, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(admin, name)
 
 
 @pytest.mark.stack
