@@ -16,6 +16,8 @@ LATENCY = Histogram(
     "cityops_stage_latency_seconds", "Latency of a pipeline stage", ["service", "stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
+PENDING_WORK = Gauge("cityops_pending_work", "Work a service holds in memory after committing its input "
+                     "(e.g. SCADA steps waiting for the leak model)", ["service"])
 CONSUMER_LAG = Gauge("cityops_consumer_lag_messages", "Kafka consumer lag", ["service", "topic", "partition"])
 
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from schemas.topics import ALERTS, TASKS
 from shared import kafka
-from shared.observability import DEAD_LETTERS, LATENCY, MESSAGES, update_consumer_lag
+from shared.observability import DEAD_LETTERS, LATENCY, MESSAGES, PENDING_WORK, update_consumer_lag
 from shared.service import Readiness
 
 logger = logging.getLogger("cityops.stream")
@@ -71,7 +71,8 @@ Handler = Callable[[list[dict]], Awaitable[list[Output]]]
 class StreamProcessor:
     def __init__(self, name: str, bootstrap: str, topics: list[str], group: str, handler: Handler,
                  readiness: Readiness, *, max_records: int = 2000, poll_ms: int = 500,
-                 tick: Callable[[], Awaitable[list[Output]]] | None = None, tick_s: float = 5.0):
+                 tick: Callable[[], Awaitable[list[Output]]] | None = None, tick_s: float = 5.0,
+                 pending: Callable[[], int] | None = None):
         self.name = name
         self.bootstrap = bootstrap
         self.topics = topics
@@ -82,6 +83,9 @@ class StreamProcessor:
         self.poll_ms = poll_ms
         self.tick = tick
         self.tick_s = tick_s
+        # work the handler holds after its input was committed (a model still fitting, a window still open):
+        # exported as cityops_pending_work so an operator (or the demo) sees the service is not idle yet
+        self.pending = pending
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -136,6 +140,8 @@ class StreamProcessor:
                     now = time.time()
                     for r in records[-50:]:
                         LATENCY.labels(self.name, "kafka_to_output").observe(max(now - r.timestamp / 1000.0, 0.0))
+                if self.pending is not None:
+                    PENDING_WORK.labels(self.name).set(self.pending())
                 if time.monotonic() - last_lag > 5:
                     await update_consumer_lag(consumer, self.name)
                     last_lag = time.monotonic()

@@ -29,6 +29,8 @@ MUST_DETECT = {("air", "pollution_episode"), ("air", "sensor_drift"), ("water", 
 
 def test_demo_detects_every_injected_scenario(demo_db):
     s = demo_db["summary"]
+    # detection is judged only once every service had handled its input and its work in hand
+    assert s["settled"]["settled"] is True, f"services still busy: {s['settled']}"
     for x in s["scenarios"]:
         print(f"{'DETECTED' if x['detected'] else 'missed  '} {x['domain']}/{x['scenario']}: {x.get('note', '')}")
     missed = [f"{x['domain']}/{x['scenario']}: {x.get('note', '')}" for x in s["scenarios"]

@@ -289,3 +289,33 @@ def test_check_detection_needs_the_right_pipe_and_a_warning_before_the_peak():
     res = check_detection(storm, [warn])
     assert res["detected"] and "70 min before" in res["note"]
     assert not check_detection(storm, [{**warn, "evidence": {"catchment_id": "c02"}}])["detected"]
+
+
+async def test_steps_held_by_a_sensor_silent_to_the_end_are_released_when_the_stream_goes_quiet(tmp_path):
+    """The stream ends while one SCADA sensor has been silent for hours: once nothing has arrived for
+    `water_idle_flush_s`, the steps it held go on without it, and pending_work (the gauge the demo waits on)
+    falls to what is really left."""
+    import json as _json
+
+    from services.water.handlers import WaterService
+
+    specs, readings, _, config = _scenario()
+    svc: WaterService = _offline_service(tmp_path, config)
+    svc.s.water_history_days = 0  # no history simulation here; nothing is fitted in this test
+    scada = [sid for sid, v in config["domains"]["water"]["sensors"].items() if v["kind"] == "pressure"]
+    mute = scada[0]
+    head = readings[readings["time"] < START + pd.Timedelta(hours=3)]
+    head = head[(head["sensor_id"] != mute) | (head["time"] < START + pd.Timedelta(hours=1))]
+    events = [_json.loads(v) for _, _, v in _envelopes(specs, head)]
+    await svc.handle(events)
+    held = len(svc.pending)
+    assert held >= 7 and svc.pending_work() >= held  # steps since the mute sensor's last reading wait for it
+    assert await svc.tick() == [] and len(svc.pending) == held  # not yet quiet for long enough
+    svc.last_arrival_wall -= svc.s.water_idle_flush_s + 1
+    for sid in svc.sensor_wall:
+        svc.sensor_wall[sid] -= svc.s.water_idle_flush_s + 1
+    await svc.tick()
+    assert len(svc.pending) == 0
+    assert svc.fed_until == head.loc[head["sensor_id"].isin(svc.scada_sensors), "time"].max()
+    if svc.fitting is not None:
+        svc.fitting.cancel()

@@ -19,7 +19,8 @@ def build(s: AirSettings, readiness: Readiness, *, config: dict | None = None):
     pool = AsyncConnectionPool(s.db_url, min_size=1, max_size=4, open=False)
     svc = AirService(s, pool, config=config)
     proc = StreamProcessor("air-quality", s.kafka_bootstrap, TOPICS, f"{s.air_group_prefix}-stream", svc.handle,
-                           readiness, max_records=2000, tick=svc.heavy, tick_s=s.air_heavy_every_s)
+                           readiness, max_records=2000, tick=svc.heavy, tick_s=s.air_heavy_every_s,
+                           pending=svc.pending_work)
 
     async def stream(stop: asyncio.Event) -> None:
         await pool.open(wait=True, timeout=60)

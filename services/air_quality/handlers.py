@@ -761,6 +761,10 @@ class AirService:
                 logger.info("low-cost sensor not calibrated", extra={"fields": {"sensor": sid, "why": str(exc)}})
         return fitted
 
+    def pending_work(self) -> int:
+        """Calibration and forecast fits still running in the background."""
+        return sum(not t.done() for t in self._bg.values())
+
     def _reap(self) -> None:
         for name, task in list(self._bg.items()):
             if task.done():

@@ -19,7 +19,8 @@ def build(s: WaterSettings, readiness: Readiness, *, config: dict | None = None)
     pool = AsyncConnectionPool(s.db_url, min_size=1, max_size=4, open=False)
     svc = WaterService(s, pool, config=config)
     proc = StreamProcessor("water", s.kafka_bootstrap, TOPICS, f"{s.water_group_prefix}-stream", svc.handle,
-                           readiness, max_records=2000, tick=svc.tick, tick_s=5.0)
+                           readiness, max_records=2000, tick=svc.tick, tick_s=5.0,
+                           pending=svc.pending_work)
 
     async def stream(stop: asyncio.Event) -> None:
         await pool.open(wait=True, timeout=60)

@@ -263,6 +263,13 @@ class WaterService:
             out += await self._flood(self.catchments[cid])
         return out
 
+    def pending_work(self) -> int:
+        """SCADA steps not yet in the leak model (waiting for sensors, or for the model to be trained) and alarms
+        whose localisation window is still open."""
+        waiting_fit = 1 if self.fitting is not None and not self.fitting.done() else 0
+        alarms = len(self.monitor.pending) if self.monitor is not None else 0
+        return len(self.pending) + len(self.backlog) + waiting_fit + alarms
+
     def _scada_key(self, o: Observation) -> tuple[str, str] | None:
         meta = self.sensor_elements.get(o.sensor_id)
         if meta:
@@ -277,9 +284,10 @@ class WaterService:
         return (kind, element) if ok else None
 
     # ---- leaks -----------------------------------------------------------------------------
-    async def _scada_steps(self) -> list[Output]:
+    async def _scada_steps(self, now: float | None = None) -> list[Output]:
         """Steps every SCADA sensor has reported (a sensor's readings share a partition, so they come in order),
-        or that a silent sensor no longer holds up. Readings for a step already fed are late."""
+        or that a silent sensor no longer holds up. Readings for a step already fed are late. Silence is judged
+        against the last arrival, or against `now` once the whole stream has gone quiet (see `tick`)."""
         if self.latest_scada is None:
             return []
         expected = self.scada_sensors or set(self.sensor_last)
@@ -289,7 +297,7 @@ class WaterService:
         silent_after = self.s.water_silent_sensor_s
         gap = SILENT_STREAM_GAP
         waiting = [self.sensor_last.get(sid) for sid in expected
-                   if self.last_arrival_wall - self.sensor_wall.get(sid, self.first_arrival_wall) < silent_after
+                   if (now or self.last_arrival_wall) - self.sensor_wall.get(sid, self.first_arrival_wall) < silent_after
                    or self.latest_scada - self.sensor_last.get(sid, _EPOCH) < gap]
         ready = self.latest_scada if not waiting else min((t or _EPOCH) for t in waiting)
         done = sorted(t for t in self.pending if t <= ready)
@@ -366,11 +374,13 @@ class WaterService:
     async def tick(self) -> list[Output]:
         """Localise alarms still waiting for their window once the SCADA stream has been idle for a while
         (the end of a replay, or a gateway outage): a dispatcher gets candidates now rather than never."""
+        out: list[Output] = []
+        if self.pending and time.monotonic() - self.last_arrival_wall >= self.s.water_idle_flush_s:
+            out += await self._scada_steps(now=time.monotonic())  # a sensor that fell silent with the rest
         idle = time.monotonic() - self.last_feed_wall
         if (self.monitor is None or not self.monitor.pending or idle < self.s.water_idle_flush_s
                 or self.pending or self.backlog):
-            return []
-        out: list[Output] = []
+            return out
         for ev in self.monitor.flush():
             out += await self._leak(ev)
         return out

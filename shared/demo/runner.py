@@ -40,6 +40,8 @@ class OffsetReader:
             return c
 
         self._c = self._loop.run_until_complete(make())
+        self._bootstrap = bootstrap
+        self._admin: Any = None
 
     async def _ends(self, topics: list[str]) -> dict[str, int]:
         from aiokafka import TopicPartition
@@ -58,8 +60,28 @@ class OffsetReader:
     def ends(self, topics: list[str]) -> dict[str, int]:
         return self._loop.run_until_complete(self._ends(topics))
 
+    async def _group_lag(self, prefix: str) -> dict[str, int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        if self._admin is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+            await self._admin.start()
+        out: dict[str, int] = {}
+        for g in sorted(x[0] for x in await self._admin.list_consumer_groups() if str(x[0]).startswith(prefix)):
+            committed = await self._admin.list_consumer_group_offsets(g)
+            parts = [tp for tp, om in committed.items() if om is not None and om.offset >= 0]
+            ends = await self._c.end_offsets(parts) if parts else {}
+            out[g] = int(sum(max(ends[tp] - committed[tp].offset, 0) for tp in parts))
+        return out
+
+    def group_lag(self, prefix: str) -> dict[str, int]:
+        """Records not yet handled (end offset minus committed offset) of every consumer group named `prefix…`."""
+        return self._loop.run_until_complete(self._group_lag(prefix))
+
     def close(self) -> None:
         self._loop.run_until_complete(self._c.stop())
+        if self._admin is not None:
+            self._loop.run_until_complete(self._admin.close())
         self._loop.close()
 
 
@@ -69,6 +91,44 @@ def end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
         return r.ends(topics)
     finally:
         r.close()
+
+
+def pending_from_metrics(text: str) -> float:
+    """Work a service holds in memory that its consumer group has already committed (cityops_pending_work)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("cityops_pending_work{") or line.startswith("cityops_pending_work "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_settled(offsets: OffsetReader, group_prefix: str, procs, *, quiet_s: float = 8.0,
+                 stall_s: float = 180.0) -> dict[str, Any]:
+    """Wait until every service of this run has handled what reached it: each consumer group has committed its
+    topics' ends and no service reports work in hand, for `quiet_s` in a row (a domain service's outputs start new
+    work for the notification service). Gives up after `stall_s` without progress; returns what was left."""
+    t0 = time.monotonic()
+    last: tuple = ()
+    last_change = quiet_since = time.monotonic()
+    while True:
+        lag = offsets.group_lag(group_prefix)
+        pending = {p.name: pending_from_metrics(p.metrics()) for p in procs}
+        state = (tuple(sorted(lag.items())), tuple(sorted(pending.items())))
+        busy = {**{g.removeprefix(group_prefix): n for g, n in lag.items() if n},
+                **{f"{k} (in hand)": v for k, v in pending.items() if v}}
+        now = time.monotonic()
+        if state != last:
+            last, last_change = state, now
+            if busy:
+                print("    services still working: " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(busy.items())),
+                      flush=True)
+        if busy:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return {"settled": True, "seconds": round(now - t0, 1), "left": {}}
+        if now - last_change > stall_s:
+            return {"settled": False, "seconds": round(now - t0, 1), "left": busy}
+        time.sleep(2)
 
 
 def quantiles_from_metrics(text: str, metric: str, labels: dict[str, str]) -> dict[str, float] | None:
@@ -224,9 +284,12 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
                 print(f"    {accepted + dead:,}/{pub['total']:,} messages through the gateway, "
                       f"{stored:,}/{expected_rows:,} readings stored", flush=True)
             time.sleep(3)
+        # detection is judged once the domain services (and then the notification service) have handled everything
+        print("    waiting for the services to finish their windows", flush=True)
+        settled = wait_settled(offsets, env["CITYOPS_KAFKA_GROUP_PREFIX"], procs[2:])
         offsets.close()
-        # let the domain services finish the last windows before judging detection
-        time.sleep(10)
+        if not settled["settled"]:
+            print(f"    WARNING: services still busy after {settled['seconds']:.0f} s: {settled['left']}", flush=True)
         db = _db_counts(s.db_url, sensor_ids, since, window)
         metrics = {p.name: p.metrics() for p in procs}
         latency = {
@@ -249,7 +312,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
             "readings_expected": expected_rows,
             "rows_stored": db["observation_rows"] + db["worker_rows"],
             "accounted": accepted + dead == pub["total"] and db["observation_rows"] + db["worker_rows"] == expected_rows,
-            "latency": latency, "alerts": len(db["alerts"]), "bulletins": db["bulletins"], "incidents": db["incidents"],
+            "latency": latency, "settled": settled, "alerts": len(db["alerts"]), "bulletins": db["bulletins"], "incidents": db["incidents"],
             "scenarios": scenarios,
             "notifications": notifications,
             "services": {p.name: p.port for p in procs},
