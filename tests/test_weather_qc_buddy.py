@@ -50,3 +50,27 @@ def test_wind_unit_mistake_is_caught_and_calm_is_not():
     assert np.mean(np.isin(r.flags["wind_speed"][280:292, s][wrong], BAD)) >= 0.8
     assert np.mean(np.isin(r.flags["wind_speed"][:, [0, 1, 3, 4]], BAD)) < 0.01
     assert np.all(np.isin(r.flags["wind_speed"][:, s][:280], (PASS, SUSPECT, FAIL)))
+
+
+def test_a_small_deviation_held_for_hours_is_caught_and_a_single_hour_of_it_is_not():
+    """Pressure: a station swapped with one a few hPa away is below the single-hour threshold, but held for
+    hours it is an error; one hour of the same deviation (coarse logging) is not. In a stream (causal) the
+    run is flagged from its fourth hour, when it has lasted long enough to tell."""
+    g = _grid(14)
+    p = g.values["pres"]
+    s = 4
+    cfg = DEFAULT_QC_CONFIG["pres"]["buddy"]
+    base = buddy_check(p, g.lat, g.lon, cfg)
+    resid_sd = 1.4826 * np.nanmedian(np.abs(p[:, s] - np.nanmedian(p, axis=1) - np.nanmedian(p[:, s] - np.nanmedian(p, axis=1))))
+    shift = 3.5 * max(resid_sd, cfg["floor"])  # beyond 3 robust sigmas, below the single-hour 4.5
+    held, single = p.copy(), p.copy()
+    held[260:272, s] += shift
+    single[300, s] += shift
+    one = buddy_check(single, g.lat, g.lon, cfg)
+    assert one[300, s] == base[300, s] == PASS
+    batch = buddy_check(held, g.lat, g.lon, cfg)
+    assert np.mean(np.isin(batch[260:272, s], BAD)) >= 0.9
+    stream = buddy_check(held, g.lat, g.lon, {**cfg, "causal": True})
+    assert np.mean(np.isin(stream[263:272, s], BAD)) >= 0.9
+    without = buddy_check(held, g.lat, g.lon, {k: v for k, v in cfg.items() if k != "sustained"})
+    assert np.mean(np.isin(without[260:272, s], BAD)) < 0.5  # the single-hour test alone misses it

@@ -28,6 +28,11 @@ VARS = ["temp", "dewp", "pres", "wind_speed"]
 TARGETS = {1: 0.70, 3: 0.55, 6: 0.45}
 # an injected change smaller than this is within the stations' own disagreement and is not scored
 MATERIAL = {"temp": 3.0, "dewp": 4.0, "pres": 4.0, "wind_speed": 3.0}
+# stretches where the source data itself is broken (UTC): 2014-10-31 12:00 .. 2014-11-18 the stations' pressures,
+# steady within about 3 hPa of each other before and after, scatter 5-21 hPa apart in groups (sites sharing one
+# weather station agree with each other, not with the rest). The QC flags them; the strict scores count those
+# flags as false; a second total leaves these stretches out of both recall and precision.
+SOURCE_FAULTS = {"pres": [("2014-10-31T12:00Z", "2014-11-18T06:00Z")]}
 
 
 def log(msg: str) -> None:
@@ -143,6 +148,7 @@ def bench_qc(grid: StationGrid, events_per_var: int, seed: int = 5) -> dict:
     out = {"qc_seconds_full_file": round(qc_s, 2), "events_per_variable": events_per_var, "variables": {}}
     names = {1: "spike", 2: "stuck", 3: "offset", 4: "unit", 5: "swap"}
     tot = {"tp": 0, "fp": 0, "fn": 0, "untouched": 0}
+    tot_ok = {"tp": 0, "fp": 0, "fn": 0}
     for var in VARS:
         kind, material = kinds[var]
         present = np.isfinite(dirty_grid.values[var]) & np.isfinite(grid.values[var])
@@ -170,10 +176,22 @@ def bench_qc(grid: StationGrid, events_per_var: int, seed: int = 5) -> dict:
         tot["fp"] += fp
         tot["fn"] += fn
         tot["untouched"] += int(untouched.sum())
+        ok_rows = np.ones(len(grid.times), dtype=bool)
+        for a, b in SOURCE_FAULTS.get(var, []):
+            ok_rows &= ~((grid.times >= pd.Timestamp(a)) & (grid.times < pd.Timestamp(b)))
+        tot_ok["tp"] += int((flagged & err)[ok_rows].sum())
+        tot_ok["fn"] += int((~flagged & err)[ok_rows].sum())
+        tot_ok["fp"] += int((flagged & untouched)[ok_rows].sum())
+        row["precision_outside_source_faults"] = round(int((flagged & err)[ok_rows].sum()) / max(
+            int((flagged & err)[ok_rows].sum()) + int((flagged & untouched)[ok_rows].sum()), 1), 4)
         out["variables"][var] = row
     out["all"] = {"recall": round(tot["tp"] / max(tot["tp"] + tot["fn"], 1), 4),
                   "precision": round(tot["tp"] / max(tot["tp"] + tot["fp"], 1), 4),
                   "false_flag_rate_untouched": round(tot["fp"] / max(tot["untouched"], 1), 5)}
+    out["outside_source_faults"] = {
+        "excluded": SOURCE_FAULTS,
+        "recall": round(tot_ok["tp"] / max(tot_ok["tp"] + tot_ok["fn"], 1), 4),
+        "precision": round(tot_ok["tp"] / max(tot_ok["tp"] + tot_ok["fp"], 1), 4)}
     return out
 
 
@@ -304,6 +322,13 @@ def render(r: dict) -> str:
                      + " | ".join("-" if rk[k] is None else f"{rk[k]:.2f}" for k in ("spike", "stuck", "offset", "unit", "swap")) + " |")
     a = q["all"]
     lines.append(f"| **all** | | **{a['recall']:.3f}** | **{a['precision']:.3f}** | {a['false_flag_rate_untouched']:.4f} | | | | | | |")
+    if "outside_source_faults" in q:
+        o = q["outside_source_faults"]
+        spans = "; ".join(f"{v} {a_}..{b_}" for v, sp in o["excluded"].items() for a_, b_ in sp)
+        lines += ["", f"Strict scores above count every flag on an uninjected cell as false, including the source's own "
+                  f"broken stretch ({spans}: the stations' pressures scatter 5-21 hPa apart, against about 3 hPa before "
+                  f"and after; see the table below). Leaving that stretch out of both recall and precision: "
+                  f"**recall {o['recall']:.3f}, precision {o['precision']:.3f}** (target 0.9 / 0.9)."]
     by_month = {var: row.get("original_flags_by_month") for var, row in q["variables"].items()}
     if all(by_month.values()):
         lines += ["", "Flags raised on the original (uninjected) data per month of the test year - where these cluster, "
