@@ -176,39 +176,66 @@ def _sustained(signed: np.ndarray, c: dict[str, Any], *, causal: bool) -> np.nda
     return q[::-1].rolling(w, min_periods=1).max()[::-1].to_numpy().astype(bool)
 
 
+def _past_median(x: np.ndarray, window: int, min_count: int) -> np.ndarray:
+    """Median of each column over the `window` rows before each row (NaN skipped; NaN with fewer than
+    `min_count` values) - pandas' shift(1).rolling(window, min_periods).median(), in C (bottleneck)."""
+    import bottleneck as bn
+
+    x = np.asarray(x, dtype=float)
+    past = np.vstack([np.full((1, x.shape[1]), np.nan), x[:-1]])
+    window = max(1, min(window, len(x)))  # a window longer than the data is the data so far
+    if min_count > window:
+        return np.full(x.shape, np.nan)
+    return bn.move_median(past, window, min_count=max(1, min_count), axis=0)
+
+
 def _scaled(resid: np.ndarray, c: dict[str, Any], *, signed: bool = False) -> np.ndarray:
     """|residual - its rolling median| over the rolling robust sigma of the past (floored); with `signed`,
     without the absolute value."""
-    r = pd.DataFrame(resid)
-    past = r.shift(1)
-    bias = past.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
-    dev = (past - bias).abs()
-    scale = 1.4826 * dev.rolling(c["window_h"], min_periods=c["min_history_h"]).median()
-    scale = np.maximum(scale.to_numpy(), c["floor"])
+    import bottleneck as bn
+
+    w, m = max(1, min(int(c["window_h"]), len(resid))), int(c["min_history_h"])
+    bias = _past_median(resid, w, m)
     with np.errstate(invalid="ignore"):
-        dev_now = resid - bias.to_numpy()
+        dev_now = resid - bias
+        # the spread at row t: the median of |past residual - its own bias| over the window before t
+        dev = np.abs(dev_now)
+        past_dev = np.vstack([np.full((1, dev.shape[1]), np.nan), dev[:-1]])
+        scale = 1.4826 * (bn.move_median(past_dev, w, min_count=max(1, m), axis=0) if m <= w
+                          else np.full(dev.shape, np.nan))
+        scale = np.maximum(np.where(np.isfinite(scale), scale, np.nan), c["floor"])
         return (dev_now if signed else np.abs(dev_now)) / scale
 
 
 def _median_buddy_resid(full: np.ndarray, d: np.ndarray, c: dict[str, Any]) -> np.ndarray:
-    n_s = full.shape[1]
+    n_t, n_s = full.shape
     resid = np.full(full.shape, np.nan)
+    cap = int(c["median_max_buddies"]) if c.get("median_max_buddies") else n_s
+    rows: list[int] = []
+    mates_of: list[np.ndarray] = []
     for s in range(n_s):
         mates = np.flatnonzero((d[s] <= c["radius_km"]) & (np.arange(n_s) != s))
         if len(mates) < c["min_buddies"]:
             continue
-        if c.get("median_max_buddies"):
-            # a dense network: the nearest ones say as much as all within the radius, at a fraction of the cost
-            mates = mates[np.argsort(d[s, mates], kind="stable")[: int(c["median_max_buddies"])]]
-        with np.errstate(all="ignore"), _quiet():
-            med = np.nanmedian(full[:, mates], axis=1)
-        resid[:, s] = full[:, s] - med
+        # a dense network: the nearest ones say as much as all within the radius, at a fraction of the cost
+        mates = mates[np.argsort(d[s, mates], kind="stable")[:cap]] if len(mates) > cap else mates
+        rows.append(s)
+        mates_of.append(mates)
+    if not rows:
+        return resid
+    # one vectorised median: each station's mates side by side, padded with an all-NaN column
+    width = max(len(m) for m in mates_of)
+    padded = np.vstack([np.concatenate([m, np.full(width - len(m), n_s)]) for m in mates_of]).astype(int)
+    ext = np.hstack([full, np.full((n_t, 1), np.nan)])
+    with np.errstate(all="ignore"), _quiet():
+        med = np.nanmedian(ext[:, padded], axis=2)  # (n_t, stations with buddies)
+    resid[:, rows] = full[:, rows] - med
     return resid
 
 
 def _impute(work: np.ndarray, c: dict[str, Any]) -> np.ndarray:
     """Gaps filled with the station's recent level plus the hour's median anomaly of the others."""
-    lvl = pd.DataFrame(work).shift(1).rolling(c["window_h"], min_periods=1).median().to_numpy()
+    lvl = _past_median(work, int(c["window_h"]), 1)
     with np.errstate(all="ignore"), _quiet():
         lvl = np.where(np.isfinite(lvl), lvl, np.nanmedian(work, axis=0)[None, :])
         rowmed = np.nanmedian(work - lvl, axis=1)
@@ -224,7 +251,7 @@ def _regression_resid(work: np.ndarray, full: np.ndarray, d: np.ndarray, c: dict
     step, win, minfit = int(c["refit_h"]), int(c["fit_window_h"]), int(c["min_fit_h"])
     for s in range(n_s):
         order = np.argsort(d[s])
-        mates = [j for j in order if j != s and d[s, j] <= c["radius_km"]][: int(c["max_buddies"])]
+        mates = order[(order != s) & (d[s, order] <= c["radius_km"])][: int(c["max_buddies"])]
         if len(mates) < c["min_buddies"]:
             continue
         x = xs[:, mates]
