@@ -72,3 +72,14 @@ async def test_every_reading_arrives_exactly_once(stack_env, db_url):
         leaked = conn.execute("SELECT count(*) FROM observations WHERE sensor_id = ANY(%s)",
                               (sorted(personal),)).fetchone()[0]
     assert leaked == 0
+
+
+@pytest.mark.parametrize(("end", "says"), [("2999-01-01T00:00Z", "in the future"), ("yesterday noon", "not an ISO 8601")])
+def test_demo_refuses_an_end_it_cannot_simulate_before_touching_anything(end, says):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "demo", "--end", end], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert says in proc.stderr and "1/5 stack" not in proc.stdout

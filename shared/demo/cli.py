@@ -15,14 +15,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-services", action="store_true", help="leave the services running afterwards")
     p.add_argument("--domains", default=None, help="comma-separated subset of air,water,weather,emergency")
     p.add_argument("--base-port", type=int, default=8100, help="services listen on base+1 … base+30")
+    p.add_argument("--end", default=None, help="end of the simulated period, ISO 8601 (default: now); the same "
+                   "seed and end give the same city, so a run can be repeated exactly")
     p.set_defaults(func=_demo)
 
 
 def _demo(a: argparse.Namespace) -> int:
+    import pandas as pd
+
     from shared.demo.runner import run
     from shared.settings import state_dir
 
+    end = None
+    if a.end:
+        try:
+            end = pd.Timestamp(a.end)
+        except ValueError:
+            raise SystemExit(f"error: --end {a.end!r} is not an ISO 8601 time (e.g. 2026-11-27T16:00Z)") from None
+        end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+        if end > pd.Timestamp.now(tz="UTC"):
+            raise SystemExit("error: --end is in the future; the simulated readings must all lie in the past")
+
     summary = run(hours=a.hours, minutes=a.minutes, seed=a.seed, out_dir=a.out_dir or state_dir() / "demo",
                   keep_services=a.keep_services, base_port=a.base_port,
-                  domains=a.domains.split(",") if a.domains else None)
+                  domains=a.domains.split(",") if a.domains else None, end=end)
     return 0 if summary["accounted"] else 1

@@ -216,7 +216,7 @@ def check_scenarios(sim, alerts: list[dict]) -> list[dict]:
 
 
 def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services: bool = False,
-        base_port: int = 8100, domains: list[str] | None = None) -> dict[str, Any]:
+        base_port: int = 8100, domains: list[str] | None = None, end: pd.Timestamp | None = None) -> dict[str, Any]:
     from shared import settings
     from shared.simulator.city import publish
     from shared.simulator.cli import prepare
@@ -230,7 +230,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
     with psycopg.connect(s.db_url) as conn:
         migrate(conn)
     print("2/5 simulated city", flush=True)
-    s, sim, passwords = prepare(hours, seed, domains, out_dir)
+    s, sim, passwords = prepare(hours, seed, domains, out_dir, end=end)
     n_msgs = len(sim.messages())
     print(f"    {len(sim.sensors)} sensors on {len(sim.gateways)} gateways, {n_msgs:,} messages over {hours:g} "
           f"simulated hours, {len(sim.truth)} injected scenarios", flush=True)

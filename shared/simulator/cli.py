@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
-def prepare(hours: float, seed: int, domains: list[str] | None, out_dir: Path):
+def prepare(hours: float, seed: int, domains: list[str] | None, out_dir: Path, *, end=None):
     """Generate the city, register its sensors and gateways, write its files."""
     import psycopg
 
@@ -28,7 +28,7 @@ def prepare(hours: float, seed: int, domains: list[str] | None, out_dir: Path):
     from shared.storage.registry import upsert_sensors
 
     s = settings.load()
-    sim = build(hours=hours, seed=seed, domains=domains)
+    sim = build(hours=hours, seed=seed, domains=domains, end=end)
     sim.write(out_dir)
     with psycopg.connect(s.db_url) as conn:
         upsert_sensors(conn, sim.sensors)
