@@ -7,6 +7,7 @@ module, the database is a throwaway one.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -406,6 +407,49 @@ async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(e
     assert n == 0
 
 
+async def test_an_alert_made_more_severe_is_stored_notified_and_escalated_anew_however_late(env, service):
+    """A flood warning goes from blue to orange 40 minutes later (beyond the repeat window): the stored alert
+    becomes orange and major, everyone on the rule hears about it again, with the new words. A later update that
+    is no worse only refreshes the words."""
+    key = f"air:upgrade:{secrets.token_hex(3)}"
+    blue = _alert("air", key, severity="minor").model_copy(update={"level": "blue", "title_en": "Flood warning BLUE"})
+    await _publish(env, blue)
+
+    def delivered(n):
+        async def check():
+            r = _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", blue.alert_id)[0][0]
+            return r if r >= n else None
+        return check
+
+    await async_wait_for(delivered(1), 60, what="the blue warning delivered")
+    await asyncio.sleep(3)
+    first = _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", blue.alert_id)[0][0]
+    orange = blue.model_copy(update={"status": "updated", "severity": "major", "level": "orange",
+                                     "title_en": "Flood warning ORANGE", "raised_at": blue.raised_at + timedelta(minutes=40)})
+    await _publish(env, orange)
+    await async_wait_for(delivered(2 * first), 60, what="the orange warning delivered again")
+    row = _rows(env["db_url"], "SELECT severity, level, title_en, status FROM alerts WHERE dedup_key = %s", key)
+    assert row == [("major", "orange", "Flood warning ORANGE", "open")]
+    upgraded = [r.json() for r in env["hook"].requests if r.json()["data"].get("alert_id") == blue.alert_id
+                and r.json()["data"].get("severity") == "major"]
+    assert upgraded and all(
+        ("[UPGRADED, was MINOR, BLUE]" if u["language"] == "en" else "【预警升级，原为一般蓝色】") in u["subject"]
+        for u in upgraded), upgraded
+    # no worse: words refreshed, nobody notified
+    calmer = orange.model_copy(update={"severity": "minor", "level": "blue", "title_en": "Flood warning easing",
+                                       "raised_at": blue.raised_at + timedelta(minutes=90)})
+    await _publish(env, calmer)
+
+    async def refreshed():
+        r = _rows(env["db_url"], "SELECT severity, level, title_en FROM alerts WHERE dedup_key = %s", key)
+        return r if r and r[0][2] == "Flood warning easing" else None
+
+    assert await async_wait_for(refreshed, 60, what="the calmer update folded in") == [
+        ("major", "orange", "Flood warning easing")]
+    await asyncio.sleep(3)
+    assert _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", blue.alert_id)[0][0] == 2 * first
+
+
 async def test_failing_channel_retries_with_backoff_then_dead_letters(env, service):
     alert = _alert("weather", f"weather:x:{secrets.token_hex(3)}")
     await _publish(env, alert)
@@ -581,3 +625,4 @@ async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
         assert by_channel["webhook"]["dead"] >= 1  # the failing receiver's delivery
     finally:
         await restarted.stop()
+

@@ -56,6 +56,16 @@ logger = logging.getLogger("cityops.notify")
 SERVICE = "notify"
 
 
+
+_SEVERITY_RANK = {"info": 0, "minor": 1, "major": 2, "critical": 3}
+_LEVEL_RANK = {None: -1, "blue": 0, "yellow": 1, "orange": 2, "red": 3}
+LEVEL_ZH = {"blue": "蓝色", "yellow": "黄色", "orange": "橙色", "red": "红色"}
+
+
+def _rank(severity: str | None, level: str | None) -> tuple[int, int]:
+    """How serious an alert is: severity first, then the warning colour (blue < yellow < orange < red)."""
+    return _SEVERITY_RANK.get(severity or "", -1), _LEVEL_RANK.get(level, -1)
+
 class NotifyError(Exception):
     """A domain error with its HTTP status and a message that says what to do."""
 
@@ -361,8 +371,25 @@ class NotifyService:
         repeats: dict[str, list] = {}
         refreshed: dict[str, Alert] = {}  # open alert -> the newest "updated" version of it
         escalations = []
+        upgraded: dict[str, tuple[str, Alert]] = {}  # open alert -> (event id, the more severe version of it)
         for event_id, a in live:
             prev = existing.get(a.dedup_key)
+            if prev is not None and a.status == "updated":
+                # the source's newer version of the open alert, however late it comes: folded into it. More
+                # severe (a flood warning going from blue to orange) is news: stored, notified, escalated anew
+                prev["seen"] = max(prev["seen"], a.raised_at)
+                r = repeats.setdefault(prev["alert_id"], [0, a.raised_at])
+                r[0] += 1
+                r[1] = max(r[1], a.raised_at)
+                if _rank(a.severity, a.level) > _rank(prev.get("severity"), prev.get("level")):
+                    upgraded[prev["alert_id"]] = (event_id, a)
+                    prev["severity"], prev["level"] = a.severity, a.level
+                    refreshed.pop(prev["alert_id"], None)
+                elif prev["alert_id"] not in upgraded and (
+                    prev["alert_id"] not in refreshed or a.raised_at >= refreshed[prev["alert_id"]].raised_at
+                ):
+                    refreshed[prev["alert_id"]] = a
+                continue
             if prev is not None and a.raised_at - prev["seen"] <= window:
                 r = repeats.setdefault(prev["alert_id"], [0, a.raised_at])
                 r[0] += 1
@@ -406,7 +433,8 @@ class NotifyService:
                 "updated_at": now,
             }
             new_rows.append(row)
-            existing[a.dedup_key] = {"alert_id": a.alert_id, "seen": a.raised_at}
+            existing[a.dedup_key] = {"alert_id": a.alert_id, "seen": a.raised_at, "severity": a.severity,
+                                     "level": a.level}
             if rule is None:
                 log(
                     logger,
@@ -421,10 +449,39 @@ class NotifyService:
             due = self._next_due(rule, 0, now)
             escalations.append((a.alert_id, rule.name, due))
         await repository.insert_alerts(cur, new_rows)
+        if upgraded:
+            await self._apply_upgrades(cur, upgraded, planner, now)
         await repository.count_repeats(cur, [(aid, n, seen) for aid, (n, seen) in repeats.items()])
         await repository.refresh_alerts(cur, [(aid, a) for aid, a in refreshed.items() if aid not in
                                               {r["alert_id"] for r in new_rows}])
         await repository.start_escalations(cur, escalations)
+
+    async def _apply_upgrades(self, cur, upgraded: dict[str, tuple[str, Alert]], planner: Planner, now: datetime) -> None:
+        """Open alerts whose source made them more severe: the stored alert takes the new severity, level and
+        words, the routing rule of the new severity is notified (saying what it was before), and its escalation
+        starts over."""
+        before = await repository.alerts_by_id(cur, list(upgraded))
+        await repository.upgrade_alerts(cur, [(aid, a) for aid, (_, a) in upgraded.items()])
+        restarts = []
+        for aid, (event_id, a) in upgraded.items():
+            old = before.get(aid)
+            if old is None:
+                continue
+            was_zh = render.SEVERITY_ZH[old["severity"]] + (LEVEL_ZH.get(old["level"], "") if old["level"] else "")
+            row = {**old, "severity": a.severity, "level": a.level, "title_zh": a.title_zh, "title_en": a.title_en,
+                   "message_zh": a.message_zh, "message_en": a.message_en, "evidence": a.evidence,
+                   "upgraded_from": old["severity"] + (f", {old['level']}" if old["level"] else ""),
+                   "upgraded_from_zh": was_zh}
+            rule = match_rule(self.routing, domain=a.domain, kind=a.kind, severity=a.severity,
+                              district=a.district, at=a.raised_at)
+            log(logger, logging.INFO, "alert upgraded", alert_id=aid, severity=a.severity, warning_level=a.level,
+                was=row["upgraded_from"], rule=rule.name if rule else None)
+            if rule is None:
+                continue
+            # its own purpose: the first version's notifications (same tier and round) must not swallow these
+            self._plan_alert(planner, row, rule, 0, 0, event_id, purpose=f"alert-upgrade-{a.severity}-{a.level or '-'}")
+            restarts.append((aid, rule.name, self._next_due(rule, 0, now)))
+        await repository.restart_escalations(cur, restarts)
 
     def _next_due(self, rule: Rule, tier: int, now: datetime) -> datetime | None:
         if tier + 1 >= len(rule.tiers) and not rule.repeat_until_ack:
@@ -432,7 +489,8 @@ class NotifyService:
         return now + timedelta(seconds=rule.tiers[tier].ack_timeout_s * self.s.notify_escalation_scale)
 
     def _plan_alert(
-        self, planner: Planner, row: dict, rule: Rule, tier: int, round_: int, source_event_id: str | None
+        self, planner: Planner, row: dict, rule: Rule, tier: int, round_: int, source_event_id: str | None,
+        purpose: str = "alert",
     ) -> None:
         t = rule.tiers[tier]
         people = expand(t.recipients, self.roster, planner.now, self.routing.tz)
@@ -451,7 +509,7 @@ class NotifyService:
             "round": round_,
         }
         planner.add(
-            purpose="alert",
+            purpose=purpose,
             kind="alert",
             subject_id=row["alert_id"],
             severity=row["severity"],

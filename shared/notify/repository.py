@@ -80,7 +80,7 @@ async def open_alerts_by_dedup(cur: psycopg.AsyncCursor, keys: list[str]) -> dic
         return {}
     await cur.execute(
         "SELECT DISTINCT ON (dedup_key) alert_id, dedup_key, raised_at, coalesce(last_seen_at, raised_at) AS seen,"
-        " repeat_count, status FROM alerts WHERE dedup_key = ANY(%s) AND resolved_at IS NULL "
+        " repeat_count, status, severity, level FROM alerts WHERE dedup_key = ANY(%s) AND resolved_at IS NULL "
         "ORDER BY dedup_key, raised_at DESC",
         (keys,),
     )
@@ -126,6 +126,40 @@ async def refresh_alerts(cur: psycopg.AsyncCursor, updates: list[tuple[str, Any]
             "UPDATE alerts SET evidence = %s, title_zh = %s, title_en = %s, message_zh = %s, message_en = %s,"
             " updated_at = now() WHERE alert_id = %s",
             [(Jsonb(a.evidence or {}), a.title_zh, a.title_en, a.message_zh, a.message_en, aid) for aid, a in updates],
+        )
+
+
+async def alerts_by_id(cur: psycopg.AsyncCursor, alert_ids: list[str]) -> dict[str, dict]:
+    if not alert_ids:
+        return {}
+    await cur.execute("SELECT * FROM alerts WHERE alert_id = ANY(%s)", (alert_ids,))
+    cols = [d.name for d in cur.description or []]
+    return {r[0]: dict(zip(cols, r, strict=True)) for r in await cur.fetchall()}
+
+
+async def upgrade_alerts(cur: psycopg.AsyncCursor, updates: list[tuple[str, Any]]) -> None:
+    """(stored alert_id, a newer "updated" Alert that is more severe): severity, level, words and evidence
+    become the new ones (the notifications and the escalation restart with them, see handlers)."""
+    if updates:
+        await cur.executemany(
+            "UPDATE alerts SET severity = %s, level = %s, evidence = %s, title_zh = %s, title_en = %s,"
+            " message_zh = %s, message_en = %s, last_seen_at = greatest(last_seen_at, %s), status = 'open',"
+            " acknowledged_at = NULL, acknowledged_by = NULL, updated_at = now() WHERE alert_id = %s",
+            [(a.severity, a.level, Jsonb(a.evidence or {}), a.title_zh, a.title_en, a.message_zh, a.message_en,
+              a.raised_at, aid) for aid, a in updates],
+        )
+
+
+async def restart_escalations(cur: psycopg.AsyncCursor, rows: list[tuple[str, str, datetime | None]]) -> None:
+    """An upgraded alert's escalation starts over under the rule of its new severity (even if the milder
+    version was acknowledged: the worse condition is news)."""
+    if rows:
+        await cur.executemany(
+            "INSERT INTO notify_escalations (alert_id, rule, tier, round, state, next_due_at) "
+            "VALUES (%s, %s, 0, 0, CASE WHEN %s::timestamptz IS NULL THEN 'done' ELSE 'active' END, %s) "
+            "ON CONFLICT (alert_id) DO UPDATE SET rule = EXCLUDED.rule, tier = 0, round = 0, state = EXCLUDED.state,"
+            " next_due_at = EXCLUDED.next_due_at, updated_at = now()",
+            [(a, r, d, d) for a, r, d in rows],
         )
 
 
