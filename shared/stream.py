@@ -57,8 +57,15 @@ def output(topic: str, key: str, payload: BaseModel, *, source: str, occurred_at
 
 
 def alert_output(alert, *, source: str) -> Output:
-    """An Alert on the alerts topic, keyed by its dedup key; the event id is the alert id."""
-    return output(ALERTS, alert.dedup_key, alert, source=source, occurred_at=alert.raised_at, event_id=alert.alert_id)
+    """An Alert on the alerts topic, keyed by its dedup key. The event id is the alert id for its first version;
+    a later version of the same alert (updated, cleared) gets its own, stable id - consumers that drop
+    redelivered event ids (the notification service's inbox) must not take the orange version of a blue flood
+    warning for a redelivery of the blue one."""
+    event_id = alert.alert_id
+    if alert.status != "raised":
+        event_id = stable_id(alert.alert_id, alert.status, alert.raised_at.isoformat(), alert.severity,
+                             alert.level or "", alert.title_en)
+    return output(ALERTS, alert.dedup_key, alert, source=source, occurred_at=alert.raised_at, event_id=event_id)
 
 
 def task_output(task, *, source: str) -> Output:

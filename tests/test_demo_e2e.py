@@ -55,3 +55,17 @@ def test_demo_opens_incidents_and_writes_their_reports(demo_db):
     assert {"equipment_fault", "gas_release"} <= {i["kind"] for i in inc}, inc
     written = [i for i in inc if i["report"] and Path(i["report"]).exists()]
     assert any(i["kind"] == "gas_release" for i in written), inc
+
+
+def test_demo_flood_warnings_rise_with_the_storm_in_the_stored_alerts(demo_db):
+    """The water service raises a catchment's warning blue first and then higher as the storm comes; each
+    higher colour must reach the stored alert (it once stayed blue: the inbox took every later version of the
+    alert for a redelivery of the first)."""
+    import psycopg
+
+    s = demo_db["summary"]
+    worse = [x for x in s["scenarios"] if x["scenario"] == "rainstorm_flood" and "truth blue" not in x.get("note", "")]
+    assert worse, "the demo storm has a catchment above blue"
+    with psycopg.connect(demo_db["db_url"]) as conn:
+        levels = [r[0] for r in conn.execute("SELECT level FROM alerts WHERE kind = 'flood_risk'")]
+    assert set(levels) - {"blue"}, f"stored flood warnings never rose above blue: {levels}"

@@ -123,7 +123,8 @@ async def _run_service(stack_env, db_url, config, tmp_path: Path, group: str, st
     for name in ("handle_equipment", "handle_personal", "handle_safety"):
         async def recorded(events, _handle=getattr(svc, name)):
             outs = await _handle(events)
-            svc.alert_ids.update(json.loads(o.value)["event_id"] for o in outs if o.topic == "cityops.alerts.v1")
+            svc.alert_ids.update(json.loads(o.value)["payload"]["alert_id"] for o in outs
+                                 if o.topic == "cityops.alerts.v1")
             return outs
         setattr(svc, name, recorded)
     procs = processors(svc, s.kafka_bootstrap, group, ready)

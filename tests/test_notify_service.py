@@ -243,6 +243,14 @@ async def _publish(env, alert: Alert, event_id: str | None = None) -> str:
     return event_id
 
 
+async def _publish_as_a_service(env, alert: Alert) -> None:
+    """As a domain service publishes it (shared.stream.alert_output: event id, key and envelope)."""
+    from shared.stream import alert_output
+
+    out = alert_output(alert, source="test")
+    await env["producer"].send_and_wait(env["topics"]["alerts"], out.value, key=out.key)
+
+
 def _rows(db_url: str, sql: str, *args) -> list[tuple]:
     with psycopg.connect(db_url) as c:
         return c.execute(sql, args).fetchall()
@@ -410,10 +418,11 @@ async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(e
 async def test_an_alert_made_more_severe_is_stored_notified_and_escalated_anew_however_late(env, service):
     """A flood warning goes from blue to orange 40 minutes later (beyond the repeat window): the stored alert
     becomes orange and major, everyone on the rule hears about it again, with the new words. A later update that
-    is no worse only refreshes the words."""
+    is no worse only refreshes the words. Published as the services publish them: one alert id for every version
+    (the inbox must not take the orange version for a redelivery of the blue one)."""
     key = f"air:upgrade:{secrets.token_hex(3)}"
     blue = _alert("air", key, severity="minor").model_copy(update={"level": "blue", "title_en": "Flood warning BLUE"})
-    await _publish(env, blue)
+    await _publish_as_a_service(env, blue)
 
     def delivered(n):
         async def check():
@@ -426,7 +435,7 @@ async def test_an_alert_made_more_severe_is_stored_notified_and_escalated_anew_h
     first = _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", blue.alert_id)[0][0]
     orange = blue.model_copy(update={"status": "updated", "severity": "major", "level": "orange",
                                      "title_en": "Flood warning ORANGE", "raised_at": blue.raised_at + timedelta(minutes=40)})
-    await _publish(env, orange)
+    await _publish_as_a_service(env, orange)
     await async_wait_for(delivered(2 * first), 60, what="the orange warning delivered again")
     row = _rows(env["db_url"], "SELECT severity, level, title_en, status FROM alerts WHERE dedup_key = %s", key)
     assert row == [("major", "orange", "Flood warning ORANGE", "open")]
@@ -438,7 +447,7 @@ async def test_an_alert_made_more_severe_is_stored_notified_and_escalated_anew_h
     # no worse: words refreshed, nobody notified
     calmer = orange.model_copy(update={"severity": "minor", "level": "blue", "title_en": "Flood warning easing",
                                        "raised_at": blue.raised_at + timedelta(minutes=90)})
-    await _publish(env, calmer)
+    await _publish_as_a_service(env, calmer)
 
     async def refreshed():
         r = _rows(env["db_url"], "SELECT severity, level, title_en FROM alerts WHERE dedup_key = %s", key)
