@@ -128,6 +128,10 @@ class LeakRecord:
     updates: int = 0
 
 
+# rain (mm) in the last three days before a catchment's response is refitted on it
+FLOOD_REFIT_MM = 1.0
+
+
 @dataclass
 class CatchmentState:
     c: flood.Catchment
@@ -137,6 +141,10 @@ class CatchmentState:
     rain: dict[pd.Timestamp, float] = field(default_factory=dict)
     evaluated_until: pd.Timestamp | None = None
     fitted: bool = False
+    refit_hour: pd.Timestamp | None = None
+    # the catchment's past (level, rain) before the stream: for fitting only, never evaluated as warnings
+    past_level: pd.Series | None = None
+    past_rain: pd.Series | None = None
     grade: str = "none"
     episode_start: pd.Timestamp | None = None
     alert_id: str | None = None
@@ -207,10 +215,34 @@ class WaterService:
         days = float(self.s.water_history_days)
         start = _ts(self.cfg["start"]) - pd.Timedelta(days=days)
         seed = int(self.wcfg.get("seed", self.cfg.get("seed", 0))) + 1000
+        if self.catchments:
+            drains = await asyncio.to_thread(simulate.drainage_history, self.wcfg, start, days, seed)
+            self._load_drainage_history(drains)
         hist = await asyncio.to_thread(simulate.leak_free_history, self.wcfg, start, days, seed)
         hist["sensor_id"] = [self.sensor_elements[s]["element"] for s in hist["sensor_id"]]
         self.history = hist
         logger.info("leak-free history ready", extra={"fields": {"days": days, "rows": len(hist)}})
+
+    def _load_drainage_history(self, drains: pd.DataFrame) -> None:
+        """Past drain levels and rain, kept apart from the live readings: the flood models fit on them."""
+        for sid, g in drains.groupby("sensor_id"):
+            if sid not in self.sensor_catchment:
+                continue
+            cid, role = self.sensor_catchment[sid]
+            st = self.catchments[cid]
+            series = pd.Series(g["value"].astype(float).to_numpy(), index=pd.DatetimeIndex(g["time"])).sort_index()
+            if role == "drain_level":
+                st.past_level = series
+            elif role == "rain":
+                st.past_rain = series
+        logger.info("drainage history ready", extra={"fields": {"rows": len(drains)}})
+
+    @staticmethod
+    def _with_past(past: pd.Series | None, live: dict[pd.Timestamp, float], until: pd.Timestamp) -> pd.Series:
+        s = pd.Series({k: v for k, v in live.items() if k <= until}, dtype=float)
+        if past is not None and len(past):
+            s = pd.concat([past[past.index < (s.index.min() if len(s) else until)], s])
+        return s.sort_index()
 
     # ---- the handler ----------------------------------------------------------------------
     async def handle(self, events: list[dict]) -> list[Output]:
@@ -534,12 +566,18 @@ class WaterService:
                         and (st.evaluated_until is None or x > st.evaluated_until)):
             st.evaluated_until = t
             if not st.fitted and self.train_until is not None and t > self.train_until:
-                hist = pd.Series(st.level, dtype=float).sort_index()
-                hist = hist[hist.index <= self.train_until]
-                rain = pd.Series(st.rain, dtype=float).sort_index()
+                hist = self._with_past(st.past_level, st.level, self.train_until)
+                rain = self._with_past(st.past_rain, st.rain, self.train_until)
                 if len(hist) >= 24:
                     st.model = flood.fit_catchment(st.c, hist, rain.reindex(hist.index).fillna(0.0))
                 st.fitted = True
+            elif st.fitted and t.floor("h") != st.refit_hour:
+                # every hour, once it has rained: the catchment's response learned from the rain it is getting
+                # (a history without rain leaves a generic drain's response, which overshot the demo's storm)
+                st.refit_hour = t.floor("h")
+                refit = self._refit_flood_model(st, t)
+                if refit is not None:
+                    st.model = refit
             level = pd.Series({k: v for k, v in st.level.items() if t - pd.Timedelta(hours=6) <= k <= t},
                               dtype=float).sort_index()
             risk = flood.assess_flood(st.model, level, self._rain_series(st, t),
@@ -552,6 +590,17 @@ class WaterService:
         cutoff = newest - pd.Timedelta(days=3)
         st.level = {k: v for k, v in st.level.items() if k >= cutoff or (self.train_until and k <= self.train_until)}
         return out
+
+    def _refit_flood_model(self, st: CatchmentState, t: pd.Timestamp) -> flood.CatchmentModel | None:
+        """Gain and recession refitted on the last three days up to `t`, when they hold at least FLOOD_REFIT_MM
+        of rain (the first fit's history may hold none)."""
+        level = self._with_past(st.past_level, st.level, t)
+        rain = self._with_past(st.past_rain, st.rain, t)
+        level = level[level.index > t - pd.Timedelta(days=3)]
+        rain = rain.reindex(level.index).fillna(0.0)
+        if len(level) < 24 or float(rain.sum()) < FLOOD_REFIT_MM:
+            return None
+        return flood.fit_catchment(st.c, level, rain)
 
     def _flood_rules(self, st: CatchmentState, risk: flood.FloodRisk, rise: float) -> list[Output]:
         t = _ts(risk.at)

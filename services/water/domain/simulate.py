@@ -173,6 +173,44 @@ def _placement(net, city: City) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _catchment_response(k: int) -> tuple[float, float]:
+    """The k-th catchment's true response: level rise per mm of rain, recession per hour."""
+    return 0.012 * (1.3 - 0.15 * k), 0.25
+
+
+def _reservoir(rain_mm: np.ndarray, base: float, gain: float, rec: float, step_h: float) -> np.ndarray:
+    level = np.empty(len(rain_mm))
+    lv = base
+    for i, r in enumerate(rain_mm):
+        lv = lv + gain * r - rec * (lv - base) * step_h
+        level[i] = lv
+    return level
+
+
+def drainage_history(config: dict, start: pd.Timestamp, days: float, seed: int) -> pd.DataFrame:
+    """Drain levels and rain gauges of the scenario's catchments over `days` before the demo, with a few
+    showers (5-25 mm/h peaks), in the contract's long format: the past a city's flood model learns from."""
+    rng = np.random.default_rng([seed, 11])
+    times = pd.date_range(pd.Timestamp(start), periods=int(days * 24 * 12), freq="5min")
+    t_h = np.arange(len(times)) / 12.0
+    parts = []
+    for k, c in enumerate(config.get("catchments", [])):
+        gain, rec = _catchment_response(k)
+        rate = np.zeros(len(times))
+        for _ in range(max(1, int(rng.poisson(days / 2.0)))):
+            peak_h, size, width = rng.uniform(0, days * 24), rng.uniform(5.0, 25.0), rng.uniform(0.5, 1.5)
+            rate += size * np.exp(-0.5 * ((t_h - peak_h) / width) ** 2)
+        rain_mm = rate * (5 / 60)
+        level = _reservoir(rain_mm, float(c["base_level_m"]), gain, rec, 5 / 60)
+        sensors = c.get("sensors", {})
+        parts.append(pd.DataFrame({"time": times, "sensor_id": sensors["drain_level"], "quantity": "water_level",
+                                   "value": np.maximum(0.0, level + rng.normal(0, 0.01, len(times)))}))
+        parts.append(pd.DataFrame({"time": times, "sensor_id": sensors["rain"], "quantity": "rain",
+                                   "value": np.round(rain_mm, 2)}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["time", "sensor_id", "quantity",
+                                                                                      "value"])
+
+
 def _drainage(city: City, start: pd.Timestamp, hours: float, seed: int):
     rng = np.random.default_rng([seed, 7])
     low = [d for d in city.districts if d.low_lying] or list(city.districts)
@@ -187,16 +225,11 @@ def _drainage(city: City, start: pd.Timestamp, hours: float, seed: int):
         c = Catchment(cid, f"{d.name_zh}排水片区", f"{d.name_en} drainage catchment", d.district_id, base,
                       (base + 0.6, base + 1.0, base + 1.4, base + 1.8))
         catchments.append(c)
-        gain = 0.012 * (1.3 - 0.15 * k)  # m per mm
-        rec = 0.25
+        gain, rec = _catchment_response(k)
         local_rain = rain_rate * float(rng.uniform(0.85, 1.15))
         drizzle = np.where(rng.random(len(times)) < 0.01, rng.exponential(2.0, len(times)), 0.0)
         rain_mm = (local_rain + drizzle) * (5 / 60)
-        level = np.empty(len(times))
-        lv = base
-        for i, r in enumerate(rain_mm):
-            lv = lv + gain * r - rec * (lv - base) * (5 / 60)
-            level[i] = lv
+        level = _reservoir(rain_mm, base, gain, rec, 5 / 60)
         river = base + 1.0 + 0.6 * (pd.Series(level - base).rolling(18, min_periods=1).mean().to_numpy())
         lat, lon = d.centre
         for sid, kind, q, vals, noise in (
@@ -284,4 +317,4 @@ def check_detection(truth: dict, alerts: list[dict]) -> dict:
     return {"detected": False, "at": None, "delay_min": None, "note": f"unknown scenario {kind!r}"}
 
 
-__all__ = ["check_detection", "node_lat_lon", "generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h"]
+__all__ = ["check_detection", "drainage_history", "node_lat_lon", "generate", "leak_free_history", "storm_peak", "storm_peak_mm_per_h", "storm_rain_mm_per_h"]
