@@ -8,8 +8,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job: real stack + every service + a simulated city, with a summary")
-    p.add_argument("--hours", type=float, default=36.0, help="simulated hours")
-    p.add_argument("--minutes", type=float, default=3.0, help="real minutes to replay them in")
+    p.add_argument("--hours", type=float, default=24.0, help="simulated hours (24: the run the tests check)")
+    p.add_argument("--minutes", type=float, default=2.5, help="real minutes to replay them in")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out-dir", type=Path, default=None, help="default: .state/demo")
     p.add_argument("--keep-services", action="store_true", help="leave the services running afterwards")

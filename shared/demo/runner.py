@@ -160,23 +160,33 @@ def quantiles_from_metrics(text: str, metric: str, labels: dict[str, str]) -> di
     return {"p50_s": q(0.5), "p99_s": q(0.99), "n": int(count)}
 
 
-def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tuple[datetime, datetime] | None = None
-               ) -> dict[str, Any]:
-    """Rows of this run's sensors inside its simulated window. Keys are (sensor, quantity, time), so a
-    reading an earlier run with an overlapping window already stored counts once, as it is stored once."""
+def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tuple[datetime, datetime] | None = None,
+               keys: tuple[list[str], list[str], list[datetime]] | None = None) -> dict[str, Any]:
+    """Rows of this run's sensors inside its simulated window, at this run's (sensor, quantity, time) keys
+    (`keys`): an earlier run over an overlapping window is not counted; a reading an earlier run already stored
+    at the same key counts once, as it is stored once."""
     t0, t1 = window or (since, datetime.now(UTC))
+    at = ("JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS run(sensor_id, quantity, time) "
+          "USING (sensor_id, quantity, time) ") if keys is not None else ""
+    args: tuple = keys if keys is not None else ()
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s) AND time >= %s AND time <= %s",
-            (sensor_ids, t0, t1),
+            f"SELECT count(*) FROM observations {at}WHERE sensor_id = ANY(%s) AND time >= %s AND time <= %s",
+            (*args, sensor_ids, t0, t1),
         ).fetchone()[0]
         worker = conn.execute(
-            "SELECT count(*) FROM restricted.worker_observations WHERE sensor_id = ANY(%s) AND time >= %s "
-            "AND time <= %s", (sensor_ids, t0, t1),
+            f"SELECT count(*) FROM restricted.worker_observations {at}WHERE sensor_id = ANY(%s) AND time >= %s "
+            "AND time <= %s", (*args, sensor_ids, t0, t1),
         ).fetchone()[0]
         dl = conn.execute(
-            "SELECT reason_code, count(*) FROM dead_letters WHERE received_at >= %s GROUP BY 1 ORDER BY 1", (since,)
+            "SELECT reason_code, count(*) FROM dead_letters WHERE received_at >= %s AND stage = 'ingest' "
+            "GROUP BY 1 ORDER BY 1", (since,)
         ).fetchall()
+        # dead letters of the services downstream (a delivery an earlier run left for a webhook that is gone):
+        # on the same topic, but not what the gateway refused of this run's messages
+        other_dead = conn.execute(
+            "SELECT count(*) FROM dead_letters WHERE received_at >= %s AND stage <> 'ingest'", (since,)
+        ).fetchone()[0]
         alerts = conn.execute(
             "SELECT alert_id, domain, kind, severity, level, district, raised_at, evidence, title_en "
             "FROM alerts WHERE raised_at >= %s - interval '3 days' ORDER BY raised_at", (since,)
@@ -190,7 +200,7 @@ def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tupl
             "WHERE issued_at > %s AND issued_at <= %s", (t0, t1)
         ).fetchone()
     return {
-        "observation_rows": rows, "worker_rows": worker, "dead_letters": dict(dl),
+        "observation_rows": rows, "worker_rows": worker, "dead_letters": dict(dl), "other_dead_letters": other_dead,
         "bulletins": {"count": bulletins[0], "districts": bulletins[1], "hours": bulletins[2]},
         "incidents": [{"incident_id": i, "kind": k, "status": st, "opened_at": o.isoformat(), "report": r}
                       for i, k, st, o, r in incidents],
@@ -268,6 +278,9 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         sensor_ids = [x.sensor_id for x in sim.sensors]
         window = (sim.start.to_pydatetime(), (sim.start + pd.Timedelta(hours=hours)).to_pydatetime())
         expected_rows = sum(len(sc.readings) for sc in sim.scenarios)
+        keys = pd.concat([sc.readings[["sensor_id", "quantity", "time"]] for sc in sim.scenarios]).drop_duplicates()
+        run_keys = (keys["sensor_id"].astype(str).tolist(), keys["quantity"].astype(str).tolist(),
+                    list(pd.DatetimeIndex(keys["time"]).to_pydatetime()))
         # wait while the pipeline makes progress (a loaded machine is slow, not stuck); give up after
         # 120 s without any
         last, last_change = (-1, -1), time.monotonic()
@@ -275,7 +288,7 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
             after = offsets.ends(topics)
             accepted = sum(after[t] - before[t] for t in [*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS])
             dead = after[DEADLETTER] - before[DEADLETTER]
-            db = _db_counts(s.db_url, sensor_ids, since, window)
+            db = _db_counts(s.db_url, sensor_ids, since, window, run_keys)
             stored = db["observation_rows"] + db["worker_rows"]
             if accepted + dead >= pub["total"] and stored >= expected_rows:
                 break
@@ -287,10 +300,14 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
         # detection is judged once the domain services (and then the notification service) have handled everything
         print("    waiting for the services to finish their windows", flush=True)
         settled = wait_settled(offsets, env["CITYOPS_KAFKA_GROUP_PREFIX"], procs[2:])
+        after = offsets.ends(topics)
+        accepted = sum(after[t] - before[t] for t in [*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS])
+        dead = after[DEADLETTER] - before[DEADLETTER]
         offsets.close()
         if not settled["settled"]:
             print(f"    WARNING: services still busy after {settled['seconds']:.0f} s: {settled['left']}", flush=True)
-        db = _db_counts(s.db_url, sensor_ids, since, window)
+        db = _db_counts(s.db_url, sensor_ids, since, window, run_keys)
+        dead -= db["other_dead_letters"]  # the gateway's refusals of this run's messages only
         metrics = {p.name: p.metrics() for p in procs}
         latency = {
             "sensor_publish_to_kafka": quantiles_from_metrics(metrics.get("ingest-gateway", ""),
