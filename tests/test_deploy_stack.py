@@ -223,3 +223,14 @@ def test_grafana_reader_init_script_on_a_real_postgres(fresh_postgres):
         conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f'DELETE FROM "{table}"')
+
+
+def test_kafka_cluster_id_never_starts_with_a_dash():
+    """The storage tool reads an id starting with '-' as an option; CI once failed on it at a fresh start."""
+    import uuid
+
+    from shared.stack.kafka import new_cluster_id
+
+    draws = iter([uuid.UUID(bytes=bytes([0xF8]) + bytes(15)), uuid.UUID(int=7)])  # the first encodes to '-A…'
+    cid = new_cluster_id(lambda: next(draws))
+    assert not cid.startswith("-") and cid == "AAAAAAAAAAAAAAAAAAAABw"

@@ -42,6 +42,15 @@ logger.kafka.level = info
 OUTSIDE_READER = "city-systems-readonly"
 
 
+
+def new_cluster_id(draw=uuid.uuid4) -> str:
+    """A KRaft cluster id as Kafka's own Uuid.randomUuid makes them: never starting with '-', which the storage
+    tool would read as an option (1 fresh start in 64 failed with "--cluster-id/-t: expected one argument")."""
+    while True:
+        cid = base64.urlsafe_b64encode(draw().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
 class StaleBroker(RuntimeError):
     """The broker was started with an older configuration; a restart applies the current one."""
 
@@ -134,7 +143,7 @@ class Kafka:
         data = self.home / "data"
         if (data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         r = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.props)),
                            capture_output=True, text=True)
         if r.returncode != 0:
