@@ -182,6 +182,7 @@ class WaterService:
         self.late = 0
         self.sensor_wall: dict[str, float] = {}
         self.last_arrival_wall = 0.0
+        self.handled_wall = 0.0  # when the last batch was done with: time spent busy is not time the stream was quiet
         self.first_arrival_wall = 0.0
         self.last_feed_wall = time.monotonic()
         self.monitor: detection.LeakMonitor | None = None
@@ -293,6 +294,7 @@ class WaterService:
         out += await self._scada_steps()
         for cid in sorted(touched):
             out += await self._flood(self.catchments[cid])
+        self.handled_wall = time.monotonic()
         return out
 
     def pending_work(self) -> int:
@@ -395,10 +397,11 @@ class WaterService:
             self._night_flow()
         events = self.monitor.update(wide)
         out: list[Output] = []
-        for p in self.monitor.pending:
-            # an alarm is an alert at once; the candidates follow when the localisation window is full
-            if _ts(p.event.detected_at) not in self.announced:
-                out += self._leak_alarm(p.event)
+        for alarm in self.monitor.take_alarms():
+            # an alarm is an alert at once; the candidates follow when the localisation window is full (in this
+            # same call when a backlog came in at once: the alarm still goes first, so a replay says the same)
+            if _ts(alarm.detected_at) not in self.announced:
+                out += self._leak_alarm(alarm)
         for ev in events:
             out += await self._leak(ev)
         return out
@@ -407,7 +410,10 @@ class WaterService:
         """Localise alarms still waiting for their window once the SCADA stream has been idle for a while
         (the end of a replay, or a gateway outage): a dispatcher gets candidates now rather than never."""
         out: list[Output] = []
-        if self.pending and time.monotonic() - self.last_arrival_wall >= self.s.water_idle_flush_s:
+        # quiet = listened for `water_idle_flush_s` and heard nothing; a long batch (a model fit, a stalled loop)
+        # is not quiet: the records that came meanwhile are still to be polled
+        quiet = time.monotonic() - max(self.last_arrival_wall, self.handled_wall)
+        if self.pending and quiet >= self.s.water_idle_flush_s:
             out += await self._scada_steps(now=time.monotonic())  # a sensor that fell silent with the rest
         idle = time.monotonic() - self.last_feed_wall
         if (self.monitor is None or not self.monitor.pending or idle < self.s.water_idle_flush_s

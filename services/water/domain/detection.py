@@ -30,7 +30,7 @@ as explicit suppression windows when they come from config (`suppress`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -363,6 +363,7 @@ class LeakMonitor:
         self.resid: list[np.ndarray] = []
         self.blind_until = -1
         self.pending: list[_Pending] = []
+        self.raised: list[LeakEvent] = []  # alarms as raised (provisional candidates), until taken by take_alarms
         self.xbuf: list[np.ndarray] = []
         self.leaks: list[LeakEvent] = []
 
@@ -416,12 +417,19 @@ class LeakMonitor:
                         self.blind_until = i + self.localise_steps
                     # candidates at once from what the alarm saw; refined when the window is full
                     self.pending.append(pend)
+                    self.raised.append(replace(ev, candidates=list(ev.candidates)))
             for p in list(self.pending):
                 if i - p.alarm_row >= self.localise_steps:
                     self.pending.remove(p)
                     done = self._localise(p)
                     if done is not None and all(done is not o for o in out):
                         out.append(done)
+        return out
+
+    def take_alarms(self) -> list[LeakEvent]:
+        """Alarms raised since the last call, as they were when raised (their provisional candidates): the same
+        whether the rows came one at a time or in a backlog that also completed their localisation."""
+        out, self.raised = self.raised, []
         return out
 
     def flush(self) -> list[LeakEvent]:
