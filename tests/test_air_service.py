@@ -343,3 +343,40 @@ async def test_stream_in_time_order_names_the_source_and_flags_only_drifting_sen
     assert flagged == drifting
     source = [a for a in alerts if a["kind"] == "pollution_source" and a["status"] == "raised"]
     assert [a["evidence"]["top_source_id"] for a in source][:1] == [sc.truth[0]["source_id"]]
+
+
+async def test_hours_that_keep_disagreeing_still_send_an_inspector_after_six(scenario, tmp_path):
+    """Two consecutive traced hours that agree name the source; when the plume keeps swinging between two
+    sources the sixth traced hour names the one with the largest contribution summed over the hours, and the
+    alert says so (the inspector is not held back until the exceedance ends)."""
+    from schemas.products import SourceAttribution
+    from services.air_quality.handlers import AirService
+    from services.air_quality.settings import AirSettings
+
+    specs, readings, truth, config = scenario
+    svc = AirService(AirSettings(db_url="postgresql://unused/none", state_dir=tmp_path), None, config=config)
+    from services.air_quality.handlers import _Station
+
+    sid = config["domains"]["air"]["reference_stations"][0]
+    st = svc.stations[sid] = _Station(sid, specs[sid].lat, specs[sid].lon, specs[sid].district)
+    a, b = list(svc.sources["source_id"][:2])
+    t0 = pd.Timestamp("2026-11-26T10:39Z")
+    svc._trace_hour(st, t0, {"pm25": 200.0})  # noqa: SLF001 - opens the trace as an exceedance hour does
+    ep = svc.traces[st.station_id]
+    outs = []
+    hours = [((a, 30.0), (b, 20.0))] + [((b, 40.0), (a, 35.0)), ((a, 50.0), (b, 10.0))] * 2 + [((b, 40.0), (a, 35.0))]
+    for h, (top, other) in enumerate(hours):
+        t = t0 + pd.Timedelta(hours=h)
+        svc.latest_attribution[st.station_id] = SourceAttribution(
+            station_id=st.station_id, at=t.to_pydatetime(), pollutant="pm25", observed=150.0,
+            contributions=[{"source_id": s, "kind": "industrial", "rank": r, "contribution": c, "confidence": 0.5}
+                           for r, (s, c) in enumerate((top, other), 1)])
+        got = await svc._settle(st, t, ep)  # noqa: SLF001
+        assert (got == []) == (h < 5), (h, got)
+        outs += got
+    alert = json.loads(outs[0].value)["payload"]
+    assert alert["kind"] == "pollution_source" and alert["evidence"]["top_source_id"] == a  # 235 vs 160 µg/m³
+    assert "summed over 6 traced hour" in alert["message_en"] and "累计贡献" in alert["message_zh"]
+    task = json.loads(outs[1].value)["payload"]
+    assert task["kind"] == "inspect_source" and task["evidence"]["source_id"] == a
+    assert await svc._settle(st, t0 + pd.Timedelta(hours=6), ep) == []  # noqa: SLF001 - named once
