@@ -113,7 +113,7 @@ def forecast_eval(obs: pd.DataFrame) -> dict:
 
 def attribution_eval(n: int) -> dict:
     tot = {"n": 0, "top1": 0.0, "top3": 0.0, "naive_top1": 0.0, "naive_top3": 0.0, "top1_park": 0.0,
-           "naive_top1_park": 0.0}
+           "naive_top1_park": 0.0, "oracle_top1": 0.0}
     errs = []
     t0 = time.perf_counter()
     for seed in range(n):
@@ -125,6 +125,12 @@ def attribution_eval(n: int) -> dict:
             if r.rank == 1:
                 est[(r.time, r.station_id)] = r.contribution
         sc = episodes.score_attribution(ep, ranked, est)
+        # diagnosis, not a method: the same fit told which 2-3 of the 40 sources are on (the truth's)
+        on = ep.sources[ep.contributions.sum(axis=(0, 1)) > 0]
+        oracle: dict = {}
+        for r in attribute_observations(ep.obs, on, "pm25", 75.0):
+            oracle.setdefault((r.time, r.station_id), []).append(r.source_id)
+        oc = episodes.score_attribution(ep, oracle)
         times = pd.DatetimeIndex(np.sort(ep.obs["time"].unique()))
         wd, _ = network_wind(ep.obs, times)
         st = ep.obs.groupby("station_id")[["lat", "lon"]].median().loc[ep.station_ids]
@@ -144,12 +150,14 @@ def attribution_eval(n: int) -> dict:
             tot["naive_top3"] += nb["top3"] * nb["n"]
             tot["top1_park"] += sc["top1_park"] * sc["n"]
             tot["naive_top1_park"] += nb["top1_park"] * nb["n"]
+            tot["oracle_top1"] += oc["top1"] * oc["n"]
             errs.append(sc["rel_err_contribution"])
         log(f"attribution episode {seed + 1}/{n}: {sc['n']} exceedances, top-1 {sc['top1']:.2f}, naive {nb['top1']:.2f}")
     n_ex = max(tot["n"], 1)
     return {"episodes": n, "exceedances": tot["n"], "top1": tot["top1"] / n_ex, "top3": tot["top3"] / n_ex,
             "naive_top1": tot["naive_top1"] / n_ex, "naive_top3": tot["naive_top3"] / n_ex,
             "top1_park": tot["top1_park"] / n_ex, "naive_top1_park": tot["naive_top1_park"] / n_ex,
+            "oracle_active_top1": tot["oracle_top1"] / n_ex,
             "median_rel_err_top_contribution": float(np.nanmedian(errs)) if errs else None,
             "candidates_per_episode": 40, "seconds": time.perf_counter() - t0}
 
@@ -255,6 +263,13 @@ def render(r: dict) -> str:
         f"top-1 misses name a neighbouring stack of the same park.\n\n"
         f"Median relative error of the top source's estimated contribution: {at['median_rel_err_top_contribution']:.2f}. "
         "Targets top-1 ≥ 0.70, top-3 ≥ 0.90.",
+        "",
+        f"Where the gap is: told which 2-3 of the 40 sources are active (the truth's; a diagnosis, not a method), the "
+        f"same fit ranks the right one first for {at.get('oracle_active_top1', float('nan')):.2f} of the exceedances. "
+        "Choosing the active few is what fails: with each station reading the plumes through its own vane error, "
+        "wrong sets fit the window better than the true one, by squared error and by a likelihood that averages over "
+        "the vane error alike (greedy forward selection under either, tried 2026-11-28 on 4 episodes: top-1 0.34-0.55 "
+        "against this fit's 0.53 there).",
         "",
         "## Speed and memory",
         "",
