@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+from kafka_io import observation_envelopes, publish, read_since
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
@@ -57,61 +58,6 @@ def _scenario():
                                       "bbox": list(d.bbox), "land_use": d.land_use} for d in city.districts]},
               "domains": {"air": cfg}}
     return specs, readings, truth, config
-
-
-def _envelopes(specs, readings) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) per reading, built the way the ingest gateway builds them."""
-    from schemas.topics import OBSERVATION_TOPIC
-
-    out = []
-    for (t, sid), g in readings.groupby(["time", "sensor_id"], sort=True):
-        spec = specs[sid]
-        values = {q: {"value": float(v), "unit": spec.quantities[q].unit, "qc": 1, "qc_tests": {}}
-                  for q, v in zip(g["quantity"], g["value"], strict=True)}
-        env = {"event_id": f"{sid}|{t.isoformat()}", "type": "observation.air", "schema_version": 1,
-               "source": "test", "occurred_at": t.isoformat(), "ingested_at": t.isoformat(),
-               "payload": {"sensor_id": sid, "domain": "air", "kind": spec.kind, "gateway_id": spec.gateway_id,
-                           "district": spec.district, "lat": spec.lat, "lon": spec.lon, "observed_at": t.isoformat(),
-                           "values": values}}
-        out.append((OBSERVATION_TOPIC["air"], sid.encode(), json.dumps(env).encode()))
-    return out
-
-
-async def _publish(bootstrap: str, records) -> None:
-    from shared import kafka
-
-    p = kafka.producer(bootstrap)
-    await p.start()
-    try:
-        futs = [await p.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futs)
-    finally:
-        await p.stop()
-
-
-async def _read(bootstrap: str, topic: str, since_ms: int, match) -> list[dict]:
-    """Every record of `topic` from `since_ms` on whose raw bytes `match` accepts."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        if not c.partitions_for_topic(topic):
-            await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
-        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-        c.assign(tps)
-        ends = await c.end_offsets(tps)
-        found = await c.offsets_for_times({tp: since_ms for tp in tps})
-        for tp in tps:
-            c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
-        out = []
-        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
-            batch = await c.getmany(timeout_ms=1000, max_records=5000)
-            for recs in batch.values():
-                out += [r.value for r in recs if match(r.value)]
-        return [json.loads(v) for v in out]
-    finally:
-        await c.stop()
 
 
 async def _run_service(stack_env, db_url, config, state: Path, group: str, last: dict, timeout_s: float = 100):
@@ -175,12 +121,12 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
     specs, readings, truth, config = scenario
     bad = json.dumps({"event_id": f"bad-{TAG}", "type": "observation.air", "payload": {"sensor_id": f"bad-{TAG}",
                       "observed_at": "not a time"}}).encode()
-    records = _envelopes(specs, readings)
+    records = observation_envelopes("air", specs, readings)
     records.insert(len(records) // 2, (records[0][0], f"bad-{TAG}".encode(), bad))
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     since_ms = int(time.time() * 1000) - 1000
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
-    await _publish(bootstrap, records)
+    await publish(bootstrap, records)
     last = readings.groupby("sensor_id")["time"].max().to_dict()
 
     svc, pool = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-air-test-{TAG}", last)
@@ -190,7 +136,7 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
         # late in the backlog are fitted too
         assert sum(s.calibration is not None for s in svc.lowcost.values()) >= 55
 
-        alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms, lambda v: TAG.encode() in v)
+        alerts = await read_since(bootstrap, "cityops.alerts.v1", since_ms, lambda v: TAG.encode() in v)
         rows = [a["payload"] for a in alerts]
         results = [check_detection(t, rows) for t in truth]
         episode = results[0]
@@ -232,7 +178,7 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
         # named once two traced hours agree, or, for a shorter exceedance, after it ended
         assert ranked and named in [r[1] for r in ranked], ranked
 
-        tasks = await _read(bootstrap, "cityops.tasks.v1", since_ms, lambda v: TAG.encode() in v)
+        tasks = await read_since(bootstrap, "cityops.tasks.v1", since_ms, lambda v: TAG.encode() in v)
         inspect = [t["payload"] for t in tasks if t["payload"]["kind"] == "inspect_source"]
         top = [t for t in inspect if t["evidence"]["source_id"] == named]
         assert top, [t["evidence"]["source_id"] for t in inspect]
@@ -247,7 +193,7 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
 
         from shared.kafka import DEADLETTER_TOPIC
 
-        dead = await _read(bootstrap, DEADLETTER_TOPIC, since_ms, lambda v: b"air-test" in v)
+        dead = await read_since(bootstrap, DEADLETTER_TOPIC, since_ms, lambda v: b"air-test" in v)
         mine = [d["payload"] for d in dead if d["payload"]["stage"] == "air-test"]
         assert any("does not match its schema" in d["reason"] for d in mine), mine
 
@@ -286,7 +232,7 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
     since2 = int(time.time() * 1000)
     svc2, pool2 = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-air-replay-{TAG}", last)
     await pool2.close()
-    again = await _read(bootstrap, "cityops.alerts.v1", since2, lambda v: TAG.encode() in v)
+    again = await read_since(bootstrap, "cityops.alerts.v1", since2, lambda v: TAG.encode() in v)
     assert {a["payload"]["alert_id"] for a in again if a["payload"]["kind"] == "aqi_exceedance"} == \
         {a["alert_id"] for a in aqi}
     # known gap: on a backlog replay the traced source (and so the inspect task id) can differ from the first
@@ -322,7 +268,7 @@ async def test_stream_in_time_order_names_the_source_and_flags_only_drifting_sen
     svc = AirService(AirSettings(db_url=db_url, state_dir=tmp_path, air_heavy_every_s=1e9), pool, config=config)
     outs, batch, step = [], [], pd.Timestamp(start) + pd.Timedelta(minutes=30)
     try:
-        for _, _, value in _envelopes(specs, sc.readings):
+        for _, _, value in observation_envelopes("air", specs, sc.readings):
             env = json.loads(value)
             if pd.Timestamp(env["payload"]["observed_at"]) >= step:
                 outs += await svc.handle(batch)

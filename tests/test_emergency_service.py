@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+from kafka_io import publish, read_since
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
@@ -65,43 +66,6 @@ def _envelopes(specs, readings) -> list[tuple[str, bytes, bytes]]:
         assert isinstance(res, Accepted), res
         out.append((res.topic, res.key, res.value))
     return out
-
-
-async def _publish(bootstrap: str, records) -> None:
-    from shared import kafka
-
-    p = kafka.producer(bootstrap)
-    await p.start()
-    try:
-        futs = [await p.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futs)
-    finally:
-        await p.stop()
-
-
-async def _read(bootstrap: str, topic: str, since_ms: int, match) -> list[dict]:
-    """Every record of `topic` from `since_ms` on whose raw bytes `match` accepts."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        if not c.partitions_for_topic(topic):
-            await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
-        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-        c.assign(tps)
-        ends = await c.end_offsets(tps)
-        found = await c.offsets_for_times({tp: since_ms for tp in tps})
-        for tp in tps:
-            c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
-        out = []
-        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
-            batch = await c.getmany(timeout_ms=1000, max_records=5000)
-            for recs in batch.values():
-                out += [r.value for r in recs if match(r.value)]
-        return [json.loads(v) for v in out]
-    finally:
-        await c.stop()
 
 
 async def _run_service(stack_env, db_url, config, tmp_path: Path, group: str, stop_when, timeout_s: float = 150):
@@ -164,7 +128,7 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     since_ms = int(time.time() * 1000) - 1000
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
-    await _publish(bootstrap, records)
+    await publish(bootstrap, records)
     n_per_sensor = readings.groupby("sensor_id")["time"].nunique()
     last_times = readings.groupby("sensor_id")["time"].max().to_dict()
 
@@ -190,7 +154,7 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
 
     keys = [TAG] + [k for k in svc.episodes]  # our machine/source ids carry TAG; workers appear as pseudonyms
     pseudonyms = set(svc.episodes)
-    alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms,
+    alerts = await read_since(bootstrap, "cityops.alerts.v1", since_ms,
                          lambda v: any(k.encode() in v for k in keys))
     rows = [{**a["payload"], "raised_at": a["payload"]["raised_at"]} for a in alerts]
     results = {t["scenario"]: check_detection(t, rows) for t in truth}
@@ -241,7 +205,7 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
         assert r.status_code == 200 and "事件报告" in r.text
         assert (await http.get("/emergency/incidents/no-such-incident/report.pdf")).status_code == 404
     assert ("gas_release", "dispatched") in steps and ("gas_release", "resolved") in steps
-    tasks = await _read(bootstrap, "cityops.tasks.v1", since_ms, lambda v: any(k.encode() in v for k in keys))
+    tasks = await read_since(bootstrap, "cityops.tasks.v1", since_ms, lambda v: any(k.encode() in v for k in keys))
     by_kind = {t["payload"]["kind"]: t["payload"] for t in tasks}
     assert by_kind["inspect_equipment"]["required_skills"] == ["equipment"]
     assert by_kind["respond_incident"]["required_skills"][0] == "incident_response"
@@ -254,7 +218,7 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
     svc2 = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-emergency-replay-{TAG}", done)
     assert counts() == (health, n_incidents, n_events, n_reports)
-    again = await _read(bootstrap, "cityops.alerts.v1", since2, lambda v: any(k.encode() in v for k in keys))
+    again = await read_since(bootstrap, "cityops.alerts.v1", since2, lambda v: any(k.encode() in v for k in keys))
     assert svc2.alert_ids and svc2.alert_ids <= ids_first
     assert svc2.alert_ids <= {a["payload"]["alert_id"] for a in again}
     assert svc2.fits == 3
@@ -279,7 +243,7 @@ async def test_restart_after_training_relearns_from_stored_history(stack_env, db
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     since_ms = int(time.time() * 1000) - 1000
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
-    await _publish(bootstrap, _envelopes(specs, new))
+    await publish(bootstrap, _envelopes(specs, new))
     last = new["time"].max()
 
     async def done(svc):
@@ -287,7 +251,7 @@ async def test_restart_after_training_relearns_from_stored_history(stack_env, db
 
     svc = await _run_service(stack_env, db_url, config, tmp_path, f"cityops-emergency-restart-{TAG}", done)
     assert svc.fits == 3 and all(m.history_loaded for m in svc.machines.values())
-    alerts = await _read(bootstrap, "cityops.alerts.v1", since_ms, lambda v: b"equipment_fault" in v and TAG.encode() in v)
+    alerts = await read_since(bootstrap, "cityops.alerts.v1", since_ms, lambda v: b"equipment_fault" in v and TAG.encode() in v)
     fault = next(t for t in truth if t["scenario"] == "equipment_fault")
     res = check_detection(fault, [a["payload"] for a in alerts])
     assert res["detected"], res

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+from kafka_io import observation_envelopes, publish, read_since
 
 TAG = secrets.token_hex(3)
 START = pd.Timestamp("2026-11-20T00:00Z")
@@ -45,65 +46,6 @@ def _scenario():
                                       "bbox": list(d.bbox), "low_lying": d.low_lying} for d in city.districts]},
               "start": START.isoformat(), "hours": HOURS, "seed": 7, "domains": {"water": cfg}}
     return specs, readings, truth, config
-
-
-def _envelopes(specs, readings) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) per reading, built the way the ingest gateway builds them, with its QARTOD flags
-    (a stopped pump's flat zero flow is flagged; the service must still see it)."""
-    from schemas.topics import OBSERVATION_TOPIC
-    from services.ingest.domain.qc import QcConfig, StreamQc
-
-    qc = StreamQc()
-    out = []
-    for (t, sid), g in readings.groupby(["time", "sensor_id"], sort=True):
-        spec = specs[sid]
-        values = {}
-        for q, v in zip(g["quantity"], g["value"], strict=True):
-            qs = spec.quantities[q]
-            flag, tests = qc.check((sid, q), t.timestamp(), float(v), QcConfig(qs.valid_min, qs.valid_max,
-                                                                                 qs.max_rate_per_h))
-            values[q] = {"value": float(v), "unit": qs.unit, "qc": flag, "qc_tests": tests}
-        env = {"event_id": f"{sid}|{t.isoformat()}", "type": "observation.water", "schema_version": 1,
-               "source": "test", "occurred_at": t.isoformat(), "ingested_at": t.isoformat(),
-               "payload": {"sensor_id": sid, "domain": "water", "kind": spec.kind, "gateway_id": spec.gateway_id,
-                           "district": spec.district, "lat": spec.lat, "lon": spec.lon, "observed_at": t.isoformat(),
-                           "values": values}}
-        out.append((OBSERVATION_TOPIC["water"], sid.encode(), json.dumps(env).encode()))
-    return out
-
-
-async def _publish(bootstrap: str, records) -> None:
-    from shared import kafka
-
-    p = kafka.producer(bootstrap)
-    await p.start()
-    try:
-        futs = [await p.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futs)
-    finally:
-        await p.stop()
-
-
-async def _read_alerts(bootstrap: str, since_ms: int, needle: bytes) -> list[dict]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        await c._client.force_metadata_update()  # noqa: SLF001 - a group-less consumer knows no topics yet
-        tps = [TopicPartition("cityops.alerts.v1", p) for p in c.partitions_for_topic("cityops.alerts.v1") or ()]
-        c.assign(tps)
-        ends = await c.end_offsets(tps)
-        found = await c.offsets_for_times({tp: since_ms for tp in tps})
-        for tp in tps:
-            c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
-        out = []
-        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
-            batch = await c.getmany(timeout_ms=1000, max_records=5000)
-            out += [json.loads(r.value) for recs in batch.values() for r in recs if needle in r.value]
-        return out
-    finally:
-        await c.stop()
 
 
 async def _run(stack_env, db_url, config, state: Path, group: str, last: tuple[pd.Timestamp, pd.Timestamp],
@@ -163,13 +105,13 @@ async def test_leaks_and_floods_detected_and_replay_adds_nothing(stack_env, db_u
     from services.water.domain.simulate import check_detection
 
     specs, readings, truth, config = _scenario()
-    records = _envelopes(specs, readings)
+    records = observation_envelopes("water", specs, readings, gateway_qc=True)
     scada = readings["sensor_id"].isin(config["domains"]["water"]["sensors"])
     last = (pd.Timestamp(readings.loc[scada, "time"].max()), pd.Timestamp(readings.loc[~scada, "time"].max()))
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     since_ms = int(time.time() * 1000) - 1000
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
-    await _publish(bootstrap, records)
+    await publish(bootstrap, records)
 
     svc, outs = await _run(stack_env, db_url, config, tmp_path, f"cityops-water-test-{TAG}-a", last)
     assert svc.fit_error is None and svc.monitor is not None
@@ -222,7 +164,7 @@ async def test_leaks_and_floods_detected_and_replay_adds_nothing(stack_env, db_u
     assert len({t["task_id"] for t in drains}) == len(drains), "one inspect_drain task per episode"
 
     # the outputs really went to Kafka
-    on_topic = await _read_alerts(bootstrap, since_ms, TAG.encode())
+    on_topic = await read_since(bootstrap, "cityops.alerts.v1", since_ms, lambda v: TAG.encode() in v)
     assert {a["event_id"] for a in on_topic} >= {a["alert_id"] for a in flood}
 
     def leak_rows():
@@ -304,7 +246,7 @@ async def test_steps_held_by_a_sensor_silent_to_the_end_are_released_when_the_st
     mute = scada[0]
     head = readings[readings["time"] < START + pd.Timedelta(hours=3)]
     head = head[(head["sensor_id"] != mute) | (head["time"] < START + pd.Timedelta(hours=1))]
-    events = [_json.loads(v) for _, _, v in _envelopes(specs, head)]
+    events = [_json.loads(v) for _, _, v in observation_envelopes("water", specs, head, gateway_qc=True)]
     await svc.handle(events)
     held = len(svc.pending)
     assert held >= 7 and svc.pending_work() >= held  # steps since the mute sensor's last reading wait for it

@@ -20,6 +20,7 @@ import time
 import pandas as pd
 import psycopg
 import pytest
+from kafka_io import observation_envelopes, publish
 
 TAG = secrets.token_hex(3)
 START = pd.Timestamp("2026-07-01T00:00Z")
@@ -40,43 +41,6 @@ def _scenario():
             t["sensor_id"] = f"{t['sensor_id']}-{TAG}"
         truth.append(t)
     return sc, truth
-
-
-def _envelopes(sc) -> list[tuple[str, bytes, bytes]]:
-    """The readings as the ingest gateway publishes them, with its QARTOD flags (services/ingest/domain/qc.py)."""
-    from schemas.topics import OBSERVATION_TOPIC
-    from services.ingest.domain.qc import QcConfig, StreamQc
-
-    specs = {s.sensor_id: s for s in sc.sensors}
-    qc = StreamQc()
-    out = []
-    for (t, sid), g in sc.readings.groupby(["time", "sensor_id"], sort=True):
-        spec, tsid = specs[sid], f"{sid}-{TAG}"
-        values = {}
-        for q, v in zip(g["quantity"], g["value"], strict=True):
-            qs = spec.quantities[q]
-            flag, tests = qc.check((sid, q), t.timestamp(), float(v), QcConfig(qs.valid_min, qs.valid_max,
-                                                                                qs.max_rate_per_h))
-            values[q] = {"value": float(v), "unit": qs.unit, "qc": flag, "qc_tests": tests}
-        env = {"event_id": f"{tsid}|{t.isoformat()}", "type": "observation.weather", "schema_version": 1,
-               "source": "test", "occurred_at": t.isoformat(), "ingested_at": t.isoformat(),
-               "payload": {"sensor_id": tsid, "domain": "weather", "kind": spec.kind, "gateway_id": spec.gateway_id,
-                           "district": f"{spec.district}-{TAG}", "lat": spec.lat, "lon": spec.lon,
-                           "observed_at": t.isoformat(), "values": values}}
-        out.append((OBSERVATION_TOPIC["weather"], tsid.encode(), json.dumps(env).encode()))
-    return out
-
-
-async def _publish(bootstrap: str, records) -> None:
-    from shared import kafka
-
-    p = kafka.producer(bootstrap)
-    await p.start()
-    try:
-        futs = [await p.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futs)
-    finally:
-        await p.stop()
 
 
 async def _end_offsets(bootstrap: str, topic: str) -> dict:
@@ -177,7 +141,8 @@ async def test_stream_signals_faults_nowcasts_bulletins_and_replay(stack_env, db
     roster = [f"{s.sensor_id}-{TAG}" for s in sc.sensors]
     last_hour = pd.Timestamp(sc.readings["time"].max()).floor("h")
     before = {t: await _end_offsets(bootstrap, t) for t in (NOWCAST_TOPIC, BULLETIN_TOPIC)}
-    await _publish(bootstrap, _envelopes(sc))
+    await publish(bootstrap, observation_envelopes("weather", {s.sensor_id: s for s in sc.sensors}, sc.readings,
+                                                  gateway_qc=True, id_suffix=f"-{TAG}"))
     svc, pool, first = await _run(bootstrap, db_url, f"cityops-weather-test-{TAG}-a", last_hour, roster)
     try:
         alerts = [e["payload"] for t, e in first if t == "cityops.alerts.v1"]
