@@ -372,15 +372,21 @@ class NotifyService:
         refreshed: dict[str, Alert] = {}  # open alert -> the newest "updated" version of it
         escalations = []
         upgraded: dict[str, tuple[str, Alert]] = {}  # open alert -> (event id, the more severe version of it)
+
+        def count_repeat(prev: dict, a: Alert) -> None:
+            prev["seen"] = max(prev["seen"], a.raised_at)
+            r = repeats.setdefault(prev["alert_id"], [0, a.raised_at])
+            r[0] += 1
+            r[1] = max(r[1], a.raised_at)
+
         for event_id, a in live:
             prev = existing.get(a.dedup_key)
             if prev is not None and a.status == "updated":
-                # the source's newer version of the open alert, however late it comes: folded into it. More
-                # severe (a flood warning going from blue to orange) is news: stored, notified, escalated anew
-                prev["seen"] = max(prev["seen"], a.raised_at)
-                r = repeats.setdefault(prev["alert_id"], [0, a.raised_at])
-                r[0] += 1
-                r[1] = max(r[1], a.raised_at)
+                # the source's newer version of the open alert, however late it comes: folded into it (a leak's
+                # candidate pipes, a traced source reach the stored alert and the console, and notify nobody
+                # again). More severe (a flood warning going from blue to orange) is news: stored, notified,
+                # escalated anew
+                count_repeat(prev, a)
                 if _rank(a.severity, a.level) > _rank(prev.get("severity"), prev.get("level")):
                     upgraded[prev["alert_id"]] = (event_id, a)
                     prev["severity"], prev["level"] = a.severity, a.level
@@ -391,16 +397,7 @@ class NotifyService:
                     refreshed[prev["alert_id"]] = a
                 continue
             if prev is not None and a.raised_at - prev["seen"] <= window:
-                r = repeats.setdefault(prev["alert_id"], [0, a.raised_at])
-                r[0] += 1
-                r[1] = max(r[1], a.raised_at)
-                prev["seen"] = max(prev["seen"], a.raised_at)
-                # a source's refinement (a leak's candidate pipes, a traced source) reaches the stored alert
-                # and the console; it notifies nobody again
-                if a.status == "updated" and (
-                    prev["alert_id"] not in refreshed or a.raised_at >= refreshed[prev["alert_id"]].raised_at
-                ):
-                    refreshed[prev["alert_id"]] = a
+                count_repeat(prev, a)  # the same alert again within the dedup window
                 continue
             rule = match_rule(
                 self.routing,
