@@ -392,6 +392,33 @@ async def test_duplicates_yield_one_notification_and_redelivery_none(env, servic
     assert len(hooks) == 2
 
 
+async def test_a_redelivered_copy_in_the_same_batch_is_not_a_repeat(env, service):
+    """Kafka may hand the original and its redelivery over in one fetch: still one alert, no repeat counted."""
+    from types import SimpleNamespace
+
+    from shared.notify.testing import encode_event
+
+    key = f"air:dup1:{secrets.token_hex(3)}"
+    first = _alert("air", key)
+    ev = f"ev-{secrets.token_hex(6)}"
+    values = [encode_event("alert", first, event_id=ev)] * 2 + [
+        encode_event("alert", _alert("air", key), event_id=f"ev-{secrets.token_hex(6)}") for _ in range(3)
+    ]
+    records = [
+        SimpleNamespace(topic=env["topics"]["alerts"], partition=0, offset=10**9 + i, value=v)
+        for i, v in enumerate(values)
+    ]
+    await service.svc.handle_records(records)
+    rows = _rows(env["db_url"], "SELECT repeat_count FROM alerts WHERE dedup_key = %s", key)
+    assert rows == [(3,)]
+    n = _rows(
+        env["db_url"],
+        "SELECT count(*) FROM deliveries d JOIN alerts a ON a.alert_id = d.subject_id WHERE a.dedup_key = %s",
+        key,
+    )[0][0]
+    assert n == 10
+
+
 async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(env, service):
     """A leak alarm first, its candidate pipes an update later: the console shows the refinement, nobody is
     paged twice."""

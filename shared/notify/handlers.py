@@ -177,6 +177,18 @@ class Planner:
                 self.rows.append(row)
 
 
+def _first_copies(items: list[tuple[str, object]], claimed: set[str]) -> list[tuple[str, object]]:
+    """The events claimed just now, each once: a redelivered copy may sit in the same fetched batch as the
+    original (both pass the claim, which returns the id once), and must not count as a second report."""
+    seen: set[str] = set()
+    out = []
+    for event_id, item in items:
+        if event_id in claimed and event_id not in seen:
+            seen.add(event_id)
+            out.append((event_id, item))
+    return out
+
+
 class NotifyService:
     def __init__(
         self,
@@ -338,8 +350,8 @@ class NotifyService:
             new_task_events = await repository.claim_events(
                 cur, self.s.notify_tasks_topic, [e for e, _ in tasks]
             )
-            alerts = [(e, a) for e, a in alerts if e in new_alert_events]
-            tasks = [(e, t) for e, t in tasks if e in new_task_events]
+            alerts = _first_copies(alerts, new_alert_events)
+            tasks = _first_copies(tasks, new_task_events)
             recipients = list(self.people)
             counts = await repository.recent_sends(cur, recipients, 60)
             groups = await repository.recent_groups(cur, recipients, self.routing.group_window_s)
