@@ -126,3 +126,29 @@ def test_domain_finds_what_was_injected(scenario) -> None:
     inc = advance(inc, "dispatched", inc.opened_at + pd.Timedelta(minutes=2), "dispatcher")
     html = render_report(inc, CITY, "2026-05-02T00:00:00Z", zones=zones)
     assert "疏散" in html and "evacuate" in html and "base64," in html
+
+
+@pytest.mark.parametrize("start_utc_hour", range(24))
+def test_a_day_starting_at_any_hour_has_its_intrusion_at_night_in_the_injected_part(start_utc_hour: int) -> None:
+    """The demo runs the 24 h up to now: whatever the hour, the intrusion is injected (a CI run at 21:00 local
+    once had none, the night hours falling in the normal first part)."""
+    from services.emergency.domain.simulate import TIMEZONE, _intrusion_time
+
+    start = pd.Timestamp("2026-11-27T00:00Z") + pd.Timedelta(hours=start_utc_hour)
+    times = pd.date_range(start, start + pd.Timedelta(hours=24), freq="1min")
+    t = _intrusion_time(times)
+    assert t is not None and t >= start + pd.Timedelta(hours=0.45 * 24)
+    assert not 7 <= t.tz_convert(TIMEZONE).hour < 19 and not 7 <= (t + pd.Timedelta(minutes=10)).tz_convert(TIMEZONE).hour < 19
+
+
+def test_the_intrusion_of_an_evening_run_is_found() -> None:
+    """The CI run that had no intrusion: 24 h ending 21:00 local. Now an evening-shift worker walks in."""
+    start = pd.Timestamp("2026-11-27T13:00Z")
+    sc = generate(CITY, start, 24.0, seed=1)
+    truth = [t for t in sc.truth if t["scenario"] == "restricted_entry"]
+    assert len(truth) == 1
+    zones = [Zone.from_config(z) for z in sc.config["zones"]]
+    people = sc.readings[sc.readings["sensor_id"].str.startswith("wb-")]
+    entry = [a for a in evaluate(readings_from_long(people), zones) if a.kind == "restricted_entry"]
+    assert [(a.worker_id, a.zone_ids, a.time) for a in entry] == [
+        (truth[0]["sensor_id"], (truth[0]["zone_id"],), pd.Timestamp(truth[0]["start"]))]

@@ -5,7 +5,8 @@
 - Fifteen workers in three eight-hour shifts, five per shift at the three stations,
   their wearables (personal data) sending position, four gases and heart rate a minute,
   and fall / SOS flags when they happen. One worker falls inside the pump-pit hazard
-  zone and lies still; one worker of the night shift walks into a chemical store.
+  zone and lies still; one worker of a night or evening shift walks into a chemical store
+  outside its permitted hours, whatever hour of the day the period ends.
 - An H2S release from the wet well of station PS-3, seen by the fixed gas detector at
   the source and by the wearables of the workers nearby.
 
@@ -100,6 +101,22 @@ def _shift_of(t: pd.Timestamp) -> int:
     return pd.Timestamp(t).tz_convert(TIMEZONE).hour // 8
 
 
+def _intrusion_time(times: pd.DatetimeIndex) -> pd.Timestamp | None:
+    """When the night-shift worker walks into the chemical store: in the injected part of the period (after
+    45 % of it), outside the store's permitted 07:00-19:00 local, with the next ten minutes on the same shift.
+    Preferably 01:00-03:00 local; otherwise the first such minute, so a 24 h demo ending at any time of day
+    injects it (it used to wait for 01:00-03:00 and a run ending at 21:00 local had none)."""
+    n = len(times)
+
+    def night(t: pd.Timestamp) -> bool:
+        return not 7 <= pd.Timestamp(t).tz_convert(TIMEZONE).hour < 19
+
+    ok = [t for t in times[int(0.45 * n):]
+          if night(t) and night(t + pd.Timedelta(minutes=10)) and _shift_of(t) == _shift_of(t + pd.Timedelta(minutes=10))
+          and t + pd.Timedelta(minutes=10) <= times[-1]]
+    return next((t for t in ok if pd.Timestamp(t).tz_convert(TIMEZONE).hour in (1, 2)), ok[0] if ok else None)
+
+
 def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> DomainScenario:
     """Pumps, wearables and a gas detector with one bearing fault, one fall, one intrusion, one release."""
     rng = np.random.default_rng(seed)
@@ -180,8 +197,8 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
     station_ids = list(sites)
     fall_time = t_at(0.65)
     fall_shift = _shift_of(fall_time)
-    intrusion_time = next((t for t in times[int(0.45 * n):] if pd.Timestamp(t).tz_convert(TIMEZONE).hour in (1, 2)),
-                          None)
+    intrusion_time = _intrusion_time(times)
+    intruder = None if intrusion_time is None else 5 * _shift_of(intrusion_time)  # site 0's worker on that shift
     roster: dict[str, dict[str, Any]] = {}
     for w in range(15):
         shift, site_ix = divmod(w, 5)
@@ -230,7 +247,7 @@ def generate(city: City, start: pd.Timestamp, hours: float, seed: int) -> Domain
                 truth.append({"scenario": "worker_fall", "start": ts[k0].isoformat(), "end": ts[k1 - 1].isoformat(),
                               "sensor_id": sensor_id, "zone_id": f"hz-pit-{site_ix + 1}",
                               "expect": "fall alert then man-down, critical (inside hazard zone)"})
-        is_intruder = intrusion_time is not None and shift == 0 and site_ix == 0 and w % 5 == 0
+        is_intruder = w == intruder
         if is_intruder:
             k0 = int(np.searchsorted(ts, intrusion_time))
             if k0 < m:
