@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 
 from services.water.domain.detection import detect_leaks
-from services.water.domain.hydraulics import LeakSpec, choose_sensors, simulate_scada, total_base_demand_m3h
+from services.water.domain.hydraulics import (
+    LeakSpec,
+    Uncertainty,
+    choose_sensors,
+    simulate_scada,
+    total_base_demand_m3h,
+)
 from services.water.domain.localisation import Sensor, localise, sensitivity_matrix
 from services.water.domain.network import NetworkError, load_network
 
@@ -172,3 +178,29 @@ def test_batch_bad_input_exits_2_with_one_line(batch_files, tmp_path, case):
     assert "Traceback" not in r.stderr
     assert expect in lines[0]
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_operating_state_signatures_see_the_zone_of_a_tank_that_runs_full(tmp_path):
+    """ky4's tanks T-1 and T-2 run full and are closed in operation. A leak then pulls down the whole zone
+    they would otherwise hold up: the operating-state signature matches that (noise-free, 6 h after onset),
+    the `.inp`-initial-state one, holding those tanks as open fixed heads, much less."""
+    net = load_network(str(Path(__import__("wntr").__file__).parent / "library" / "networks" / "ky4.inp"))
+    sensors = [Sensor(f"p:{s.element}", s.kind, s.element) for s in choose_sensors(net, 30, 0, seed=1000)
+               if s.kind == "pressure"]
+    with pytest.raises(ValueError, match="initial' or 'operating"):
+        sensitivity_matrix(net, sensors, cache_dir=tmp_path, state="current")
+    initial = sensitivity_matrix(net, sensors, cache_dir=tmp_path)
+    operating = sensitivity_matrix(net, sensors, cache_dir=tmp_path, state="operating")
+    quiet = Uncertainty(demand_noise=0, base_demand=0, roughness=0, pressure_noise_m=0, flow_noise_rel=0,
+                        level_noise_m=0, meter_noise_rel=0)
+    start = pd.Timestamp("2026-01-05", tz="UTC")
+    at = start + pd.Timedelta(days=1, hours=3)
+
+    def pressures(leaks):
+        d = simulate_scada(net, sensors, start, 1.0 + 4 / 24, leaks, seed=3, uncertainty=quiet)
+        return d[d["time"] == at].set_index("sensor_id")["value"].reindex([s.sensor_id for s in sensors])
+
+    change = (pressures([LeakSpec("P-8", at - pd.Timedelta(hours=6), 20.0)]) - pressures([])).to_numpy()
+    corr = {name: float(np.corrcoef(change, m.signature("P-8"))[0, 1]) for name, m in
+            (("initial", initial), ("operating", operating))}
+    assert corr["operating"] > 0.9 and corr["operating"] > corr["initial"] + 0.2, corr

@@ -660,14 +660,16 @@ def build_monitor(
     step: pd.Timedelta,
     *,
     cache_dir=None,
+    signature_state: str = "initial",
     **monitor_options,
 ) -> LeakMonitor:
-    """Everything learned from leak-free history: expectations, thresholds, leak signatures."""
+    """Everything learned from leak-free history: expectations, thresholds, leak signatures (from the
+    `.inp`'s initial state or the network's operating state, see localisation.sensitivity_matrix)."""
     from services.water.domain.localisation import sensitivity_matrix
 
     model, held = fit_expectation(train, sensors, net)
     watched = [s for s in sensors if s.sensor_id in model.targets]
-    matrix = sensitivity_matrix(net, watched, cache_dir=cache_dir)
+    matrix = sensitivity_matrix(net, watched, cache_dir=cache_dir, state=signature_state)
     return LeakMonitor(model, matrix, net, held, step=step, **monitor_options)
 
 
