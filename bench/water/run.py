@@ -5,7 +5,7 @@
 Water has no public data set under ../shared/data (LeakDB and BattLeDIM are not shipped there),
 so the scenarios are generated in the project (bench/water/leakdb.py) on two networks wntr
 ships: Net3 (97 nodes) and ky4 (964 nodes). Both detectors see the same SCADA in the same run:
-- ours: services.water.domain.detection.detect_leaks (what `cityops water detect` runs);
+- ours: services.water.domain.detection.detect_leaks with BATCH_OPTIONS (what `cityops water detect` runs);
 - baseline: minimum night flow on the network's water balance (services.water.domain.mnf).
 A detection counts if it falls between a leak's start and 7 days after; one detection per leak.
 Localisation: share of detected leaks whose top candidate is within 300 m of pipe distance.
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bench.water.leakdb import make_scenario
-from services.water.domain.detection import add_water_balance, build_monitor, scada_to_wide
+from services.water.domain.detection import BATCH_OPTIONS, add_water_balance, build_monitor, scada_to_wide
 from services.water.domain.mnf import detect_night_flow
 from services.water.domain.network import load_network
 
@@ -42,11 +42,11 @@ def _lib(name: str) -> Path:
 
 
 # localisation methods compared on the same detections (LeakMonitor.rank_pipes)
-METHODS = {"sigma": "signatures, pressures weighted by residual spread (ours, the batch default)",
-           "white": "signatures in whitened pressures (the demo's setting)",
-           "white-op": "operating-state signatures in whitened pressures (an option, not yet a default)",
+METHODS = {"white-op": "operating-state signatures in whitened pressures (ours, the batch command)",
+           "sigma": "initial-state signatures, pressures weighted by residual spread",
+           "white": "initial-state signatures in whitened pressures (the live service and demo)",
            "nearest": "pipes nearest the logger with the largest drop (naive)"}
-OURS = "sigma"
+OURS = "white-op"
 
 
 def score(detections: list[tuple[pd.Timestamp, str | dict[str, list[str]]]], leaks, net) -> dict:
@@ -85,16 +85,17 @@ def detect_ranked(net, scada: pd.DataFrame, train_until: pd.Timestamp, cache_dir
     sensors = add_water_balance(wide, sensors, net, step)
     train = wide.loc[wide.index <= train_until]
     test = wide.loc[wide.index > train_until]
-    monitor = build_monitor(net, train, sensors, step, cache_dir=cache_dir)
-    # the same expectations and whitening with signatures from the network's operating state
-    op = build_monitor(net, train, sensors, step, cache_dir=cache_dir, signature_state="operating")
+    monitor = build_monitor(net, train, sensors, step, cache_dir=cache_dir, **BATCH_OPTIONS)
+    # the same expectations with the signatures from the .inp's initial state (what the live service uses)
+    initial = build_monitor(net, train, sensors, step, cache_dir=cache_dir)
     monitor.update(test)
     monitor.flush()
     out = []
     for ev in monitor.leaks:
         change = ev._change  # noqa: SLF001 - the change the monitor located the leak from
-        ranked = {m: [c.pipe_id for c in monitor.rank_pipes(change, m)] for m in METHODS if m != "white-op"}
-        ranked["white-op"] = [c.pipe_id for c in op.rank_pipes(change, "white")]
+        ranked = {"white-op": monitor.rank_pipes(change, "white"), "sigma": initial.rank_pipes(change, "sigma"),
+                  "white": initial.rank_pipes(change, "white"), "nearest": monitor.rank_pipes(change, "nearest")}
+        ranked = {m: [c.pipe_id for c in ranked[m]] for m in METHODS}
         out.append((ev.detected_at, ranked))
     return monitor.leaks, out
 
@@ -139,10 +140,10 @@ def speed(net, cache_dir: Path) -> dict:
     test = wide[wide.index > sc.train_until]
     cold_dir = Path(tempfile.mkdtemp(prefix="water-cold-"))
     t0 = time.perf_counter()
-    build_monitor(net, train, sensors, step, cache_dir=cold_dir)
+    build_monitor(net, train, sensors, step, cache_dir=cold_dir, **BATCH_OPTIONS)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    monitor = build_monitor(net, train, sensors, step, cache_dir=cold_dir)
+    monitor = build_monitor(net, train, sensors, step, cache_dir=cold_dir, **BATCH_OPTIONS)
     warm = time.perf_counter() - t0
     steps = []
     for i in range(min(96, len(test))):
@@ -238,16 +239,17 @@ def _markdown(r: dict) -> str:
               f"(target 1 s); setup with a cold sensitivity cache {sp['setup_cold_s']} s, cached {sp['setup_cached_s']} s.",
               "", "Targets: F1 >= 0.8, >= 60 % of detected leaks localised within 300 m of pipe distance.",
               "", "Localisation matches the pressure change since the onset (mean over the day after the alarm minus "
-              "the day before the onset) against steady-state leak signatures. By default each snapshot starts from "
-              "the .inp's initial tank levels and pump states. The operating-state option (signature_state="
-              "'operating') starts it from a leak-free extended-period run at that hour: ky4's tanks T-1 and T-2 run "
-              "full and are closed in operation, and holding them as open fixed heads hides the drop a leak causes "
-              "over their zones (noise-free, a ky4 leak 6 h after onset correlates 0.97 with its operating-state "
-              "signature, 0.65 with the initial-state one; tests/test_water_detect.py). Whitened, it doubles the "
-              "share of top candidates within 300 m here (row above). It is not yet the default because on the city "
-              "demo's Net3 (12 loggers, leaks of 15-20 % of demand, windows of a few hours) it ranked worse: with it "
-              "three demo tests failed (2026-11-28; seed 5 merged the burst into the growing leak, and two start "
-              "times lost a leak's pipe from the candidates).",
+              "the day before the onset) against steady-state leak signatures in pressures whitened by their leak-free "
+              "covariance. The batch command (ours) starts each snapshot from the network's operating state: a "
+              "leak-free extended-period run at that hour. ky4's tanks T-1 and T-2 run full and are closed in "
+              "operation, and the .inp's initial state, holding them as open fixed heads, hides the drop a leak "
+              "causes over their zones (noise-free, a ky4 leak 6 h after onset correlates 0.97 with its "
+              "operating-state signature, 0.65 with the initial-state one; tests/test_water_detect.py). On the same "
+              "detections that doubles the share of top candidates within 300 m over the initial-state match (rows "
+              "above). The live service and the demo keep initial-state signatures: on the demo's Net3 (12 loggers, "
+              "leaks of 15-20 % of demand, windows of a few hours) the operating state ranked worse, and three demo "
+              "tests failed with it (2026-11-28: seed 5 merged the burst into the growing leak, and two start times "
+              "lost a leak's pipe from the candidates).",
               "", "Where the gap to 60 % is, not noise alone: a noise-free snapshot (ky4, 20 leaks, 6 h after onset, "
               "the draining tanks' part removed, matched unweighted) puts 0.15 of top candidates within 300 m with "
               "operating-state signatures (0.05 with initial-state ones). With 30 loggers on 964 nodes many pipes "

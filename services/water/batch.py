@@ -14,7 +14,7 @@ _NODE_KINDS = {"pressure", "demand", "level"}
 
 def detect(network_path: str, scada_path: str, train_until: str, out_path: str) -> None:
     """Read the network and SCADA, detect leaks after `train_until`, write one row per leak."""
-    from services.water.domain.detection import KINDS, detect_leaks
+    from services.water.domain.detection import BATCH_OPTIONS, KINDS, detect_leaks
     from services.water.domain.network import NetworkError, load_network
 
     t_train = parse_time_arg(train_until)
@@ -35,7 +35,7 @@ def detect(network_path: str, scada_path: str, train_until: str, out_path: str) 
     print(f"water detect: {len(scada)} readings, {scada['sensor_id'].nunique()} sensors, "
           f"network {net.path.name} ({len(net.junctions)} junctions, {len(net.pipes)} pipes)", file=sys.stderr)
     try:
-        leaks = detect_leaks(net, scada, t_train)
+        leaks = detect_leaks(net, scada, t_train, **BATCH_OPTIONS)
     except ValueError as exc:
         raise BadInput(scada_path, str(exc)) from None
     print(f"water detect: {len(leaks)} leak(s) after {t_train.isoformat()}", file=sys.stderr)
