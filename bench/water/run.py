@@ -257,7 +257,8 @@ def _markdown(r: dict) -> str:
               "Tried and not kept: operating-state signatures averaged over 8 hours of the day instead of 3 (worse "
               "on 6 scenarios per network); a day-long extended-period signature (2026-11-26: no top candidate "
               "within 300 m); fixing each pipe's leak flow to the rise of the metered water balance (2026-11-27: "
-              "no better)."]
+              "no better; again 2026-11-28 with operating-state signatures, whitened: 0.125 fixed, 0.219 with the "
+              "flow held within 0.5-2 x the balance's rise, against 0.25 free)."]
     return "\n".join(lines) + "\n"
 
 
