@@ -129,7 +129,8 @@ def _junction_signatures(net: WaterNetwork, sensors: list[Sensor], hours: tuple[
     and treating it as an open fixed head hides the drop a leak causes over its whole zone. Noise-free,
     20 ky4 leaks seen 6 h after onset with the draining tanks' part removed: top-1 within 300 m 0.05
     from the initial state, 0.15 from the operating state; on the benchmark, whitened, about twice the
-    initial state's share. Not the default: on the city demo's Net3 it ranks worse (bench/results/water.md).
+    initial state's share. The batch command uses it (detection.BATCH_OPTIONS); the live service
+    keeps the initial state, with which the city demo's Net3 ranks better (bench/results/water.md).
     """
     import copy
 
@@ -220,7 +221,10 @@ def _operating_state(net: WaterNetwork, hours: tuple[float, ...], days: int = 2)
     try:
         with tempfile.TemporaryDirectory(prefix="cityops-epanet-") as tmp:
             res = wntr.sim.EpanetSimulator(wn).run_sim(file_prefix=os.path.join(tmp, "state"))
-    except Exception:  # noqa: BLE001 - wntr raises bare EpanetExceptions and RuntimeErrors alike
+    except Exception as exc:  # noqa: BLE001 - wntr raises bare EpanetExceptions and RuntimeErrors alike
+        logging.getLogger(__name__).warning(
+            "leak signatures: the %d-day extended-period run of %s failed (%s); snapshots start from the "
+            ".inp's initial tank levels and pump states instead", days, net.path.name, exc)
         return {}
     head = res.node["pressure"]
     status = res.link["status"]
