@@ -174,19 +174,14 @@ def test_demo_leaks_found_whatever_the_start_time(start):
     With one week of history these start times lost the burst (00:17) or misplaced the growing leak (21:17):
     the only Sunday's held-out residuals doubled the alarm threshold."""
     from services.water.domain.detection import add_water_balance, build_monitor, scada_to_wide
-    from services.water.domain.simulate import leak_free_history
+    from services.water.domain.simulate import history_and_stream
     from services.water.settings import WaterSettings
 
     t0 = pd.Timestamp(start)
     sc = generate(default_city(), t0, 24.0, seed=7)
     cfg, net = sc.config, load_network(network_path())
     days = WaterSettings.model_fields["water_history_days"].default
-    hist = leak_free_history(cfg, t0 - pd.Timedelta(days=days), days, seed=7 + 1000)
-    ids = cfg["sensors"]
-    own = sc.readings[sc.readings["sensor_id"].isin(ids)].rename(columns={"quantity": "kind"}).copy()
-    own["kind"] = own["sensor_id"].map(lambda s: ids[s]["kind"])
-    both = pd.concat([hist, own[["time", "sensor_id", "kind", "value"]]], ignore_index=True)
-    both["sensor_id"] = both["sensor_id"].map(lambda s: ids[s]["element"])
+    both = history_and_stream(sc, t0, days, seed=7 + 1000)
     until = pd.Timestamp(cfg["training"]["leak_free_until"])
     wide, sensors, step = scada_to_wide(both)
     sensors = add_water_balance(wide, sensors, net, step)

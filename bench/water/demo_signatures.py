@@ -25,7 +25,7 @@ import pandas as pd
 from bench.common import RESULTS
 from services.water.domain.detection import add_water_balance, build_monitor, scada_to_wide
 from services.water.domain.network import load_network
-from services.water.domain.simulate import generate, leak_free_history, network_path
+from services.water.domain.simulate import generate, history_and_stream, network_path
 from services.water.settings import WaterSettings
 from shared.city import default_city
 
@@ -38,12 +38,7 @@ def named_leaks(seed: int, start: pd.Timestamp, state: str, net, cache_dir: Path
     sc = generate(default_city(), start, 24.0, seed=seed)
     cfg = sc.config
     days = WaterSettings.model_fields["water_history_days"].default
-    hist = leak_free_history(cfg, start - pd.Timedelta(days=days), days, seed=seed + 1000)
-    ids = cfg["sensors"]
-    own = sc.readings[sc.readings["sensor_id"].isin(ids)].rename(columns={"quantity": "kind"}).copy()
-    own["kind"] = own["sensor_id"].map(lambda s: ids[s]["kind"])
-    both = pd.concat([hist, own[["time", "sensor_id", "kind", "value"]]], ignore_index=True)
-    both["sensor_id"] = both["sensor_id"].map(lambda s: ids[s]["element"])
+    both = history_and_stream(sc, start, days, seed=seed + 1000)
     until = pd.Timestamp(cfg["training"]["leak_free_until"])
     wide, sensors, step = scada_to_wide(both)
     sensors = add_water_balance(wide, sensors, net, step)

@@ -155,6 +155,20 @@ def leak_free_history(config: dict, start: pd.Timestamp, days: float, seed: int)
     return scada
 
 
+def history_and_stream(scenario: DomainScenario, start: pd.Timestamp, history_days: float, seed: int) -> pd.DataFrame:
+    """What the live service's monitor sees of a demo: `history_days` of leak-free history before the
+    scenario's `start`, then the scenario's own SCADA — long format with the network's element names as
+    sensor ids (as detection.scada_to_wide expects). For offline checks of the service's settings."""
+    cfg = scenario.config
+    hist = leak_free_history(cfg, pd.Timestamp(start) - pd.Timedelta(days=history_days), history_days, seed=seed)
+    ids = cfg["sensors"]
+    own = scenario.readings[scenario.readings["sensor_id"].isin(ids)].rename(columns={"quantity": "kind"}).copy()
+    own["kind"] = own["sensor_id"].map(lambda s: ids[s]["kind"])
+    both = pd.concat([hist, own[["time", "sensor_id", "kind", "value"]]], ignore_index=True)
+    both["sensor_id"] = both["sensor_id"].map(lambda s: ids[s]["element"])
+    return both
+
+
 def node_lat_lon(net, city: City) -> dict[str, tuple[float, float]]:
     """(lat, lon) of every node as the generator placed it on the city (for maps, tasks and GeoJSON)."""
     return _placement(net, city)
