@@ -271,6 +271,13 @@ def render(r: dict) -> str:
         "the vane error alike (greedy forward selection under either, tried 2026-11-28 on 4 episodes: top-1 0.34-0.55 "
         "against this fit's 0.53 there).",
         "",
+        "Tried 2026-11-28 (second session), one-off scripts on these 12 episodes, not yet in the code: fitting each "
+        "exceedance over the whole file (the hours after it too, which a batch analyst has) instead of the 36 hours "
+        "before it lifts top-1 to 0.40 and top-3 to 0.69; then keeping one stack per cluster of sources within 1 km "
+        "(the one whose fit has the least noise-weighted squared error) lifts top-1 to 0.47 (top-3 0.63, siblings "
+        "dropped). Per-hour mixture likelihood over vane offsets with greedy set selection scored 0.17 (wrong sets "
+        "fit better; EM converges slowly). Two stacks of one park are both active in 2 of the 12 episodes.",
+        "",
         "## Speed and memory",
         "",
         f"- grid update, {gs['cells']} cells from {gs['sensors']} sensors: {gs['seconds_best_of_3']:.3f} s (target ≤ 2 s)",
