@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from services.air_quality.domain import aqi, calibration, episodes, grid, heatmap, kriging, plume, tasks
-from services.air_quality.domain.attribution import attribute_observations
+from services.air_quality.domain.attribution import attribute_observations, merge_rankings
 from services.air_quality.domain.spatial import SpatialEstimator, build_network, estimate_at
 from shared.city import default_city
 
@@ -254,3 +254,18 @@ def test_inspection_task_is_bilingual():
     assert "现场核查" in t.title_zh and "park1-stack2" in t.body_zh and "工业源" in t.body_zh
     assert "Field inspection" in t.title_en and "60 µg/m³" in t.body_en and "50%" in t.body_en
     assert t.priority == "high"
+
+
+def test_merge_rankings_takes_the_first_source_from_one_fit_and_the_rest_from_the_other():
+    t = pd.Timestamp("2026-01-10T08:00:00Z")
+
+    def a(sid, src, rank, c):
+        return plume.Attribution(t, sid, src, c, rank, 0.5)
+
+    one_per_park = [a("st01", "park1-stack3", 1, 40.0), a("st01", "road-2", 2, 5.0)]
+    full = [a("st01", "park1-stack1", 1, 20.0), a("st01", "park1-stack3", 2, 15.0), a("st01", "road-2", 3, 6.0),
+            a("st02", "road-2", 1, 9.0)]
+    merged = merge_rankings(one_per_park, full)
+    assert [(r.station_id, r.source_id, r.rank) for r in merged] == [
+        ("st01", "park1-stack3", 1), ("st01", "park1-stack1", 2), ("st01", "road-2", 3), ("st02", "road-2", 1)]
+    assert merged[0].contribution == 40.0 and merged[1].contribution == 20.0

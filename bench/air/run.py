@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from services.air_quality.domain import episodes, grid, kriging, plume
-from services.air_quality.domain.attribution import attribute_observations, network_wind
+from services.air_quality.domain import episodes, grid, kriging
+from services.air_quality.domain.attribution import attribute_observations
 from services.air_quality.domain.forecast import forecast_stations
 from services.air_quality.domain.spatial import build_network, estimate_at
-from shared.city import default_city, to_local_xy_m
+from shared.city import default_city
 
 DATA = Path(os.environ.get("CITYOPS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
 OBS = DATA / "beijing_air" / "observations_2013-2015.csv.gz"
@@ -111,55 +111,58 @@ def forecast_eval(obs: pd.DataFrame) -> dict:
     return res
 
 
+# seeds 1000+ are the episodes the attribution was tuned on over several sessions; 2000+ were never
+# looked at while tuning, so they say what to expect of a new city
+SEED_SETS = {"tuned": 1000, "held_out": 2000}
+# what is scored: the batch command (±48 h around each exceedance), the live service (past only),
+# and the method before the one-stack-per-park fit (past only, every source free), for comparison
+MODES = {"batch": {"look_ahead": True}, "live": {}, "live_before_2026_11_28": {"cluster_m": 0.0}}
+
+
+def _ranked(res) -> tuple[dict, dict]:
+    ranked, est = {}, {}
+    for r in sorted(res, key=lambda r: r.rank):
+        ranked.setdefault((r.time, r.station_id), []).append(r.source_id)
+        if r.rank == 1:
+            est[(r.time, r.station_id)] = r.contribution
+    return ranked, est
+
+
 def attribution_eval(n: int) -> dict:
-    tot = {"n": 0, "top1": 0.0, "top3": 0.0, "naive_top1": 0.0, "naive_top3": 0.0, "top1_park": 0.0,
-           "naive_top1_park": 0.0, "oracle_top1": 0.0}
-    errs = []
+    out: dict = {"episodes": n, "candidates_per_episode": 40}
     t0 = time.perf_counter()
-    for seed in range(n):
-        ep = episodes.simulate_episode(1000 + seed, hours=48)
-        res = attribute_observations(ep.obs, ep.sources, "pm25", 75.0)
-        ranked, est = {}, {}
-        for r in res:
-            ranked.setdefault((r.time, r.station_id), []).append(r.source_id)
-            if r.rank == 1:
-                est[(r.time, r.station_id)] = r.contribution
-        sc = episodes.score_attribution(ep, ranked, est)
-        # diagnosis, not a method: the same fit told which 2-3 of the 40 sources are on (the truth's)
-        on = ep.sources[ep.contributions.sum(axis=(0, 1)) > 0]
-        oracle: dict = {}
-        for r in attribute_observations(ep.obs, on, "pm25", 75.0):
-            oracle.setdefault((r.time, r.station_id), []).append(r.source_id)
-        oc = episodes.score_attribution(ep, oracle)
-        times = pd.DatetimeIndex(np.sort(ep.obs["time"].unique()))
-        wd, _ = network_wind(ep.obs, times)
-        st = ep.obs.groupby("station_id")[["lat", "lon"]].median().loc[ep.station_ids]
-        sx, sy = to_local_xy_m(st["lat"].to_numpy(), st["lon"].to_numpy(), 30.25, 120.15)
-        qx, qy = to_local_xy_m(ep.sources["lat"].to_numpy(), ep.sources["lon"].to_numpy(), 30.25, 120.15)
-        naive = {}
-        for t in range(len(times)):
-            rk = plume.naive_ranking(qx, qy, sx, sy, wd[t])
-            for s, sid in enumerate(ep.station_ids):
-                naive[(times[t], sid)] = list(ep.sources["source_id"].iloc[rk[s]])
-        nb = episodes.score_attribution(ep, naive)
-        if sc["n"]:
-            tot["n"] += sc["n"]
-            tot["top1"] += sc["top1"] * sc["n"]
-            tot["top3"] += sc["top3"] * sc["n"]
-            tot["naive_top1"] += nb["top1"] * nb["n"]
-            tot["naive_top3"] += nb["top3"] * nb["n"]
-            tot["top1_park"] += sc["top1_park"] * sc["n"]
-            tot["naive_top1_park"] += nb["top1_park"] * nb["n"]
-            tot["oracle_top1"] += oc["top1"] * oc["n"]
-            errs.append(sc["rel_err_contribution"])
-        log(f"attribution episode {seed + 1}/{n}: {sc['n']} exceedances, top-1 {sc['top1']:.2f}, naive {nb['top1']:.2f}")
-    n_ex = max(tot["n"], 1)
-    return {"episodes": n, "exceedances": tot["n"], "top1": tot["top1"] / n_ex, "top3": tot["top3"] / n_ex,
-            "naive_top1": tot["naive_top1"] / n_ex, "naive_top3": tot["naive_top3"] / n_ex,
-            "top1_park": tot["top1_park"] / n_ex, "naive_top1_park": tot["naive_top1_park"] / n_ex,
-            "oracle_active_top1": tot["oracle_top1"] / n_ex,
-            "median_rel_err_top_contribution": float(np.nanmedian(errs)) if errs else None,
-            "candidates_per_episode": 40, "seconds": time.perf_counter() - t0}
+    for set_name, seed0 in SEED_SETS.items():
+        keys = ["top1", "top3", "top1_park"]
+        tot = {m: dict.fromkeys(keys, 0.0) for m in [*MODES, "naive", "oracle_active"]}
+        errs: dict[str, list[float]] = {m: [] for m in MODES}
+        n_ex = 0
+        for seed in range(n):
+            ep = episodes.simulate_episode(seed0 + seed, hours=48)
+            scored = {}
+            for mode, kw in MODES.items():
+                ranked, est = _ranked(attribute_observations(ep.obs, ep.sources, "pm25", 75.0, **kw))
+                scored[mode] = episodes.score_attribution(ep, ranked, est)
+                if scored[mode]["n"]:
+                    errs[mode].append(scored[mode]["rel_err_contribution"])
+            scored["naive"] = episodes.score_attribution(ep, episodes.naive_ranked(ep))
+            # diagnosis, not a method: the batch fit told which 2-3 of the 40 sources are on (the truth's)
+            on = ep.sources[ep.contributions.sum(axis=(0, 1)) > 0]
+            oracle, _ = _ranked(attribute_observations(ep.obs, on, "pm25", 75.0, look_ahead=True))
+            scored["oracle_active"] = episodes.score_attribution(ep, oracle)
+            k = scored["batch"]["n"]
+            if k:
+                n_ex += k
+                for m, sc in scored.items():
+                    for key in keys:
+                        tot[m][key] += sc[key] * k
+            log(f"attribution {set_name} episode {seed + 1}/{n}: {k} exceedances, top-1 batch "
+                f"{scored['batch']['top1']:.2f}, live {scored['live']['top1']:.2f}, naive {scored['naive']['top1']:.2f}")
+        res = {m: {key: v / max(n_ex, 1) for key, v in d.items()} for m, d in tot.items()}
+        for m in MODES:
+            res[m]["median_rel_err_top_contribution"] = float(np.nanmedian(errs[m])) if errs[m] else None
+        out[set_name] = {"seed0": seed0, "exceedances": n_ex, **res}
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def grid_speed() -> dict:
@@ -249,34 +252,54 @@ def render(r: dict) -> str:
                   "≤ 0.75 × likely needs information the batch contract's inputs do not carry (weather forecasts for the target day)."]
     lines += [
         "",
-        f"## Source attribution on {at['episodes']} simulated episodes ({at['exceedances']} plume-caused exceedances, "
+        f"## Source attribution on simulated episodes ({at['episodes']} per set, "
         f"{at['candidates_per_episode']} candidates incl. 4 parks × 5 stacks)",
         "",
-        "| method | top-1 | top-3 |",
-        "|---|---|---|",
-        f"| inverse plume NNLS + back-projection | **{at['top1']:.2f}** | **{at['top3']:.2f}** |",
-        f"| naive upwind/distance | {at['naive_top1']:.2f} | {at['naive_top3']:.2f} |",
-        f"| ratio vs naive | {at['top1'] / max(at['naive_top1'], 1e-9):.2f}× | {at['top3'] / max(at['naive_top3'], 1e-9):.2f}× |",
+        "Scored on the exceedances the plumes caused, for the source that contributed most. Two sets of episodes: "
+        "`tuned` (seeds 1000+, the ones the method's choices were made on over several sessions) and `held_out` "
+        "(seeds 2000+, never looked at while tuning) — the held-out figures are what to expect.",
         "",
-        f"Top-1 counting any stack of the right industrial park as a hit (where the inspector is sent): "
-        f"{at.get('top1_park', float('nan')):.2f} (naive {at.get('naive_top1_park', float('nan')):.2f}); most "
-        f"top-1 misses name a neighbouring stack of the same park.\n\n"
-        f"Median relative error of the top source's estimated contribution: {at['median_rel_err_top_contribution']:.2f}. "
-        "Targets top-1 ≥ 0.70, top-3 ≥ 0.90.",
+        "| method | set | exceedances | top-1 | top-3 | top-1, right park |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {"batch": "`air attribute` (batch: ±48 h, one stack per park first)",
+             "live": "live service (past 36 h, one stack per park first)",
+             "live_before_2026_11_28": "before 2026-11-28 (past 36 h, every source free)",
+             "naive": "naive upwind/distance", "oracle_active": "diagnosis: batch fit told the active sources"}
+    for m, label in names.items():
+        for set_name in ("tuned", "held_out"):
+            x = at[set_name]
+            v = x[m]
+            bold = "**" if m == "batch" else ""
+            lines.append(f"| {label} | {set_name} | {x['exceedances']} | {bold}{v['top1']:.2f}{bold} | "
+                         f"{bold}{v['top3']:.2f}{bold} | {v['top1_park']:.2f} |")
+    t, h = at["tuned"], at["held_out"]
+    lines += [
         "",
-        f"Where the gap is: told which 2-3 of the 40 sources are active (the truth's; a diagnosis, not a method), the "
-        f"same fit ranks the right one first for {at.get('oracle_active_top1', float('nan')):.2f} of the exceedances. "
-        "Choosing the active few is what fails: with each station reading the plumes through its own vane error, "
-        "wrong sets fit the window better than the true one, by squared error and by a likelihood that averages over "
-        "the vane error alike (greedy forward selection under either, tried 2026-11-28 on 4 episodes: top-1 0.34-0.55 "
-        "against this fit's 0.53 there).",
+        f"Batch against the naive ranking, held out: top-1 {h['batch']['top1'] / max(h['naive']['top1'], 1e-9):.2f}×, "
+        f"top-3 {h['batch']['top3'] / max(h['naive']['top3'], 1e-9):.2f}×. Median relative error of the top "
+        f"source's estimated contribution (batch): {t['batch']['median_rel_err_top_contribution']:.2f} tuned, "
+        f"{h['batch']['median_rel_err_top_contribution']:.2f} held out. Targets top-1 ≥ 0.70, top-3 ≥ 0.90: "
+        "**not met**.",
         "",
-        "Tried 2026-11-28 (second session), one-off scripts on these 12 episodes, not yet in the code: fitting each "
-        "exceedance over the whole file (the hours after it too, which a batch analyst has) instead of the 36 hours "
-        "before it lifts top-1 to 0.40 and top-3 to 0.69; then keeping one stack per cluster of sources within 1 km "
-        "(the one whose fit has the least noise-weighted squared error) lifts top-1 to 0.47 (top-3 0.63, siblings "
-        "dropped). Per-hour mixture likelihood over vane offsets with greedy set selection scored 0.17 (wrong sets "
-        "fit better; EM converges slowly). Two stacks of one park are both active in 2 of the 12 episodes.",
+        "How it works: each exceedance is fitted twice by non-negative least squares of plume kernels over all "
+        "stations and hours of its window. In one fit every source may take strength; in the other each cluster "
+        "of sources within 1 km (an industrial park) is first reduced to the member whose fit leaves the least "
+        "noise-weighted squared error. The reduced fit names the first source (the full fit spreads a park's "
+        "strength over neighbouring stacks and often ranks the wrong one first); the full fit orders the rest. "
+        "The batch command sees 48 h either side of the exceedance; the live service only the past.",
+        "",
+        "Where the gap is: told which 2-3 of the 40 sources are active (a diagnosis, not a method), the same fit "
+        f"ranks the right one first for {t['oracle_active']['top1']:.2f} (tuned) / {h['oracle_active']['top1']:.2f} "
+        "(held out) of the exceedances. Choosing the active few is what fails: with each station reading the plumes "
+        "through its own vane error (σ 8°), stacks 300-500 m apart seen from 5-15 km differ by 2-3° of bearing, "
+        "and wrong sets fit the window about as well as the true one. Also tried (2026-11-28, scripts not kept): "
+        "greedy forward selection under squared error or under a likelihood averaging over vane error (top-1 "
+        "0.34-0.55 on 4 tuned episodes against 0.53); a per-hour mixture likelihood over vane offsets with EM and "
+        "swap search (0.17); per-6-h strengths in the cluster choice (tuned 0.40), wider or narrower plume spread "
+        "in it (0.38-0.46); siblings of the chosen stack at ranks 2-3 (held-out top-3 0.36, worse than letting the "
+        "full fit order them). Two stacks of one park are both active in 2 of the 12 tuned episodes, so one stack "
+        "per park is a prior, not a rule.",
         "",
         "## Speed and memory",
         "",

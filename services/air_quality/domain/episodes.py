@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from services.air_quality.domain.plume import plume_kernel, stability_class
+from services.air_quality.domain.plume import naive_ranking, plume_kernel, stability_class
 from shared.city import km_to_deg_lat, km_to_deg_lon, to_local_xy_m
 
 KINDS = ("industrial", "traffic", "construction", "dust")
@@ -139,3 +139,21 @@ def score_attribution(ep: PlumeEpisode, ranked: dict[tuple[pd.Timestamp, str], l
     return {"n": n, "top1": hit1 / n if n else float("nan"), "top3": hit3 / n if n else float("nan"),
             "top1_park": hit_park / n if n else float("nan"),
             "rel_err_contribution": float(np.median(errs)) if errs else float("nan")}
+
+
+def naive_ranked(ep: PlumeEpisode) -> dict[tuple[pd.Timestamp, str], list[str]]:
+    """The baseline's ranking of every station-hour: upwind alignment and distance under the network wind."""
+    from services.air_quality.domain.attribution import network_wind
+
+    times = pd.DatetimeIndex(np.sort(ep.obs["time"].unique()))
+    wd, _ = network_wind(ep.obs, times)
+    st = ep.obs.groupby("station_id")[["lat", "lon"]].median().loc[ep.station_ids]
+    lat0, lon0 = float(st["lat"].mean()), float(st["lon"].mean())
+    sx, sy = to_local_xy_m(st["lat"].to_numpy(), st["lon"].to_numpy(), lat0, lon0)
+    qx, qy = to_local_xy_m(ep.sources["lat"].to_numpy(), ep.sources["lon"].to_numpy(), lat0, lon0)
+    out = {}
+    for t in range(len(times)):
+        rk = naive_ranking(qx, qy, sx, sy, wd[t])
+        for s, sid in enumerate(ep.station_ids):
+            out[(times[t], sid)] = list(ep.sources["source_id"].iloc[rk[s]])
+    return out

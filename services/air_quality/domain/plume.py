@@ -94,6 +94,59 @@ class Attribution:
     confidence: float  # share of the station's excess over background this source explains
 
 
+def source_clusters(src_x: np.ndarray, src_y: np.ndarray, radius_m: float) -> list[np.ndarray]:
+    """Groups of sources within `radius_m` of one another (single linkage): the stacks of one industrial park."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    xy = np.c_[np.asarray(src_x, dtype=float), np.asarray(src_y, dtype=float)]
+    if len(xy) < 2 or radius_m <= 0:
+        return [np.array([j]) for j in range(len(xy))]
+    lab = fcluster(linkage(xy, "single"), radius_m, "distance")
+    return [np.flatnonzero(lab == c) for c in np.unique(lab)]
+
+
+def _weighted_fit(k: np.ndarray, b: np.ndarray, hour: np.ndarray, n_hours: int, sig: np.ndarray,
+                  ridge: float) -> tuple[float, np.ndarray]:
+    """NNLS of b ≈ k·q + background[hour], rows divided by their noise `sig`: (residual norm, q)."""
+    from scipy.optimize import nnls
+
+    scale = np.maximum(k.max(axis=0), 1e-12)
+    bg = np.zeros((len(b), n_hours))
+    bg[np.arange(len(b)), hour] = 1.0
+    a = np.hstack([k / scale, bg]) / sig[:, None]
+    ref = max(float(np.abs(b).max()), 1.0)
+    n_q = k.shape[1]
+    a = np.vstack([a, np.hstack([np.eye(n_q) * ridge * ref, np.zeros((n_q, n_hours))])])
+    coef, r = nnls(a, np.r_[b / sig, np.zeros(n_q)], maxiter=100 * a.shape[1])
+    return float(r), coef[:n_q] / scale
+
+
+def pick_cluster_members(k: np.ndarray, b: np.ndarray, hour: np.ndarray, n_hours: int, sig: np.ndarray,
+                         clusters: list[np.ndarray]) -> np.ndarray:
+    """Keep one source per cluster: the member whose fit leaves the least noise-weighted squared error.
+
+    Stacks a few hundred metres apart seen from kilometres away through vane error explain the
+    data almost equally well one for another, and a fit that may use all of them spreads the
+    strength over the wrong ones. Each cluster in turn (the one the joint fit loads most first)
+    is reduced to the member that fits best with the others as they stand.
+    Returns the kept mask over the columns of `k`.
+    """
+    n_src = k.shape[1]
+    keep = np.ones(n_src, dtype=bool)
+    _, q0 = _weighted_fit(k, b, hour, n_hours, sig, 1e-4)
+    for mem in sorted((c for c in clusters if len(c) > 1), key=lambda c: -q0[c].sum()):
+        fits = []
+        for m in mem:
+            trial = keep.copy()
+            trial[mem] = False
+            trial[m] = True
+            r, _ = _weighted_fit(k[:, trial], b, hour, n_hours, sig, 1e-4)
+            fits.append((r, int(m)))
+        keep[mem] = False
+        keep[min(fits)[1]] = True
+    return keep
+
+
 def attribute_exceedances(
     times: pd.DatetimeIndex, station_ids: list[str], st_x: np.ndarray, st_y: np.ndarray, values: np.ndarray,
     wind_from: np.ndarray, wind_speed: np.ndarray, local_hour: np.ndarray,
@@ -101,16 +154,20 @@ def attribute_exceedances(
     window_h: int = 36, spread_deg: float = 8.0, progress=None, block_h: int = 6,
     lam_shared: float = 1e-3, lam_block: float = 1e-3, vane_sigma_deg: float = 8.0,
     targets: np.ndarray | None = None, weights: np.ndarray | None = None,
+    hours_after: int = 0, cluster_m: float = 0.0,
 ) -> list[Attribution]:
     """Attribute every (time, station) above `threshold` to sources.
 
     values: T × S; wind_from/wind_speed/local_hour: T (network wind). For each exceedance
-    hour the strengths of all sources are fitted jointly by NNLS over the `window_h`
-    preceding hours and all stations (a shared strength plus one per `block_h`-hour block,
-    ridge-penalised), with a non-negative background per hour; each station's share is then
-    taken over its plausible wind-direction offsets (`vane_sigma_deg`). Window, spread and
-    penalties were chosen on bench/air's simulated episodes under the constraint that the
-    city simulator's demo episode is still traced to its source (tests/test_air_simulate.py).
+    hour the strengths of all sources are fitted jointly by NNLS over the `window_h` hours up
+    to it and the `hours_after` hours after it (0 live; a batch analyst has the whole file)
+    and all stations (a shared strength plus one per `block_h`-hour block, ridge-penalised),
+    with a non-negative background per hour; each station's share is then taken over its
+    plausible wind-direction offsets (`vane_sigma_deg`). With `cluster_m` > 0 only one source
+    of each cluster within that distance enters the fit (see `pick_cluster_members`). Window,
+    spread and penalties were chosen on bench/air's simulated episodes under the constraint
+    that the city simulator's demo episode is still traced to its source
+    (tests/test_air_simulate.py).
 
     `targets` (T × S, bool) limits which exceedances are attributed (default: all); `weights` (S)
     weighs each receptor's rows in the fit (calibrated low-cost sensors count less than stations).
@@ -120,9 +177,11 @@ def attribute_exceedances(
     src_h = sources["height_m"].to_numpy(float) if "height_m" in sources else np.full(len(sources), 10.0)
     src_h = np.nan_to_num(src_h, nan=10.0)
     n_t, n_s = values.shape
-    n_src = len(sources)
+    n_all = len(sources)
     cls = stability_class(wind_speed, local_hour)
     kern_cache: dict[int, np.ndarray] = {}
+    clusters = source_clusters(src_x, src_y, cluster_m)
+    pick_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def kern(t: int) -> np.ndarray:
         if t not in kern_cache:
@@ -139,22 +198,36 @@ def attribute_exceedances(
     out: list[Attribution] = []
     it = ex_times if progress is None else progress(ex_times, total=len(ex_times), desc="attribute")
     for t in it:
-        ts = list(range(max(0, t - window_h + 1), t + 1))
+        ts = list(range(max(0, t - window_h + 1), min(n_t, t + hours_after + 1)))
         # sources switch on and off: a strength shared by the whole window plus a non-negative
-        # deviation per block of `block_h` hours (counted back from t), the deviations penalised
-        # harder so a source has to be consistent across blocks unless the data say otherwise
-        n_blk = (len(ts) + block_h - 1) // block_h
-        rows, rhs, hour_col, blk_col = [], [], [], []
+        # deviation per block of `block_h` hours (block 0 ends at t, blocks after t count on from
+        # it), the deviations penalised harder so a source has to be consistent across blocks
+        # unless the data say otherwise
+        blk_of = {tau: (tau - t + block_h - 1) // block_h for tau in ts}
+        first_blk = blk_of[ts[0]]
+        n_blk = blk_of[ts[-1]] - first_blk + 1
+        rows, rhs, hour_col, blk_col, wcol, ycol = [], [], [], [], [], []
         for k, tau in enumerate(ts):
             ok = np.isfinite(values[tau])
             rows.append(kern(tau)[ok] * w_rec[ok, None])
             rhs.append(values[tau][ok] * w_rec[ok])
             hour_col.append(np.full(ok.sum(), k))
-            blk_col.append(np.full(ok.sum(), (t - tau) // block_h))
-        k_src = np.vstack(rows)
+            blk_col.append(np.full(ok.sum(), blk_of[tau] - first_blk))
+            wcol.append(w_rec[ok])
+            ycol.append(values[tau][ok])
+        k_all = np.vstack(rows)
         b = np.concatenate(rhs)
         hc = np.concatenate(hour_col)
         bc = np.concatenate(blk_col)
+        use = np.arange(n_all)
+        if cluster_m > 0:
+            key = (ts[0], ts[-1])
+            if key not in pick_cache:
+                sig = (0.08 * np.maximum(np.concatenate(ycol), 10.0) + 2.0) / np.concatenate(wcol)
+                pick_cache[key] = pick_cluster_members(k_all, b, hc, len(ts), sig, clusters)
+            use = np.flatnonzero(pick_cache[key])
+        n_src = len(use)
+        k_src = k_all[:, use]
         scale = np.maximum(k_src.max(axis=0), 1e-12)
         k_n = k_src / scale
         a_blk = np.zeros((len(b), n_src * n_blk))
@@ -162,7 +235,7 @@ def attribute_exceedances(
             m = bc == blk
             a_blk[m, blk * n_src:(blk + 1) * n_src] = k_n[m]
         a_bg = np.zeros((len(b), len(ts)))
-        a_bg[np.arange(len(b)), hc] = np.concatenate([w_rec[np.isfinite(values[tau])] for tau in ts])
+        a_bg[np.arange(len(b)), hc] = np.concatenate(wcol)
         a = np.hstack([k_n, a_blk, a_bg])
         ref = max(float(np.abs(b).max()), 1.0)
         n_q = n_src * (1 + n_blk)
@@ -170,8 +243,10 @@ def attribute_exceedances(
         a_aug = np.vstack([a, np.hstack([np.diag(pen), np.zeros((n_q, len(ts)))])])
         b_aug = np.concatenate([b, np.zeros(n_q)])
         coef, _ = nnls(a_aug, b_aug, maxiter=50 * a.shape[1])
-        q = (coef[:n_src] + coef[n_src:2 * n_src]) / scale  # strength in the block holding t
-        bg = coef[n_q + len(ts) - 1]
+        b_t = -first_blk  # the block holding t
+        q = np.zeros(n_all)
+        q[use] = (coef[:n_src] + coef[n_src * (1 + b_t):n_src * (2 + b_t)]) / scale
+        bg = coef[n_q + ts.index(t)]
         contrib_t = kern(t) * q[None, :]  # stations × sources at hour t
         if vane_sigma_deg > 0:
             # each station sees the plumes through its own vane error and meander: pick, per
@@ -196,9 +271,10 @@ def attribute_exceedances(
                 continue
             order = pos[np.lexsort((-up[s, pos], -c[pos]))]
             excess = max(values[t, s] - bg, 1e-9)
+            share = c / max(excess, c.sum())
             for r, j in enumerate(order, start=1):
                 out.append(Attribution(times[t], station_ids[s], str(sources["source_id"].iloc[j]),
-                                       float(c[j]), r, float(min(c[j] / max(excess, c.sum()), 1.0))))
+                                       float(c[j]), r, float(min(share[j], 1.0))))
     return out
 
 
