@@ -262,10 +262,11 @@ def test_merge_rankings_takes_the_first_source_from_one_fit_and_the_rest_from_th
     def a(sid, src, rank, c):
         return plume.Attribution(t, sid, src, c, rank, 0.5)
 
-    one_per_park = [a("st01", "park1-stack3", 1, 40.0), a("st01", "road-2", 2, 5.0)]
+    one_per_park = [a("st01", "park1-stack3", 1, 40.0), a("st01", "road-2", 2, 5.0), a("st02", "park2-stack1", 1, 3.0)]
     full = [a("st01", "park1-stack1", 1, 20.0), a("st01", "park1-stack3", 2, 15.0), a("st01", "road-2", 3, 6.0),
-            a("st02", "road-2", 1, 9.0)]
+            a("st02", "road-2", 1, 9.0), a("st02", "park2-stack1", 2, 1.0)]
     merged = merge_rankings(one_per_park, full)
-    assert [(r.station_id, r.source_id, r.rank) for r in merged] == [
-        ("st01", "park1-stack3", 1), ("st01", "park1-stack1", 2), ("st01", "road-2", 3), ("st02", "road-2", 1)]
-    assert merged[0].contribution == 40.0 and merged[1].contribution == 20.0
+    assert [(r.station_id, r.source_id, r.rank, r.contribution) for r in merged] == [
+        ("st01", "park1-stack3", 1, 40.0), ("st01", "park1-stack1", 2, 20.0), ("st01", "road-2", 3, 6.0),
+        # rank 1 = largest contribution (CONTRACTS.md §3), whichever fit it came from
+        ("st02", "road-2", 1, 9.0), ("st02", "park2-stack1", 2, 3.0)]

@@ -27,7 +27,8 @@ CLUSTER_M = 1000.0
 
 
 def merge_rankings(first: list[Attribution], rest: list[Attribution]) -> list[Attribution]:
-    """Per (time, station): rank 1 from `first`, then `rest`'s ranking without that source, renumbered."""
+    """Per (time, station): `first`'s rank-1 source and its contribution, with `rest`'s other sources and
+    theirs, ranked by contribution (CONTRACTS.md §3: rank 1 = largest)."""
     from dataclasses import replace
 
     top = {(a.time, a.station_id): a for a in first if a.rank == 1}
@@ -38,7 +39,8 @@ def merge_rankings(first: list[Attribution], rest: list[Attribution]) -> list[At
     for key in sorted(set(top) | set(by_key)):
         head = [top[key]] if key in top else []
         tail = [a for a in by_key.get(key, []) if not head or a.source_id != head[0].source_id]
-        out += [replace(a, rank=r) for r, a in enumerate(head + tail, start=1)]
+        ranked = sorted(head + tail, key=lambda a: -a.contribution)  # stable: ties keep the fits' order
+        out += [replace(a, rank=r) for r, a in enumerate(ranked, start=1)]
     return out
 
 
@@ -53,8 +55,9 @@ def attribute_observations(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: 
 
     Two fits: one where every source may take strength, and one where each cluster of sources
     within `cluster_m` (the stacks of a park) is first reduced to its best-fitting member
-    (`plume.pick_cluster_members`). The reduced fit names the first source, which the full fit
-    too often spreads over neighbouring stacks; the full fit orders the rest, siblings included.
+    (`plume.pick_cluster_members`). The reduced fit gives the contribution of its first source,
+    whose park's strength the full fit too often spreads over neighbouring stacks; the full fit
+    gives the others' (siblings included); all are ranked by contribution.
     `cluster_m` = 0 gives the full fit alone.
     """
     fit = dict(BATCH_FIT) if look_ahead else {}
