@@ -301,7 +301,8 @@ def render(r: dict) -> str:
         "in it (0.38-0.46); siblings of the chosen stack at ranks 2-3 (held-out top-3 0.36, worse than letting the "
         "full fit order them); the reduced fit's first source always at rank 1 whatever its contribution (tuned "
         "0.47 / 0.72, held out 0.25 / 0.45, but in 13 % of station-hours rank 1 was not the largest contribution, "
-        "against the contract). Two stacks of one park are both active in 2 of the 12 tuned episodes, so one stack "
+        "against the contract); backward elimination of weak sources after the park step, by an F-test-like "
+        "penalty on the noise-weighted squared error (0.5·ln N: tuned 0.48 / 0.75; 2·ln N: 0.39 / 0.73). Two stacks of one park are both active in 2 of the 12 tuned episodes, so one stack "
         "per park is a prior, not a rule.",
         "",
         "## Speed and memory",
