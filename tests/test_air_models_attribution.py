@@ -26,7 +26,6 @@ def test_joint_fit_beats_upwind_ranking_on_two_episodes():
     assert hit / n >= 0.3 and hit >= 1.5 * naive_hit, (hit / n, naive_hit / n)
 
 
-
 def _park_and_roads(seed: int) -> pd.DataFrame:
     """One industrial park of five stacks ~350 m apart, plus seven roads across a 24 km city."""
     rng = np.random.default_rng(seed)

@@ -64,7 +64,9 @@ def attribute_observations(obs: pd.DataFrame, sources: pd.DataFrame, pollutant: 
     full = _attribute(obs, sources, pollutant, threshold, progress, only, fit)
     if cluster_m <= 0:
         return full
-    one_per_park = _attribute(obs, sources, pollutant, threshold, progress, only, fit | {"cluster_m": cluster_m})
+    second = None if progress is None else (
+        lambda it, **kw: progress(it, **(kw | {"desc": "attribute, one stack per park"})))
+    one_per_park = _attribute(obs, sources, pollutant, threshold, second, only, fit | {"cluster_m": cluster_m})
     return merge_rankings(one_per_park, full)
 
 

@@ -129,6 +129,7 @@ def pick_cluster_members(k: np.ndarray, b: np.ndarray, hour: np.ndarray, n_hours
     data almost equally well one for another, and a fit that may use all of them spreads the
     strength over the wrong ones. Each cluster in turn (the one the joint fit loads most first)
     is reduced to the member that fits best with the others as they stand.
+
     Returns the kept mask over the columns of `k`.
     """
     n_src = k.shape[1]
