@@ -32,10 +32,15 @@ class Scenario:
 
 
 def make_scenario(net: WaterNetwork, name: str, seed: int, *, days: float = 35.0, train_days: float = 14.0,
-                  n_pressure: int = 30, n_meters: int = 100, n_leaks: int | None = None) -> Scenario:
+                  n_pressure: int = 30, n_meters: int = 100, n_leaks: int | None = None,
+                  loggers: list[str] | None = None) -> Scenario:
+    """`loggers`: junctions of the pressure loggers (e.g. placement.place_loggers); default spread over the
+    network by farthest-point sampling (hydraulics.choose_sensors)."""
     rng = np.random.default_rng(seed)
     # a utility's loggers stay put; scenarios vary the water, not the sensor layout
     sensors = choose_sensors(net, n_pressure, n_meters, seed=1000)
+    if loggers is not None:
+        sensors = [Sensor(j, "pressure", j) for j in loggers] + [s for s in sensors if s.kind != "pressure"]
     mean_demand = total_base_demand_m3h(net)
     n_leaks = int(rng.choice([0, 1, 1, 2, 2, 3])) if n_leaks is None else n_leaks
     pipes = [p for p in net.pipes if net.pipe_length_m[p] > 1.0]

@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 
-from shared.batch_io import BadInput, parse_time_arg, read_table, write_table
+from shared.batch_io import BadInput, parse_time_arg, progress, read_table, write_table
 
 OUT_COLUMNS = ["leak_id", "detected_at", "pipe_id", "candidates", "estimated_flow_m3h"]
 _NODE_KINDS = {"pressure", "demand", "level"}
@@ -49,6 +49,40 @@ def detect(network_path: str, scada_path: str, train_until: str, out_path: str) 
     out = pd.DataFrame(rows, columns=OUT_COLUMNS)
     out["detected_at"] = pd.to_datetime(out["detected_at"], utc=True)
     write_table(out, out_path, OUT_COLUMNS)
+
+
+def place_loggers(network_path: str, n: int, out_path: str, *, existing: str = "", map_path: str | None = None) -> None:
+    """`cityops water place-loggers`: junctions for `n` pressure loggers (domain.placement), as a CSV and a map."""
+    from services.water.domain.mapping import network_map_png
+    from services.water.domain.network import NetworkError, load_network
+    from services.water.domain.placement import place_loggers as place
+
+    try:
+        net = load_network(network_path)
+    except NetworkError as exc:
+        raise BadInput(network_path, str(exc)) from None
+    have = tuple(e.strip() for e in existing.split(",") if e.strip())
+    if n < 1:
+        raise BadInput("--loggers", f"need at least one logger, got {n}")
+    if len(have) > n:
+        raise BadInput("--existing", f"{len(have)} existing loggers but --loggers {n}: ask for at least as many")
+    if n > len(net.junctions):
+        raise BadInput("--loggers", f"{net.path.name} has {len(net.junctions)} junctions, fewer than {n} loggers")
+    unknown = [e for e in have if e not in set(net.junctions)]
+    if unknown:
+        raise BadInput("--existing", f"not junctions of {net.path.name}: {', '.join(unknown[:5])} "
+                       "(loggers go at junctions, by their .inp names)")
+    print(f"water place-loggers: {n} loggers on {net.path.name} ({len(net.junctions)} junctions, "
+          f"{len(net.pipes)} pipes), {len(have)} kept", file=sys.stderr)
+    nodes = place(net, n, existing=have, progress=progress)
+    out = pd.DataFrame({"rank": range(1, len(nodes) + 1), "node_id": nodes,
+                        "x": [net.node_xy[j][0] for j in nodes], "y": [net.node_xy[j][1] for j in nodes],
+                        "existing": [j in have for j in nodes]})
+    write_table(out, out_path, ["rank", "node_id", "x", "y", "existing"])
+    if map_path:
+        network_map_png(net, [], map_path, sensor_nodes=nodes,
+                        title=f"{net.path.name}: {n} pressure loggers placed to locate leaks")
+    print(f"water place-loggers: wrote {out_path}" + (f" and {map_path}" if map_path else ""), file=sys.stderr)
 
 
 def _check_sensors(scada: pd.DataFrame, path: str, net, kinds) -> None:

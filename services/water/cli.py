@@ -19,6 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_detect)
 
+    pl = cmds.add_parser("place-loggers", help="where to put pressure loggers so leaks can be located (not in CONTRACTS.md)")
+    pl.add_argument("--network", required=True, help="EPANET .inp file")
+    pl.add_argument("--loggers", type=int, required=True, help="how many pressure loggers in all")
+    pl.add_argument("--existing", default="", help="junctions that already have a logger, comma-separated (kept)")
+    pl.add_argument("--out", required=True, help="CSV: rank, node_id, x, y, existing")
+    pl.add_argument("--map", default=None, help="optional PNG map of the loggers")
+    pl.set_defaults(func=_place)
+
     sv = cmds.add_parser("serve", help="the streaming service: leaks, flood risk, field tasks (port 8112)")
     sv.add_argument("--port", type=int, default=None, help="HTTP port (default CITYOPS_WATER_PORT or 8112)")
     sv.set_defaults(func=_serve)
@@ -34,3 +42,9 @@ def _detect(a: argparse.Namespace) -> int:
     from services.water import batch
 
     return run_batch(batch.detect, a.network, a.scada, a.train_until, a.out)
+
+
+def _place(a: argparse.Namespace) -> int:
+    from services.water import batch
+
+    return run_batch(batch.place_loggers, a.network, a.loggers, a.out, existing=a.existing, map_path=a.map)
