@@ -285,7 +285,11 @@ def _markdown(r: dict) -> str:
               "above). The live service and the demo keep initial-state signatures: on the demo's Net3 (12 loggers, "
               "leaks of 15-20 % of demand, windows of a few hours) the operating state named 27/32 of the demo's "
               "leaks over 4 seeds x 4 start hours, the initial state 32/32 (water-demo-signatures.md).",
-              "", "Where the gap to 60 % is, not noise alone: in a one-off experiment (2026-11-28, not part of this "
+              "", "Where the gap to 60 % is, not noise alone. A one-off diagnosis (2026-11-29, the 17 ky4 detections "
+              "of this bench, spread loggers): in 8 of them the true pipe explains 0.85-1.00 of the whitened change, "
+              "within 0.00-0.04 of the top candidate, yet ranks 4th to 147th (the top candidate 140-1900 m away): the "
+              "leak is plainly seen, and tens of pipes explain it as well. In the other 9 the change is small or "
+              "mixed with model error (the true pipe explains under 0.8). In an earlier one-off experiment (2026-11-28, not part of this "
               "bench) a noise-free snapshot (ky4, 20 leaks, 6 h after onset, "
               "the draining tanks' part removed, matched unweighted) puts 0.15 of top candidates within 300 m with "
               "operating-state signatures (0.05 with initial-state ones). With 30 loggers on 964 nodes many pipes "
