@@ -8,14 +8,14 @@ drawn log-uniform between 3 % and 15 % of the network's mean demand, plus logger
 best-matching pipe (localisation.localise's score over the loggers chosen so far) lies within
 `within_m` of pipe distance of the true one. Loggers already in place (`existing`) are kept.
 
-Noise-free signatures with `noise_m` = 0.02 m, 30 loggers on ky4 (964 nodes), fresh noise draws:
-0.35 of leaks matched within 300 m against 0.28 for the same number spread by farthest-point sampling
-(hydraulics.choose_sensors). On the benchmark's simulated weeks (bench/results/water.md, 32 detected leaks,
+In this leak model (0.02 m noise, 30 loggers on ky4, 964 nodes; a one-off check on fresh noise draws,
+2026-11-29) 0.35 of leaks matched within 300 m against 0.28 for the same number of loggers spread by
+farthest-point sampling (hydraulics.choose_sensors). On the benchmark's simulated weeks (bench/results/water.md, 32 detected leaks,
 same scenarios, only the loggers moved) the batch command's top candidate was within 300 m for 0.28 of
 leaks (spread: 0.25), a top-3 candidate for 0.50 (0.31), within 1 km for 0.72 (0.50); median distance
 609 m (1026 m). Top-1 on ky4 did not move: 30 loggers on 964 nodes still leave neighbouring pipes with
-near-identical signatures. Chama (Sandia) places
-sensors for detection coverage and time, not for telling pipes apart, so this objective is our own.
+near-identical signatures. Chama (Sandia) places sensors for detection coverage and time, not for
+telling pipes apart, so this objective is our own.
 
 The result is cached beside the sensitivity matrices, under the network file's hash and the options.
 """
@@ -75,8 +75,12 @@ def matched_share(sig: np.ndarray, dist: np.ndarray, cols: list[int], truth: np.
     """Share of simulated leaks (`truth` pipe rows, observations `obs` at every junction) whose best match over
     the junction columns `cols` is within `within_m` of the true pipe."""
     s = sig[:, cols]
-    a = obs[:, cols] @ s.T
-    b = np.einsum("ij,ij->i", s, s)
+    return _share(obs[:, cols] @ s.T, np.einsum("ij,ij->i", s, s), dist, truth, within_m)
+
+
+def _share(a: np.ndarray, b: np.ndarray, dist: np.ndarray, truth: np.ndarray, within_m: float) -> float:
+    """From the dot products `a` (leaks × pipes) and signature norms `b`, the share of leaks matched within `within_m`
+    (the score of localisation.localise: explained variance, leaks that raise pressure excluded)."""
     score = np.where(a > 0, a * a / np.maximum(b, 1e-30), 0.0)
     return float((dist[truth, score.argmax(axis=1)] <= within_m).mean())
 
@@ -101,7 +105,8 @@ def place_loggers(net: WaterNetwork, n: int, *, existing: tuple[str, ...] = (), 
     """
     from services.water.domain.hydraulics import total_base_demand_m3h
 
-    unknown = [e for e in existing if e not in net.junctions]
+    known = set(net.junctions)
+    unknown = [e for e in existing if e not in known]
     if unknown:
         raise ValueError(f"existing loggers not at junctions of {net.path.name}: {', '.join(unknown[:5])}")
     if n > len(net.junctions):
@@ -124,13 +129,11 @@ def place_loggers(net: WaterNetwork, n: int, *, existing: tuple[str, ...] = (), 
     steps = range(len(chosen), n)
     for _ in (progress(steps, desc="placing loggers") if progress else steps):
         best, best_j = -1.0, -1
+        taken = set(chosen)
         for j in range(len(junctions)):
-            if j in chosen:
+            if j in taken:
                 continue
-            a2 = a + np.outer(obs[:, j], sig[:, j])
-            b2 = b + sig[:, j] ** 2
-            score = np.where(a2 > 0, a2 * a2 / np.maximum(b2, 1e-30), 0.0)
-            share = float((dist[truth, score.argmax(axis=1)] <= within_m).mean())
+            share = _share(a + np.outer(obs[:, j], sig[:, j]), b + sig[:, j] ** 2, dist, truth, within_m)
             if share > best:
                 best, best_j = share, j
         chosen.append(best_j)
