@@ -142,7 +142,9 @@ def test_demo_scada_in_leak_alert_and_task_out(scenario):
     assert first <= leaks[0].detected_at <= START + pd.Timedelta(hours=24)
     task = repair_task(leaks[0], net)
     assert task.pipe_ids and task.estimated_flow_m3h > 0
-    assert task.body_zh and task.body_en
+    # the first candidate carries the model's chance that the leak is within 300 m of it
+    assert 0.0 < leaks[0].candidates[0].p_within <= 1.0
+    assert "300 米内的把握约" in task.body_zh and "chance the leak is within 300 m" in task.body_en
 
 
 def test_demo_storm_gives_flood_warning_with_lead_time(scenario):

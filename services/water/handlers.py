@@ -437,8 +437,7 @@ class WaterService:
         dedup = f"water:leak:{dma}"
         alert_id = stable_id(dedup, t.isoformat())
         self.announced[t] = (dedup, alert_id)
-        cands = [{"rank": i, "pipe_id": c.pipe_id, "score": round(c.score, 4), "flow_m3h": round(c.flow_m3h, 2),
-                  "distance_to_top_m": round(c.distance_to_top_m, 1)} for i, c in enumerate(ev.candidates[:10], 1)]
+        cands = _candidate_dicts(ev)
         flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
         evidence = {"observed_at": t.isoformat(), "detected_at": t.isoformat(), "statistic": ev.statistic,
                     "onset_at": _ts(ev.onset_at).isoformat() if ev.onset_at is not None else None, "dma": dma,
@@ -494,8 +493,7 @@ class WaterService:
         if ev.candidates:
             await asyncio.to_thread(mapping.network_map_png, self.net, ev.candidates[:10], map_path,
                                     sensor_nodes=sensor_nodes, title=f"{leak_id}: candidate pipes (1 = most likely)")
-        cands = [{"rank": i, "pipe_id": c.pipe_id, "score": round(c.score, 4), "flow_m3h": round(c.flow_m3h, 2),
-                  "distance_to_top_m": round(c.distance_to_top_m, 1)} for i, c in enumerate(ev.candidates[:10], 1)]
+        cands = _candidate_dicts(ev)
         flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
         rec = LeakRecord(leak_id, alert_id, ev.dma, _ts(ev.detected_at), cands, flow,
                          str(map_path) if ev.candidates else None, ev.updates)
@@ -702,3 +700,12 @@ class WaterService:
     def pipe_geometry(self, pipe: str) -> list[list[float]]:
         a, b = self.net.link_nodes[pipe]
         return [[self.lat_lon[a][1], self.lat_lon[a][0]], [self.lat_lon[b][1], self.lat_lon[b][0]]]
+
+
+def _candidate_dicts(ev: detection.LeakEvent) -> list[dict]:
+    """The top 10 candidates as JSON: rank, pipe, share explained, flow, distance to the first and the
+    posterior chance that the leak lies within 300 m of the pipe (null where not computed)."""
+    return [{"rank": i, "pipe_id": c.pipe_id, "score": round(c.score, 4), "flow_m3h": round(c.flow_m3h, 2),
+             "distance_to_top_m": round(c.distance_to_top_m, 1),
+             "p_within_300m": round(c.p_within, 3) if c.p_within == c.p_within else None}
+            for i, c in enumerate(ev.candidates[:10], 1)]

@@ -9,7 +9,11 @@ A pipe's signature is the mean of its two end junctions' signatures (a leak in m
 
 Matching is a one-sided generalised likelihood-ratio test per pipe: with residuals `r` and
 noise scales `sigma`, the best leak flow at pipe k is q = max(0, s·r / s·s) (weighted by
-1/sigma²) and the score is the explained variance (s·r)² / s·s. Pipes are ranked by score.
+1/sigma²) and the score is the explained variance (s·r)² / s·s. Neighbouring pipes often score
+alike, so the ranking is a decision rather than a sort: scores become a posterior over pipes
+(a Gaussian likelihood whose variance is the noise plus a share of the signal), and the first candidate is the pipe with the most posterior within
+300 m of pipe distance of it — where a crew with a listening stick would start — the next two the
+ones covering most of what is left, then the best-fitting pipes (see :func:`localise`).
 The monitor matches pressures only, weighted by their residual spread, uncentred (see :func:`localise`).
 """
 
@@ -31,6 +35,18 @@ _EN_DEMAND, _EN_PRESSURE, _EN_BASEDEMAND, _EN_PATTERN = 9, 11, 1, 2
 _EN_FLOW = 8
 _EN_PATTERNSTART = 4
 _EN_TANKLEVEL, _EN_INITSTATUS = 8, 4
+
+# Model error, as a share of the leak's signal: residuals are in noise units, so a pipe whose fit leaves
+# Δ more squared residual is exp(-Δ / (2 + MODEL_ERROR · |r|²)) times as likely as the best — the noise's
+# own likelihood for a small change, a share of it (0.03 less explained: e times less likely) for a large
+# one, where demand, roughness and a steady-state signature against hours of tank drainage dominate.
+# Set on the water benchmark's scenarios (0.02-0.05 alike there) and checked on 72 fresh ones.
+MODEL_ERROR = 0.03
+_MAX_POSTERIOR_PIPES = 400
+# The first AREAS candidates are as many places to start (each covering most of the posterior the ones
+# before it leave); the rest follow by score, so the true pipe itself is as often among the ten as with
+# a plain sort (bench: 0.48 against 0.47; covering with all ten, 0.33).
+AREAS = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,8 @@ class LeakCandidate:
     score: float  # share of the residual's weighted variance the leak at this pipe explains, 0..1
     flow_m3h: float
     distance_to_top_m: float
+    # chance, under the match's posterior over pipes, that the leak lies within `within_m` of this pipe
+    p_within: float = float("nan")
 
 
 def default_cache_dir() -> Path:
@@ -246,13 +264,18 @@ def localise(
     *,
     top: int = 10,
     centre: bool = False,
+    within_m: float | None = 300.0,
+    model_error: float = MODEL_ERROR,
 ) -> list[LeakCandidate]:
     """Rank pipes by how well a leak there explains `residual` (observed minus expected, per sensor).
 
     NaN residuals (sensors without data) are left out. With `centre`, the mean over the sensors is
     removed from the residual and from every signature first: over hours, a leak also drains the
     tanks and lowers every pressure alike, which a steady-state signature does not contain, so
-    only the spatial shape is matched. Returns up to `top` candidates, best first.
+    only the spatial shape is matched. Returns up to `top` candidates, best first: each in turn
+    the pipe with the most posterior within `within_m` not covered by those before it; by score alone
+    with `within_m` None or without a network to measure distance on. `residual` and `sigma` should
+    put the residual in noise units: the posterior reads squared residuals as log-likelihoods.
     """
     r = np.asarray(residual, dtype=float)
     ok = np.isfinite(r) & np.isfinite(sigma) & (sigma > 0)
@@ -272,11 +295,54 @@ def localise(
         q = np.where(ss > 0, sr / ss, 0.0)
         score = np.where((ss > 0) & (sr > 0), sr * sr / ss, 0.0)
     total = float(rw @ rw) or 1.0
-    order = np.argsort(-score, kind="stable")[:top]
+    order, p_within = _cover_order((score - score.max()) / (2.0 + model_error * total), matrix.pipes, net, top,
+                                   within_m)
     top_pipe = matrix.pipes[order[0]]
     out = []
-    for i in order:
+    for i, pw in zip(order, p_within, strict=True):
         pipe = matrix.pipes[i]
         dist = net.pipe_distance_m(top_pipe, pipe) if net is not None else float("nan")
-        out.append(LeakCandidate(pipe, float(score[i] / total), float(max(q[i], 0.0)), dist))
+        out.append(LeakCandidate(pipe, float(score[i] / total), float(max(q[i], 0.0)), dist, pw))
     return out
+
+
+
+
+def _cover_order(loglik: np.ndarray, pipes: list[str], net: WaterNetwork | None, top: int,
+                 within_m: float | None) -> tuple[list[int], list[float]]:
+    """Greedy maximum coverage of the posterior over pipes (log-likelihoods `loglik`, flat prior, as
+    the benchmark draws leaks) by balls of `within_m` pipe distance.
+
+    Many neighbouring pipes explain a leak about equally well, and the best single match is often a
+    stray pipe at the edge of that region; the pipe covering most of the posterior is nearer the leak
+    on average. The first AREAS picks cover, the rest follow by score. Returns pipe indices and each
+    one's posterior within `within_m`.
+    """
+    by_score = list(np.argsort(-loglik, kind="stable"))
+    if net is None or within_m is None:
+        return by_score[:top], [float("nan")] * min(top, len(by_score))
+    post = np.exp(loglik - loglik.max())
+    post /= post.sum()
+    cand = [i for i in by_score[:_MAX_POSTERIOR_PIPES] if post[i] > 1e-6 * post.max()]
+    d = net.pipe_distances_among([pipes[i] for i in cand], limit_m=within_m)
+    near = d <= within_m
+    mass = post[cand]
+    left = mass.copy()
+    order, p_within = [], []
+    for _ in range(min(top, len(cand), AREAS)):
+        cover = near @ left
+        k = int(np.argmax(cover))
+        if cover[k] <= 1e-12:
+            break
+        order.append(cand[k])
+        p_within.append(float(near[k] @ mass))
+        left = np.where(near[k], 0.0, left)
+    at = {i: k for k, i in enumerate(cand)}
+    for i in by_score:  # then the pipes that fit best
+        if len(order) >= min(top, len(by_score)):
+            break
+        if i not in order:
+            order.append(i)
+            # (a pipe outside the candidates: its own posterior, all but nothing, is what is known)
+            p_within.append(float(near[at[i]] @ mass) if i in at else float(post[i]))
+    return order, p_within

@@ -35,6 +35,7 @@ class WaterNetwork:
     link_nodes: dict[str, tuple[str, str]]
     dma_of_node: dict[str, str]
     _dist_cache: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    _csr: object = field(default=None, repr=False)
 
     @property
     def junctions(self) -> list[str]:
@@ -91,6 +92,37 @@ class WaterNetwork:
             for v in (b1, b2):
                 best = min(best, d.get(v, math.inf))
         return float(best + la + lb)
+
+    def pipe_distances_among(self, pipes: list[str], limit_m: float = math.inf) -> np.ndarray:
+        """All-pairs pipe distance between the midpoints of `pipes` (as :meth:`pipe_distance_m`), in
+        metres; pairs farther apart than `limit_m` come out as inf (the search stops there)."""
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import dijkstra
+
+        nodes = list(self.graph.nodes)
+        ix = {n: i for i, n in enumerate(nodes)}
+        if self._csr is None:
+            rows, cols, w = [], [], []
+            for u, v, d in self.graph.edges(data=True):
+                rows.append(ix[u])
+                cols.append(ix[v])
+                w.append(max(float(d["length_m"]), 1e-3))  # a zero-length link still connects
+            self._csr = sp.csr_matrix((w, (rows, cols)), shape=(len(nodes), len(nodes)))
+        ends = np.array([[ix[self.link_nodes[p][0]], ix[self.link_nodes[p][1]]] for p in pipes], dtype=int)
+        if len(pipes) == 0:
+            return np.zeros((0, 0))
+        uniq, inv = np.unique(ends, return_inverse=True)
+        dn = dijkstra(self._csr, directed=False, indices=uniq, limit=limit_m)  # len(uniq) × all nodes
+        inv = inv.reshape(ends.shape)
+        half = np.array([self.pipe_length_m.get(p, 0.0) / 2 for p in pipes])
+        d = np.full((len(pipes), len(pipes)), np.inf)
+        for a in range(2):
+            for b in range(2):
+                d = np.minimum(d, dn[np.ix_(inv[:, a], ends[:, b])])
+        d = d + half[:, None] + half[None, :]
+        d[d > limit_m] = np.inf
+        np.fill_diagonal(d, 0.0)
+        return d
 
     def link_midpoint_xy(self, link: str) -> tuple[float, float]:
         a, b = self.link_nodes[link]

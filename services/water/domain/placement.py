@@ -11,10 +11,11 @@ best-matching pipe (localisation.localise's score over the loggers chosen so far
 In this leak model (0.02 m noise, 30 loggers on ky4, 964 nodes; a one-off check on fresh noise draws,
 2026-11-29) 0.35 of leaks matched within 300 m against 0.28 for the same number of loggers spread by
 farthest-point sampling (hydraulics.choose_sensors). On the benchmark's simulated weeks (bench/results/water.md, 32 detected leaks,
-same scenarios, only the loggers moved) the batch command's top candidate was within 300 m for 0.28 of
-leaks (spread: 0.25), a top-3 candidate for 0.50 (0.31), within 1 km for 0.72 (0.50); median distance
-609 m (1026 m). Top-1 on ky4 did not move: 30 loggers on 964 nodes still leave neighbouring pipes with
-near-identical signatures. Chama (Sandia) places sensors for detection coverage and time, not for
+same scenarios, only the loggers moved) the batch command's first candidate was within 300 m for 0.47 of
+leaks (spread: 0.41), a top-3 candidate for 0.72 (0.53), within 1 km for 0.81 (0.75); median distance
+523 m (507 m). The layout is chosen for the best single match (the benchmark's figures before the
+posterior decision of localisation.localise: 0.28 against 0.25); it is not re-chosen for that decision.
+Chama (Sandia) places sensors for detection coverage and time, not for
 telling pipes apart, so this objective is our own.
 
 The result is cached beside the sensitivity matrices, under the network file's hash and the options.
@@ -34,27 +35,7 @@ from services.water.domain.network import WaterNetwork
 
 def pipe_distance_matrix(net: WaterNetwork, pipes: list[str]) -> np.ndarray:
     """All-pairs pipe distance between link midpoints (as WaterNetwork.pipe_distance_m), in metres."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import shortest_path
-
-    nodes = list(net.graph.nodes)
-    ix = {n: i for i, n in enumerate(nodes)}
-    rows, cols, w = [], [], []
-    for u, v, d in net.graph.edges(data=True):
-        rows.append(ix[u])
-        cols.append(ix[v])
-        w.append(max(float(d["length_m"]), 1e-3))  # a zero-length link still connects
-    graph = sp.csr_matrix((w, (rows, cols)), shape=(len(nodes), len(nodes)))
-    dn = shortest_path(graph, directed=False)
-    ends = np.array([[ix[net.link_nodes[p][0]], ix[net.link_nodes[p][1]]] for p in pipes])
-    half = np.array([net.pipe_length_m.get(p, 0.0) / 2 for p in pipes])
-    d = np.full((len(pipes), len(pipes)), np.inf)
-    for a in range(2):
-        for b in range(2):
-            d = np.minimum(d, dn[np.ix_(ends[:, a], ends[:, b])])
-    d = d + half[:, None] + half[None, :]
-    np.fill_diagonal(d, 0.0)
-    return d
+    return net.pipe_distances_among(pipes)
 
 
 def _leak_signatures(net: WaterNetwork) -> tuple[list[str], list[str], np.ndarray]:

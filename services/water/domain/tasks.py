@@ -38,8 +38,11 @@ def repair_task(ev: LeakEvent, net: WaterNetwork, *, map_png: str | None = None,
     for i, c in enumerate(cands, 1):
         a, b = net.link_nodes[c.pipe_id]
         length = net.pipe_length_m.get(c.pipe_id, 0.0)
-        lines_zh.append(f"{i}. 管段 {c.pipe_id}（节点 {a}–{b}，长 {length:.0f} 米，距首选 {c.distance_to_top_m:.0f} 米）")
-        lines_en.append(f"{i}. pipe {c.pipe_id} (nodes {a}-{b}, {length:.0f} m long, {c.distance_to_top_m:.0f} m from the first)")
+        chance_zh = chance_en = ""
+        if c.p_within == c.p_within:  # the model's chance that the leak is within 300 m (not calibrated exactly)
+            chance_zh, chance_en = f"，模型估计漏点在其 300 米内的把握约 {c.p_within:.0%}", f", model's chance the leak is within 300 m: {c.p_within:.0%}"
+        lines_zh.append(f"{i}. 管段 {c.pipe_id}（节点 {a}–{b}，长 {length:.0f} 米，距首选 {c.distance_to_top_m:.0f} 米{chance_zh}）")
+        lines_en.append(f"{i}. pipe {c.pipe_id} (nodes {a}-{b}, {length:.0f} m long, {c.distance_to_top_m:.0f} m from the first{chance_en})")
     flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else 0.0
     when = ev.detected_at.strftime("%Y-%m-%d %H:%M UTC")
     prio = leak_priority(flow)
