@@ -573,8 +573,8 @@ class LeakMonitor:
         if self.matrix is None:
             return
         ev.candidates = self.rank_pipes(change)
-        best = self.rank_pipes(change, within_m=None)[:1]
-        ev._best_pipe = best[0].pipe_id if best else ev.pipe_id
+        # the best single match is among the candidates (the first after the places to start, if not one of them)
+        ev._best_pipe = max(ev.candidates, key=lambda c: c.score).pipe_id if ev.candidates else ""
         bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
         if bal and change[bal[0]] > 0:
             ev.flow_m3h = float(change[bal[0]])

@@ -306,8 +306,6 @@ def localise(
     return out
 
 
-
-
 def _cover_order(loglik: np.ndarray, pipes: list[str], net: WaterNetwork | None, top: int,
                  within_m: float | None) -> tuple[list[int], list[float]]:
     """Greedy maximum coverage of the posterior over pipes (log-likelihoods `loglik`, flat prior, as

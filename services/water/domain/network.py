@@ -99,20 +99,20 @@ class WaterNetwork:
         import scipy.sparse as sp
         from scipy.sparse.csgraph import dijkstra
 
-        nodes = list(self.graph.nodes)
-        ix = {n: i for i, n in enumerate(nodes)}
-        if self._csr is None:
+        if len(pipes) == 0:
+            return np.zeros((0, 0))
+        if self._csr is None:  # (graph, node index), built once
+            ix = {n: i for i, n in enumerate(self.graph.nodes)}
             rows, cols, w = [], [], []
             for u, v, d in self.graph.edges(data=True):
                 rows.append(ix[u])
                 cols.append(ix[v])
                 w.append(max(float(d["length_m"]), 1e-3))  # a zero-length link still connects
-            self._csr = sp.csr_matrix((w, (rows, cols)), shape=(len(nodes), len(nodes)))
+            self._csr = (sp.csr_matrix((w, (rows, cols)), shape=(len(ix), len(ix))), ix)
+        graph, ix = self._csr
         ends = np.array([[ix[self.link_nodes[p][0]], ix[self.link_nodes[p][1]]] for p in pipes], dtype=int)
-        if len(pipes) == 0:
-            return np.zeros((0, 0))
         uniq, inv = np.unique(ends, return_inverse=True)
-        dn = dijkstra(self._csr, directed=False, indices=uniq, limit=limit_m)  # len(uniq) × all nodes
+        dn = dijkstra(graph, directed=False, indices=uniq, limit=limit_m)  # len(uniq) × all nodes
         inv = inv.reshape(ends.shape)
         half = np.array([self.pipe_length_m.get(p, 0.0) / 2 for p in pipes])
         d = np.full((len(pipes), len(pipes)), np.inf)
