@@ -204,3 +204,30 @@ def test_operating_state_signatures_see_the_zone_of_a_tank_that_runs_full(tmp_pa
     corr = {name: float(np.corrcoef(change, m.signature("P-8"))[0, 1]) for name, m in
             (("initial", initial), ("operating", operating))}
     assert corr["operating"] > 0.9 and corr["operating"] > corr["initial"] + 0.2, corr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc as a working directory nobody can write")
+def test_epanet_runs_from_a_read_only_working_directory(tmp_path):
+    """A container with a read-only root file system starts the service in a directory it cannot write. EPANET
+    puts its scratch hydraulics file in the working directory: there the extended-period runs (the operating
+    state of the leak signatures, simulated SCADA) failed with error 305 and the signatures quietly fell back
+    to the initial state. /proc stands in for that directory (not even root can create a file in it)."""
+    script = (
+        "import sys, wntr, pandas as pd\n"
+        "from pathlib import Path\n"
+        "from services.water.domain.network import load_network\n"
+        "from services.water.domain.localisation import _operating_state\n"
+        "from services.water.domain.hydraulics import choose_sensors, simulate_scada\n"
+        "net = load_network(Path(wntr.__file__).parent / 'library' / 'networks' / 'Net3.inp')\n"
+        "state = _operating_state(net, (3.0,))\n"
+        "assert state and state[3.0][0], state\n"
+        "s = [x for x in choose_sensors(net, 3, 0, seed=1) if x.kind == 'pressure']\n"
+        "d = simulate_scada(net, s, pd.Timestamp('2026-01-05', tz='UTC'), 0.5, [], seed=1)\n"
+        "print(len(d), sorted(state[3.0][0])[:1])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), CITYOPS_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", script], cwd="/proc", capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "failed" not in r.stderr, r.stderr[-2000:]
+    assert int(r.stdout.split()[0]) == 3 * 49, r.stdout

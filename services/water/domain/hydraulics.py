@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from services.water.domain.localisation import Sensor
-from services.water.domain.network import WaterNetwork
+from services.water.domain.network import WaterNetwork, run_epanet
 
 
 @dataclass(frozen=True)
@@ -158,10 +156,8 @@ def simulate_scada(
         wn.add_pattern(f"lp{i}", list(ramp))
         wn.get_node(node).add_demand(leak.peak_flow_m3h / 3600.0, f"lp{i}")
 
-    # wntr writes temp.inp/.bin/.rpt into the working directory unless told otherwise; parallel
-    # runs would overwrite each other's files
-    with tempfile.TemporaryDirectory(prefix="cityops-epanet-") as tmp:
-        res = wntr.sim.EpanetSimulator(wn).run_sim(file_prefix=os.path.join(tmp, "sim"))
+    # (wntr and EPANET write their files into the working directory unless run like this)
+    res = run_epanet(wn)
     times = t0 + pd.to_timedelta(res.node["pressure"].index.to_numpy(dtype=float), unit="s")
     parts = []
     for s in sensors:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.water.domain.network import WaterNetwork
+from services.water.domain.network import WaterNetwork, run_epanet
 
 # EPANET toolkit codes (epanet2.h)
 _EN_DEMAND, _EN_PRESSURE, _EN_BASEDEMAND, _EN_PATTERN = 9, 11, 1, 2
@@ -229,7 +229,6 @@ def _operating_state(net: WaterNetwork, hours: tuple[float, ...], days: int = 2)
     import copy
     import logging
 
-    import wntr
 
     wn = copy.deepcopy(net.wn)
     wn.options.time.duration = days * 86400
@@ -237,8 +236,7 @@ def _operating_state(net: WaterNetwork, hours: tuple[float, ...], days: int = 2)
     wn.options.quality.parameter = "NONE"
     logging.getLogger("wntr").setLevel(logging.ERROR)
     try:
-        with tempfile.TemporaryDirectory(prefix="cityops-epanet-") as tmp:
-            res = wntr.sim.EpanetSimulator(wn).run_sim(file_prefix=os.path.join(tmp, "state"))
+        res = run_epanet(wn)
     except Exception as exc:  # noqa: BLE001 - wntr raises bare EpanetExceptions and RuntimeErrors alike
         logging.getLogger(__name__).warning(
             "leak signatures: the %d-day extended-period run of %s failed (%s); snapshots start from the "

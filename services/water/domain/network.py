@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,30 @@ import numpy as np
 
 class NetworkError(ValueError):
     """The `.inp` file cannot be used (unreadable, or an EPANET/wntr parse error)."""
+
+
+_EPANET_CWD = threading.Lock()
+
+
+def run_epanet(wn):
+    """Extended-period run of the wntr model `wn` with EPANET; every file it writes goes to a temporary directory.
+
+    EPANET creates its scratch hydraulics file in the working directory (`en` and 6 random characters,
+    64 MB for five weeks of ky4), whatever wntr's `file_prefix` says: from a read-only working directory
+    (a container with a read-only root file system) the run fails with EPANET error 305, and a killed
+    run leaves the file behind. So the run changes into the temporary directory and back. The working
+    directory is the process's, hence the lock; nothing in CityOps opens files by relative path while
+    a service is running.
+    """
+    import wntr
+
+    with _EPANET_CWD, tempfile.TemporaryDirectory(prefix="cityops-epanet-") as tmp:
+        back = os.getcwd()
+        os.chdir(tmp)
+        try:
+            return wntr.sim.EpanetSimulator(wn).run_sim(file_prefix=os.path.join(tmp, "run"))
+        finally:
+            os.chdir(back)
 
 
 @dataclass
