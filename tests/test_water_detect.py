@@ -231,3 +231,38 @@ def test_epanet_runs_from_a_read_only_working_directory(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "failed" not in r.stderr, r.stderr[-2000:]
     assert int(r.stdout.split()[0]) == 3 * 49, r.stdout
+
+
+def test_an_alarm_the_water_balance_does_not_confirm_is_withdrawn(net3, net3_sensors, cache):
+    """Water let out for half a day (a mains flushing, a fire fight) raises the water-balance CUSUM like a burst,
+    but it stops: over the day after the alarm the balance is back where it was, and the alarm is withdrawn rather
+    than sent to a crew. With the check off the same flushing is reported as a leak; a real leak is confirmed."""
+    from services.water.domain.detection import add_water_balance, build_monitor, scada_to_wide
+
+    scada = _scenario(net3, net3_sensors, [], seed=5)
+    t0 = START + pd.Timedelta(days=TRAIN_DAYS + 2)
+    res = set(net3.reservoirs)
+    inflow = {s.sensor_id: 1.0 if net3.link_nodes[s.element][0] in res else -1.0 for s in net3_sensors
+              if s.kind == "flow" and set(net3.link_nodes[s.element]) & res}
+    bump = (scada["time"] >= t0) & (scada["time"] < t0 + pd.Timedelta(hours=12)) & scada["sensor_id"].isin(inflow)
+    scada.loc[bump, "value"] += (0.3 * total_base_demand_m3h(net3) / len(inflow)
+                                 * scada.loc[bump, "sensor_id"].map(inflow))
+    wide, sensors, step = scada_to_wide(scada)
+    sensors = add_water_balance(wide, sensors, net3, step)
+    until = START + pd.Timedelta(days=TRAIN_DAYS)
+    train, test = wide.loc[wide.index <= until], wide.loc[wide.index > until]
+    found = {}
+    for k in (1.0, 0.0):
+        monitor = build_monitor(net3, train, sensors, step, cache_dir=cache, confirm_k=k)
+        monitor.update(test)
+        monitor.flush()
+        found[k] = (monitor.leaks, monitor.withdrawn, monitor.confirm_threshold_m3h)
+    leaks, withdrawn, limit = found[1.0]
+    assert found[0.0][0], "the flushing should look like a leak to the CUSUMs alone"
+    assert leaks == [] and withdrawn, (leaks, withdrawn)
+    assert all(not w.confirmed and w.flow_m3h <= limit for w in withdrawn)
+    assert limit is not None and 0 < limit < 0.03 * total_base_demand_m3h(net3)
+    # a real leak in the same network and week is confirmed
+    spec = LeakSpec(net3.pipes[20], t0, 0.08 * total_base_demand_m3h(net3))
+    leaks = detect_leaks(net3, _scenario(net3, net3_sensors, [spec], seed=5), until, cache_dir=cache)
+    assert leaks and leaks[0].confirmed

@@ -264,3 +264,29 @@ async def test_steps_held_by_a_sensor_silent_to_the_end_are_released_when_the_st
     assert svc.fed_until == head.loc[head["sensor_id"].isin(svc.scada_sensors), "time"].max()
     if svc.fitting is not None:
         svc.fitting.cancel()
+
+
+def test_a_withdrawn_alarm_clears_its_alert_and_sends_no_crew(tmp_path):
+    """An alarm the water balance did not confirm (detection.LeakMonitor withdraws it when its window closes)
+    clears the alert that went out when it was raised - same alert id, in Chinese and English, with the balance's
+    rise and the threshold - and no repair task follows."""
+    from types import SimpleNamespace
+
+    from services.water.domain.detection import LeakEvent
+
+    _, _, _, config = _scenario()
+    svc = _offline_service(tmp_path, config)
+    t = START + pd.Timedelta(hours=5)
+    alarm = LeakEvent("", t, "water_balance", "network", onset_at=t - pd.Timedelta(hours=2))
+    raised = svc._leak_alarm(alarm)
+    svc.monitor = SimpleNamespace(confirm_threshold_m3h=35.25)
+    gone = LeakEvent("", t, "water_balance", "network", onset_at=alarm.onset_at, flow_m3h=-10.3,
+                     localised_at=t + pd.Timedelta(hours=24), confirmed=False)
+    out = svc._leak_withdrawn(gone)
+    assert len(out) == 1 and out[0].topic == raised[0].topic
+    first, last = (json.loads(o.value)["payload"] for o in (raised[0], out[0]))
+    assert last["alert_id"] == first["alert_id"] and last["dedup_key"] == first["dedup_key"]
+    assert last["status"] == "cleared" and first["status"] == "raised"
+    assert "-10.3" in last["message_en"] and "35.2" in last["message_en"] and "No crew" in last["message_en"]
+    assert "解除" in last["title_zh"] and "-10.3" in last["message_zh"] and "无需派单" in last["message_zh"]
+    assert last["evidence"]["balance_rise_m3h"] == -10.3 and last["evidence"]["confirm_threshold_m3h"] == 35.25

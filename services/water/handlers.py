@@ -403,7 +403,7 @@ class WaterService:
             if _ts(alarm.detected_at) not in self.announced:
                 out += self._leak_alarm(alarm)
         for ev in events:
-            out += await self._leak(ev)
+            out += await self._leak(ev) if ev.confirmed else self._leak_withdrawn(ev)
         return out
 
     async def tick(self) -> list[Output]:
@@ -420,7 +420,7 @@ class WaterService:
                 or self.pending or self.backlog):
             return out
         for ev in self.monitor.flush():
-            out += await self._leak(ev)
+            out += await self._leak(ev) if ev.confirmed else self._leak_withdrawn(ev)
         return out
 
     def _episode_dma(self, ev: detection.LeakEvent) -> str:
@@ -460,6 +460,30 @@ class WaterService:
                                  f"{ev.statistic}){near_en}; locating more precisely - get a leak survey crew ready.",
                       location=GeoPoint(lat=lat, lon=lon), district=self.city.district_of(lat, lon) if ev.pipe_id else None,
                       dedup_key=dedup, raised_at=t, evidence=evidence)
+        return [alert_output(alert, source=SOURCE)]
+
+    def _leak_withdrawn(self, ev: detection.LeakEvent) -> list[Output]:
+        """The alarm is cleared: over its localisation window the water balance did not rise (no repair task)."""
+        t = _ts(ev.localised_at or ev.detected_at)
+        announced = self.announced.get(_ts(ev.detected_at))
+        dedup = announced[0] if announced else f"water:leak:{self._episode_dma(ev)}"
+        alert_id = announced[1] if announced else stable_id(dedup, _ts(ev.detected_at).isoformat())
+        limit = self.monitor.confirm_threshold_m3h if self.monitor else None
+        rise = float(ev.flow_m3h)
+        dma = self._episode_dma(ev)
+        evidence = {"observed_at": t.isoformat(), "detected_at": _ts(ev.detected_at).isoformat(),
+                    "statistic": ev.statistic, "dma": dma, "balance_rise_m3h": round(rise, 2),
+                    "confirm_threshold_m3h": round(limit, 2) if limit is not None else None}
+        alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="info", status="cleared",
+                      title_zh=f"漏损告警解除：{dma}", title_en=f"Leak alarm withdrawn: {dma}",
+                      message_zh=f"{_ts(ev.detected_at):%m-%d %H:%M} 的漏损告警解除：此后供水量平衡仅变化 {rise:.1f} "
+                                 f"立方米/小时，低于日常波动 {limit or 0:.1f} 立方米/小时，判断为数据漂移而非漏损，无需派单。",
+                      message_en=f"The leak alarm of {_ts(ev.detected_at):%m-%d %H:%M} is withdrawn: the water balance "
+                                 f"moved by {rise:.1f} m3/h since, less than its day-to-day spread of {limit or 0:.1f} "
+                                 "m3/h - a drift, not a leak. No crew needed.",
+                      location=GeoPoint(lat=self.city.centre_lat, lon=self.city.centre_lon), district=None,
+                      dedup_key=dedup, raised_at=t, evidence=evidence)
+        logger.info("leak alarm withdrawn", extra={"fields": {"alert_id": alert_id, "balance_rise_m3h": rise}})
         return [alert_output(alert, source=SOURCE)]
 
     def _night_flow(self) -> None:
