@@ -40,7 +40,7 @@ _EN_TANKLEVEL, _EN_INITSTATUS = 8, 4
 # Δ more squared residual is exp(-Δ / (2 + MODEL_ERROR · |r|²)) times as likely as the best — the noise's
 # own likelihood for a small change, a share of it (0.03 less explained: e times less likely) for a large
 # one, where demand, roughness and a steady-state signature against hours of tank drainage dominate.
-# Set on the water benchmark's scenarios (0.02-0.05 alike there) and checked on 72 fresh ones.
+# Set on the water benchmark's scenarios (0.02-0.05 alike there) and checked on fresh ones (bench/results/water-fresh.md).
 MODEL_ERROR = 0.03
 _MAX_POSTERIOR_PIPES = 400
 # The first AREAS candidates are as many places to start (each covering most of the posterior the ones

@@ -14,7 +14,12 @@ farthest-point sampling (hydraulics.choose_sensors). On the benchmark's simulate
 same scenarios, only the loggers moved) the batch command's first candidate was within 300 m for 0.47 of
 leaks (spread: 0.41), a top-3 candidate for 0.72 (0.53), within 1 km for 0.81 (0.75); median distance
 523 m (507 m). The layout is chosen for the best single match (the benchmark's figures before the
-posterior decision of localisation.localise: 0.28 against 0.25); it is not re-chosen for that decision.
+posterior decision of localisation.localise: 0.28 against 0.25); it is not re-chosen for that decision:
+choosing each logger for that decision instead (among the 20-25 junctions best for the single match, in the
+same simulated leaks) raised it in this leak model (ky4 0.33 -> 0.35, Net3 0.60 -> 0.65 on fresh noise) but
+lowered it on the benchmark's weeks (seeds 0-29, 77 detected leaks: top-1 within 300 m 0.34 against 0.39,
+top-3 0.49 against 0.64; a one-off check on 2026-11-29, script not kept): this leak model has noise but no
+model error, and the two decisions part ways there.
 Chama (Sandia) places sensors for detection coverage and time, not for
 telling pipes apart, so this objective is our own.
 
