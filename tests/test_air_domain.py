@@ -270,3 +270,46 @@ def test_merge_rankings_takes_the_first_source_from_one_fit_and_the_rest_from_th
         ("st01", "park1-stack3", 1, 40.0), ("st01", "park1-stack1", 2, 20.0), ("st01", "road-2", 3, 6.0),
         # rank 1 = largest contribution (CONTRACTS.md §3), whichever fit it came from
         ("st02", "road-2", 1, 9.0), ("st02", "park2-stack1", 2, 3.0)]
+
+
+def _regime_obs(days: int, rise_from_day: int, seed: int = 3) -> pd.DataFrame:
+    """Four stations whose level reverts to a seasonal mean that climbs, late in the series, above anything seen
+    before (a first polluted winter): tomorrow's value is a straight-line function of today's and the mean."""
+    rng = np.random.default_rng(seed)
+    hours = days * 24
+    times = pd.date_range("2026-01-01", periods=hours, freq="h", tz="UTC")
+    mean = 40 + np.clip(np.arange(hours) - rise_from_day * 24, 0, None) * 0.08
+    x = np.empty(hours)
+    x[0] = mean[0]
+    for t in range(1, hours):
+        x[t] = mean[t] + 0.97 * (x[t - 1] - mean[t - 1]) + rng.normal(0, 4)
+    rows = []
+    for s in range(4):
+        v = np.maximum(x * (1 + 0.1 * s) + rng.normal(0, 2, hours), 1)
+        rows.append(pd.DataFrame({"time": times, "station_id": f"s{s}", "lat": 30.2 + 0.03 * s, "lon": 120.1 + 0.02 * s,
+                                  "pm25": v, "wind_dir": 180.0, "wind_speed": 2.0, "temp": 5.0, "dewp": 0.0,
+                                  "pres": 1015.0, "rain": 0.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_forecast_blend_weight_is_chosen_on_the_training_datas_last_months():
+    """The weight on xgboost against the ridge is chosen on the last 120 days before the fit's end. Where the level
+    climbs beyond what the trees saw, the straight line wins there, is chosen, and forecasts a day ahead better
+    than xgboost alone; with under 120 days of history xgboost is used alone."""
+    from services.air_quality.domain.forecast import StationForecaster
+    from services.air_quality.domain.spatial import build_network
+
+    obs = _regime_obs(days=260, rise_from_day=150)
+    net = build_network(obs, "pm25")
+    until = net.times[0] + pd.Timedelta(days=220)
+    fc = StationForecaster([24], n_jobs=1).fit(net, until)
+    assert fc.blend[24] <= 0.5, fc.blend
+    issue = np.asarray(net.times > until) & np.asarray(net.times <= net.times[-25])
+    blended = fc.predict(net, issue)[24]
+    fc.blend[24] = 1.0
+    trees = fc.predict(net, issue)[24]
+    truth = net.values[np.flatnonzero(issue) + 24]
+    rmse = {k: float(np.sqrt(np.nanmean((p - truth) ** 2))) for k, p in (("blend", blended), ("xgboost", trees))}
+    assert rmse["blend"] < 0.9 * rmse["xgboost"], rmse
+    short = StationForecaster([24], n_jobs=1).fit(net, net.times[0] + pd.Timedelta(days=100))
+    assert short.blend[24] == 1.0 and 24 not in short.linear

@@ -83,6 +83,9 @@ def forecast(obs_path: str, horizons: str, train_until: str, out_path: str, poll
         raise BadInput(obs_path, f"no observation at or before --train-until {t.isoformat()}", column="time")
     _say(f"air forecast: {obs['station_id'].nunique()} stations, horizons {hs}, training until {t.isoformat()}")
     out = forecast_stations(obs, hs, t, pollutant)
+    blend = ", ".join(f"+{h} h {w:.2f}" if w is not None else f"+{h} h AutoReg (too little history)"
+                      for h, w in out.attrs.get("blend_weight_xgboost", {}).items())
+    _say(f"air forecast: weight on xgboost against the ridge, chosen on the training data's last months: {blend}")
     write_table(out, out_path, ["issue_time", "station_id", "horizon_h", pollutant])
     _say(f"air forecast: wrote {len(out)} rows to {out_path}")
 
