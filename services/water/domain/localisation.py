@@ -229,7 +229,6 @@ def _operating_state(net: WaterNetwork, hours: tuple[float, ...], days: int = 2)
     import copy
     import logging
 
-
     wn = copy.deepcopy(net.wn)
     wn.options.time.duration = days * 86400
     wn.options.time.report_timestep = wn.options.time.hydraulic_timestep

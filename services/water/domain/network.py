@@ -35,8 +35,8 @@ def run_epanet(wn):
     64 MB for five weeks of ky4), whatever wntr's `file_prefix` says: from a read-only working directory
     (a container with a read-only root file system) the run fails with EPANET error 305, and a killed
     run leaves the file behind. So the run changes into the temporary directory and back. The working
-    directory is the process's, hence the lock; nothing in CityOps opens files by relative path while
-    a service is running.
+    directory is the process's, hence the lock; CityOps' own paths are absolute (settings resolve the
+    state directory) and command-line paths are used before or after the run, not during it.
     """
     import wntr
 
