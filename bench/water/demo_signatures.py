@@ -52,7 +52,7 @@ def named_leaks(seed: int, start: pd.Timestamp, state: str, net, cache_dir: Path
     n = 0
     for truth in leaks:
         n += any(a.detected_at >= pd.Timestamp(truth["start"]) and a.candidates
-                 and (truth["pipe_id"] in [c.pipe_id for c in a.candidates[:10]]
+                 and (truth["pipe_id"] in [c.pipe_id for c in a.candidates]
                       or net.pipe_distance_m(a.candidates[0].pipe_id, truth["pipe_id"]) <= 300.0)
                  for a in alarms)
     return n, len(leaks)

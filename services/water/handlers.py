@@ -515,7 +515,7 @@ class WaterService:
         sensor_nodes = [k.split(":", 1)[1] for k in (self.monitor.model.targets if self.monitor else [])
                         if k.startswith("pressure:")]
         if ev.candidates:
-            await asyncio.to_thread(mapping.network_map_png, self.net, ev.candidates[:10], map_path,
+            await asyncio.to_thread(mapping.network_map_png, self.net, ev.candidates, map_path,
                                     sensor_nodes=sensor_nodes, title=f"{leak_id}: candidate pipes (1 = most likely)")
         cands = _candidate_dicts(ev)
         flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
@@ -727,9 +727,10 @@ class WaterService:
 
 
 def _candidate_dicts(ev: detection.LeakEvent) -> list[dict]:
-    """The top 10 candidates as JSON: rank, pipe, share explained, flow, distance to the first and the
-    posterior chance that the leak lies within 300 m of the pipe (null where not computed)."""
+    """The candidates as JSON (up to 3 places to start, then the 10 best-fitting pipes): rank, pipe, share
+    explained, flow, distance to the first and the posterior chance that the leak lies within 300 m of the
+    pipe (null where not computed)."""
     return [{"rank": i, "pipe_id": c.pipe_id, "score": round(c.score, 4), "flow_m3h": round(c.flow_m3h, 2),
              "distance_to_top_m": round(c.distance_to_top_m, 1),
              "p_within_300m": round(c.p_within, 3) if c.p_within == c.p_within else None}
-            for i, c in enumerate(ev.candidates[:10], 1)]
+            for i, c in enumerate(ev.candidates, 1)]
