@@ -69,3 +69,21 @@ def test_demo_flood_warnings_rise_with_the_storm_in_the_stored_alerts(demo_db):
     with psycopg.connect(demo_db["db_url"]) as conn:
         levels = [r[0] for r in conn.execute("SELECT level FROM alerts WHERE kind = 'flood_risk'")]
     assert set(levels) - {"blue"}, f"stored flood warnings never rose above blue: {levels}"
+
+
+def test_a_repeated_run_is_told_that_its_alerts_are_already_stored(demo_db):
+    """Alert ids are stable, so a second run with the same --end keeps the first run's alert versions: the demo
+    says so before it starts. On the test's fresh database there were none; after the run, its own are counted."""
+    import json
+
+    import pandas as pd
+    import psycopg
+
+    from shared.demo.runner import alerts_in_window
+
+    assert demo_db["summary"]["alerts_stored_before_this_run"] == 0
+    starts = [pd.Timestamp(x["start"]) for x in json.loads((demo_db["out_dir"] / "truth.json").read_text())]
+    t0, t1 = min(starts) - pd.Timedelta(days=1), max(starts) + pd.Timedelta(days=1)
+    with psycopg.connect(demo_db["db_url"]) as conn:
+        stored = conn.execute("SELECT count(*) FROM alerts").fetchone()[0]
+    assert stored > 0 and alerts_in_window(demo_db["db_url"], t0.to_pydatetime(), t1.to_pydatetime()) == stored
