@@ -187,12 +187,10 @@ def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tupl
         other_dead = conn.execute(
             "SELECT count(*) FROM dead_letters WHERE received_at >= %s AND stage <> 'ingest'", (since,)
         ).fetchone()[0]
-        # alerts this run wrote (updated_at is the wall clock of the write): an earlier run's alerts in the same
-        # simulated hours (a repeated --end, or an overlapping default one) must not count as this run's detections
+        # (an earlier run's alerts in the same simulated hours are read too: run() says so before it starts)
         alerts = conn.execute(
             "SELECT alert_id, domain, kind, severity, level, district, raised_at, evidence, title_en "
-            "FROM alerts WHERE raised_at >= %s - interval '3 days' AND updated_at >= %s ORDER BY raised_at",
-            (since, since)
+            "FROM alerts WHERE raised_at >= %s - interval '3 days' ORDER BY raised_at", (since,)
         ).fetchall()
         incidents = conn.execute(
             "SELECT incident_id, kind, status, opened_at, report_path FROM incidents "
@@ -256,10 +254,11 @@ def run(*, hours: float, minutes: float, seed: int, out_dir: Path, keep_services
           f"simulated hours, {len(sim.truth)} injected scenarios", flush=True)
     earlier = alerts_in_window(s.db_url, sim.start.to_pydatetime(), (sim.start + pd.Timedelta(hours=hours)).to_pydatetime())
     if earlier:
-        print(f"    NOTE: {earlier} alerts of these simulated hours are already stored by an earlier run. Alert ids are "
-              "stable (a replay adds nothing), so where this run raises the same alert the stored version stays and "
-              "the check below, which reads only alerts written during this run, may call its scenario missed: pick "
-              "another --end, or a fresh database (CITYOPS_DB_URL), to judge this run.", flush=True)
+        print(f"    NOTE: {earlier} alerts of these simulated hours are already stored by an earlier run (runs of one "
+              "day share most simulated hours). Alert ids are stable (a replay adds nothing), so where this run raises the "
+              "same alert the stored version stays, and the check below reads the earlier run's alerts too: to judge "
+              "this run alone (say, a change to a model), pick another --end or a fresh database (CITYOPS_DB_URL).",
+              flush=True)
     print("3/5 services", flush=True)
     from shared.demo.outside import OutsideParties
 
