@@ -462,12 +462,16 @@ class WaterService:
                       dedup_key=dedup, raised_at=t, evidence=evidence)
         return [alert_output(alert, source=SOURCE)]
 
+    def _leak_dedup(self, ev: detection.LeakEvent) -> str:
+        """The dedup key the alarm went out under (its DMA then), or the one it would have had."""
+        announced = self.announced.get(_ts(ev.detected_at))
+        return announced[0] if announced else f"water:leak:{self._episode_dma(ev)}"
+
     def _leak_withdrawn(self, ev: detection.LeakEvent) -> list[Output]:
         """The alarm is cleared: over its localisation window the water balance did not rise (no repair task)."""
         t = _ts(ev.localised_at or ev.detected_at)
-        announced = self.announced.get(_ts(ev.detected_at))
-        dedup = announced[0] if announced else f"water:leak:{self._episode_dma(ev)}"
-        alert_id = announced[1] if announced else stable_id(dedup, _ts(ev.detected_at).isoformat())
+        dedup = self._leak_dedup(ev)
+        alert_id = stable_id(dedup, _ts(ev.detected_at).isoformat())  # the alarm's own id (_leak_alarm)
         limit = self.monitor.confirm_threshold_m3h if self.monitor else None
         rise = float(ev.flow_m3h)
         dma = self._episode_dma(ev)
@@ -507,7 +511,7 @@ class WaterService:
         known = self.leak_by_monitor_id.get(ev.leak_id)
         leak_id = known or f"leak-{ev.dma}-{_ts(ev.detected_at):%Y%m%dT%H%M}"
         announced = self.announced.get(_ts(ev.detected_at))
-        dedup = announced[0] if announced else f"water:leak:{self._episode_dma(ev)}"
+        dedup = self._leak_dedup(ev)
         alert_id = self.leaks[known].alert_id if known else stable_id(dedup, _ts(ev.detected_at).isoformat())
         self.leak_by_monitor_id[ev.leak_id] = leak_id
         map_path = self.s.water_state_dir / "maps" / f"{leak_id}.png"
