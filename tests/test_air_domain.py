@@ -254,6 +254,18 @@ def test_inspection_task_is_bilingual():
     assert "现场核查" in t.title_zh and "park1-stack2" in t.body_zh and "工业源" in t.body_zh
     assert "Field inspection" in t.title_en and "60 µg/m³" in t.body_en and "50%" in t.body_en
     assert t.priority == "high"
+    assert "1 公里" not in t.body_zh and "within 1 km" not in t.body_en  # no neighbours, no such line
+
+
+def test_inspection_task_names_the_other_stacks_of_the_park_to_check():
+    """The bench names the park far more often than the stack: the task lists the park's other stacks."""
+    t = tasks.inspection_task(source_id="park1-stack2", kind="industrial", lat=30.2, lon=120.1, pollutant="pm25",
+                              station_id="st03", observed=120, threshold=75, contribution=60, confidence=0.7,
+                              time_iso="2026-01-10T08:00:00+00:00", wind_from_deg=270, wind_speed=3.2,
+                              same_park=("park1-stack4", "park1-stack1"))
+    assert "park1-stack4、park1-stack1" in t.body_zh and "若 park1-stack2 排放正常" in t.body_zh
+    assert "within 1 km of it" in t.body_en and "park1-stack4, park1-stack1" in t.body_en
+    assert "if park1-stack2 is clean" in t.body_en
 
 
 def test_merge_rankings_takes_the_first_source_from_one_fit_and_the_rest_from_the_other():

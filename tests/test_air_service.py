@@ -15,6 +15,7 @@ import secrets
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -325,4 +326,15 @@ async def test_hours_that_keep_disagreeing_still_send_an_inspector_after_six(sce
     assert "summed over 6 traced hour" in alert["message_en"] and "累计贡献" in alert["message_zh"]
     task = json.loads(outs[1].value)["payload"]
     assert task["kind"] == "inspect_source" and task["evidence"]["source_id"] == a
+    # the inspector is told the park's other stacks, nearest first: every source within 1 km of a is listed
+    from shared.city import to_local_xy_m
+
+    srcs = svc.sources.set_index("source_id")
+    x, y = to_local_xy_m(srcs["lat"].to_numpy(float), srcs["lon"].to_numpy(float),
+                         float(srcs.loc[a, "lat"]), float(srcs.loc[a, "lon"]))
+    d = dict(zip(srcs.index, np.hypot(x, y), strict=True))
+    near = task["evidence"]["nearby_sources"]
+    assert a.startswith("park") and near and {s for s, m in d.items() if 0 < m < 1000} <= set(near)
+    assert [d[s] for s in near] == sorted(d[s] for s in near) and a not in near
+    assert near[0] in task["description_zh"] and near[0] in task["description_en"]
     assert await svc._settle(st, t0 + pd.Timedelta(hours=6), ep) == []  # noqa: SLF001 - named once

@@ -608,7 +608,8 @@ class AirService:
                              threshold=float(self.thresholds["pm25"]), contribution=float(top["contribution"]),
                              confidence=float(top["confidence"]), time_iso=t.isoformat(),
                              wind_from_deg=wd if wd is not None else float("nan"),
-                             wind_speed=ws if ws is not None else float("nan"))
+                             wind_speed=ws if ws is not None else float("nan"),
+                             same_park=self._same_park(str(src.source_id)))
         png = await self._task_map(task_id, t, (float(src.lat), float(src.lon)))
         task = FieldTask(
             task_id=task_id, kind="inspect_source", domain="air", priority=it.priority, title_zh=it.title_zh,
@@ -620,8 +621,26 @@ class AirService:
             evidence={"observed_at": t.isoformat(), "source_id": top["source_id"], "source_kind": str(src.kind),
                       "station_id": st.station_id, "observed_ugm3": round(att.observed, 1),
                       "estimated_contribution_ugm3": top["contribution"], "confidence": top["confidence"],
-                      "rank": 1, "wind_from_deg": wd, "wind_speed_ms": ws, "map_png": png})
+                      "rank": 1, "wind_from_deg": wd, "wind_speed_ms": ws, "map_png": png,
+                      "nearby_sources": list(self._same_park(str(src.source_id)))})
         return [task_output(task, source=SOURCE)]
+
+    def _same_park(self, source_id: str) -> tuple[str, ...]:
+        """The other registered sources of `source_id`'s cluster (attribution.CLUSTER_M), nearest first."""
+        from services.air_quality.domain.attribution import CLUSTER_M
+        from services.air_quality.domain.plume import source_clusters
+        from shared.city import to_local_xy_m
+
+        srcs = self.sources.reset_index(drop=True)
+        hit = np.flatnonzero(srcs["source_id"].astype(str).to_numpy() == source_id)
+        if len(hit) == 0 or len(srcs) < 2:
+            return ()
+        x, y = to_local_xy_m(srcs["lat"].to_numpy(float), srcs["lon"].to_numpy(float),
+                             float(srcs["lat"].mean()), float(srcs["lon"].mean()))
+        j = int(hit[0])
+        mates = next(c for c in source_clusters(x, y, CLUSTER_M) if j in c)
+        mates = sorted((int(m) for m in mates if m != j), key=lambda m: np.hypot(x[m] - x[j], y[m] - y[j]))
+        return tuple(str(srcs["source_id"].iloc[m]) for m in mates)
 
     async def _task_map(self, name: str, t: pd.Timestamp, mark: tuple[float, float] | None) -> str | None:
         """A PNG of the newest PM2.5 grid (made now when none is recent) with the source marked."""

@@ -23,8 +23,15 @@ class InspectionTask:
 
 def inspection_task(*, source_id: str, kind: str, lat: float, lon: float, pollutant: str, station_id: str,
                     observed: float, threshold: float, contribution: float, confidence: float,
-                    time_iso: str, wind_from_deg: float, wind_speed: float, rank: int = 1) -> InspectionTask:
-    """Build the bilingual task text: where to go, why (evidence), how much this source adds."""
+                    time_iso: str, wind_from_deg: float, wind_speed: float, rank: int = 1,
+                    same_park: tuple[str, ...] = ()) -> InspectionTask:
+    """Build the bilingual task text: where to go, why (evidence), how much this source adds.
+
+    `same_park`: the other sources of the named one's cluster (stacks within 1 km, nearest first). Tracing
+    names the park far more reliably than the stack in it (bench/results/air.md: seen from kilometres
+    through wind-vane error, neighbouring stacks look alike), so the inspector is told to check them
+    when the named stack is clean.
+    """
     pz, pe = POLLUTANT_ZH.get(pollutant, pollutant), POLLUTANT_EN.get(pollutant, pollutant)
     kz = KIND_ZH.get(kind, kind)
     share = 100.0 * contribution / max(observed, 1e-9)
@@ -44,4 +51,11 @@ def inspection_task(*, source_id: str, kind: str, lat: float, lon: float, pollut
         f"{contribution:.0f} µg/m³ (about {share:.0f}%), confidence {confidence:.0%}. "
         f"Please inspect the site's emissions and take photographs as evidence."
     )
+    if same_park:
+        names = "、".join(same_park)
+        body_zh += (f"其 1 公里范围内（如同一园区）还有登记排放源 {names}：溯源对区域的判断比对单个排放口可靠，"
+                    f"若 {source_id} 排放正常，请依次核查上述排放源。")
+        body_en += (f" Other registered sources within 1 km of it (such as the same industrial park): "
+                    f"{', '.join(same_park)}. Tracing names the area more reliably than the single stack; if "
+                    f"{source_id} is clean, check these in that order.")
     return InspectionTask(source_id, title_zh, title_en, body_zh, body_en, lat, lon, priority)
