@@ -603,13 +603,14 @@ class AirService:
             return []
         ep.tasks.add(task_id)
         wd, ws = self.wind_at(t)
+        nearby = self._nearby_sources(str(src.source_id))
         it = inspection_task(source_id=str(src.source_id), kind=str(src.kind), lat=float(src.lat), lon=float(src.lon),
                              pollutant="pm25", station_id=st.station_id, observed=att.observed,
                              threshold=float(self.thresholds["pm25"]), contribution=float(top["contribution"]),
                              confidence=float(top["confidence"]), time_iso=t.isoformat(),
                              wind_from_deg=wd if wd is not None else float("nan"),
                              wind_speed=ws if ws is not None else float("nan"),
-                             same_park=self._same_park(str(src.source_id)))
+                             same_park=nearby)
         png = await self._task_map(task_id, t, (float(src.lat), float(src.lon)))
         task = FieldTask(
             task_id=task_id, kind="inspect_source", domain="air", priority=it.priority, title_zh=it.title_zh,
@@ -622,10 +623,10 @@ class AirService:
                       "station_id": st.station_id, "observed_ugm3": round(att.observed, 1),
                       "estimated_contribution_ugm3": top["contribution"], "confidence": top["confidence"],
                       "rank": 1, "wind_from_deg": wd, "wind_speed_ms": ws, "map_png": png,
-                      "nearby_sources": list(self._same_park(str(src.source_id)))})
+                      "nearby_sources": list(nearby)})
         return [task_output(task, source=SOURCE)]
 
-    def _same_park(self, source_id: str) -> tuple[str, ...]:
+    def _nearby_sources(self, source_id: str) -> tuple[str, ...]:
         """The other registered sources of `source_id`'s cluster (attribution.CLUSTER_M), nearest first."""
         from services.air_quality.domain.attribution import CLUSTER_M
         from services.air_quality.domain.plume import source_clusters
