@@ -251,6 +251,8 @@ class LeakMonitor:
         self.baseline_gap_steps = max(0, int(pd.Timedelta(hours=gap_h) / step))
         by_id = {s.sensor_id: s for s in model.sensors}
         self.target_sensors = [by_id[t] for t in model.targets]
+        # the column of the network's water balance among the targets (None: no balance meter)
+        self._balance = next((i for i, s in enumerate(self.target_sensors) if s.kind == "balance"), None)
         self.orientation = self._orientation()
         self.stats = self._statistics()
         # calibrate each statistic's scale and CUSUM threshold on held-out leak-free residuals
@@ -279,10 +281,9 @@ class LeakMonitor:
         alarms came from slow drifts that the CUSUMs crossed while the balance, measured over the day after,
         had not risen at all (0.0-0.6 of this spread, against 4-10 for most leaks): an alarm whose balance rose
         by less than `confirm_k` of it is withdrawn when its window closes (see _localise)."""
-        bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
-        if not bal or self.confirm_k <= 0:
+        if self._balance is None or self.confirm_k <= 0:
             return None
-        h = pd.Series(history[:, bal[0]]).interpolate(limit_direction="both").to_numpy()
+        h = pd.Series(history[:, self._balance]).interpolate(limit_direction="both").to_numpy()
         n_a, n_b, gap = self.localise_steps, self.baseline_steps, self.baseline_gap_steps
         if len(h) < n_a + n_b + gap + 8 or not np.isfinite(h).all():
             return None
@@ -554,8 +555,7 @@ class LeakMonitor:
 
     def balance_rise(self, change: np.ndarray) -> float:
         """The water balance's part of a change (m³/h), NaN without a balance."""
-        bal = [i for i, s in enumerate(self.target_sensors) if s.kind == "balance"]
-        return float(change[bal[0]]) if bal else float("nan")
+        return float(change[self._balance]) if self._balance is not None else float("nan")
 
     @property
     def confirm_threshold_m3h(self) -> float | None:
