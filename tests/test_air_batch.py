@@ -140,3 +140,25 @@ def test_bad_input_exits_2_with_one_line(files, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert expect in lines[0], lines[0]
+
+
+def test_a_station_without_the_pollutant_is_answered_not_a_crash(tmp_path):
+    """A station whose PM2.5 is empty all along (a failed analyser, other columns still reported) must not
+    crash either command: pandas' copy-on-write hands out read-only arrays, and filling that station's
+    column in place raised 'assignment destination is read-only'."""
+    obs = make_obs()
+    obs.loc[obs.station_id == "st2", "pm25"] = np.nan
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    pd.DataFrame({"target_id": ["t1"], "lat": [30.215], "lon": [120.11]}).to_csv(tmp_path / "t.csv", index=False)
+    r = run("estimate", "--observations", str(tmp_path / "obs.csv"), "--targets", str(tmp_path / "t.csv"),
+            "--out", str(tmp_path / "est.csv"))
+    assert r.returncode == 0, r.stderr
+    est = pd.read_csv(tmp_path / "est.csv")
+    assert len(est) == 72 and est["pm25"].notna().all()
+    r = run("forecast", "--observations", str(tmp_path / "obs.csv"), "--horizons", "1", "--train-until",
+            "2026-01-02T23:00:00", "--out", str(tmp_path / "fc.csv"))
+    assert r.returncode == 0, r.stderr
+    fc = pd.read_csv(tmp_path / "fc.csv")
+    # every station keeps its rows; one that never reported PM2.5 has nothing to forecast from: empty cells
+    assert set(fc["station_id"]) == {f"st{s}" for s in range(5)}
+    assert fc[fc.station_id != "st2"]["pm25"].notna().all() and fc[fc.station_id == "st2"]["pm25"].isna().all()

@@ -36,7 +36,8 @@ class Network:
 
     def __post_init__(self) -> None:
         df = pd.DataFrame(self.values)
-        f = df.interpolate(limit_direction="both", axis=0).to_numpy()
+        # a copy: under pandas' copy-on-write the array would be a read-only view
+        f = df.interpolate(limit_direction="both", axis=0).to_numpy(copy=True)
         # a station with no value at all: network mean, so features stay defined
         allnan = np.isnan(f).all(axis=0)
         if allnan.any():
