@@ -190,7 +190,11 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
         assert Path(task["evidence"]["map_png"]).read_bytes()[:4] == b"\x89PNG"
         for t in tasks:
             if t["payload"]["kind"] == "calibrate_sensor":
-                assert t["payload"]["evidence"]["gain_change"] > 0 and t["payload"]["description_zh"]
+                ev = t["payload"]["evidence"]
+                assert ev["gain_change"] > 0 and t["payload"]["description_zh"]
+                # the text states how long the judged readings span (two 2-h blocks at least), as the evidence does
+                assert ev["drift_span_h"] >= 4 and f"{ev['drift_span_h']:.0f} hours" in t["payload"]["description_en"]
+                assert f"约 {ev['drift_span_h']:.0f} 小时" in t["payload"]["description_zh"]
 
         from shared.kafka import DEADLETTER_TOPIC
 
@@ -338,3 +342,93 @@ async def test_hours_that_keep_disagreeing_still_send_an_inspector_after_six(sce
     assert [d[s] for s in near] == sorted(d[s] for s in near) and a not in near
     assert near[0] in task["description_zh"] and near[0] in task["description_en"]
     assert await svc._settle(st, t0 + pd.Timedelta(hours=6), ep) == []  # noqa: SLF001 - named once
+
+
+def _unit_service(scenario, tmp_path):
+    """The service without Kafka or a database, one reference station registered: for decisions of one hour."""
+    from services.air_quality.handlers import AirService, _Station
+    from services.air_quality.settings import AirSettings
+
+    specs, _, _, config = scenario
+    svc = AirService(AirSettings(db_url="postgresql://unused/none", state_dir=tmp_path), None, config=config)
+    sid = config["domains"]["air"]["reference_stations"][0]
+    svc.stations[sid] = _Station(sid, specs[sid].lat, specs[sid].lon, specs[sid].district)
+    return svc, svc.stations[sid]
+
+
+def _hour(st, t: pd.Timestamp, **values):
+    from schemas.observations import Observation, QualifiedValue
+
+    units = {"co": "ug/m3", "temp": "degC"}
+    return Observation(sensor_id=st.station_id, domain="air", kind="reference_station", gateway_id="gw-test",
+                       district=st.district, lat=st.lat, lon=st.lon, observed_at=t.to_pydatetime(),
+                       values={q: QualifiedValue(value=v, unit=units.get(q, "ug/m3"), qc=1) for q, v in values.items()})
+
+
+async def _feed(svc, st, t, **values) -> list[dict]:
+    o = _hour(st, t, **values)
+    outs = await svc._station_hour(o, t, {q: v.value for q, v in o.values.items()})  # noqa: SLF001
+    return [json.loads(x.value)["payload"] for x in outs]
+
+
+async def test_an_hour_without_pm25_neither_clears_the_alert_nor_counts_as_clean(scenario, tmp_path):
+    """PM2.5 failing QC for an hour (PM10 still reported, AQI 125) used to clear a PM2.5 alert and raise a new one
+    the hour after, and count as an hour under the tracing threshold; now the alert holds for up to three such
+    hours, after which what the station still measures decides."""
+    from services.air_quality.handlers import AQI_HOLD_MAX_H
+
+    svc, st = _unit_service(scenario, tmp_path)
+    t0 = pd.Timestamp("2026-11-26T10:00Z")
+    raised = await _feed(svc, st, t0, pm25=160.0, pm10=200.0)
+    assert [a["status"] for a in raised] == ["raised"] and raised[0]["evidence"]["primary"] == ["pm25"]
+    assert await _feed(svc, st, t0 + pd.Timedelta(hours=1), pm10=200.0) == []
+    assert svc.traces[st.station_id].below_h == 0  # no PM2.5: not an hour under the threshold
+    assert await _feed(svc, st, t0 + pd.Timedelta(hours=2), pm25=165.0, pm10=200.0) == []  # the same alert goes on
+    outs = []
+    for h in range(AQI_HOLD_MAX_H + 1):
+        outs += await _feed(svc, st, t0 + pd.Timedelta(hours=3 + h), pm10=200.0)
+    assert [a["status"] for a in outs] == ["cleared"] and outs[0]["alert_id"] == raised[0]["alert_id"]
+
+
+async def test_so2_and_co_count_in_the_station_aqi(scenario, tmp_path):
+    """HJ 633: the AQI is the largest sub-index of all six pollutants; SO2 700 µg/m³ (1-h IAQI 167) and CO
+    40,000 µg/m³ = 40 mg/m³ (1-h IAQI 160) each raise the alert with clean particulates."""
+    svc, st = _unit_service(scenario, tmp_path)
+    t0 = pd.Timestamp("2026-11-26T10:00Z")
+    a = await _feed(svc, st, t0, pm25=30.0, so2=700.0)
+    assert [x["evidence"]["primary"] for x in a] == [["so2"]] and a[0]["evidence"]["aqi"] == 167
+    assert "SO2" in a[0]["message_en"] and "SO2" in a[0]["message_zh"]
+    svc2, st2 = _unit_service(scenario, tmp_path)
+    b = await _feed(svc2, st2, t0, pm25=30.0, co=40000.0)
+    assert [x["evidence"]["primary"] for x in b] == [["co"]] and b[0]["evidence"]["aqi"] == 160
+    assert b[0]["evidence"]["concentrations_ugm3"]["co"] == 40000.0
+
+
+async def test_a_day_with_too_few_ozone_hours_for_an_8h_mean_has_no_daily_aqi_and_no_crash(scenario, tmp_path):
+    svc, st = _unit_service(scenario, tmp_path)
+    t0 = pd.Timestamp("2026-11-26T00:00Z")
+    for h in range(21):
+        assert await _feed(svc, st, t0 + pd.Timedelta(hours=h), temp=5.0) == []
+    assert await _feed(svc, st, t0 + pd.Timedelta(hours=21), o3=80.0) == []
+    assert st.aqi_24h is None and st.aqi_1h["aqi"] == 25
+
+
+async def test_a_short_exceedance_names_the_largest_summed_source_even_if_never_first(scenario, tmp_path):
+    """Hour 1 ranks A 30 / B 25, hour 2 C 30 / B 25: B contributed most over the exceedance (50), so B is named,
+    from the hour it contributed most, listed first there (it used to end with no source named)."""
+    from schemas.products import SourceAttribution
+    from services.air_quality.handlers import _Episode
+
+    svc, st = _unit_service(scenario, tmp_path)
+    a, b, c = list(svc.sources["source_id"][:3])
+    t0 = pd.Timestamp("2026-11-26T10:00Z")
+    ep = _Episode(t0, "trace-test", 0)
+    for h, ((s1, c1), (s2, c2)) in enumerate([((a, 30.0), (b, 25.0)), ((c, 30.0), (b, 25.0))]):
+        ep.atts.append(SourceAttribution(
+            station_id=st.station_id, at=(t0 + pd.Timedelta(hours=h)).to_pydatetime(), pollutant="pm25",
+            observed=120.0, contributions=[{"source_id": s, "kind": "industrial", "rank": r, "contribution": v,
+                                            "confidence": 0.5} for r, (s, v) in enumerate(((s1, c1), (s2, c2)), 1)]))
+    outs = [json.loads(x.value)["payload"] for x in await svc._settle_short(st, t0 + pd.Timedelta(hours=3), ep)]  # noqa: SLF001
+    assert [o["kind"] for o in outs] == ["pollution_source", "inspect_source"]
+    assert outs[0]["evidence"]["top_source_id"] == b and outs[1]["evidence"]["source_id"] == b
+    assert [x["source_id"] for x in outs[0]["evidence"]["attribution"]][:1] == [b]

@@ -59,6 +59,9 @@ ATTRIBUTION_TOPIC = "cityops.air.attribution.v1"
 NOWCAST_TOPIC = "cityops.weather.nowcast.v1"
 TOPICS = [OBSERVATION_TOPIC["air"], OBSERVATION_TOPIC["weather"], NOWCAST_TOPIC]
 GRID_POLLUTANTS = ("pm25", "pm10", "no2", "o3")
+# HJ 633-2012: the AQI is the largest sub-index over all six pollutants a station reports
+AQI_POLLUTANTS = (*GRID_POLLUTANTS, "so2", "co")
+AQI_HOLD_MAX_H = 3
 DEFAULT_THRESHOLDS = {"pm25": 75.0, "pm10": 150.0, "no2": 200.0, "o3": 200.0}
 # AQI level -> (severity, warning colour)
 SEVERITY_OF_LEVEL = {"III": ("minor", "yellow"), "IV": ("major", "orange"), "V": ("critical", "red"),
@@ -85,7 +88,7 @@ DRIFT_HOLD_Z = 3.0
 # readings this close (hours) to a station's exceedance hour are left out of the drift check: a plume crossing a
 # sensor but not its reference station (or the reverse) is not a calibration problem
 DRIFT_PLUME_MARGIN_H = 2.0
-POLLUTANT_NAME = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2", "o3": "O3"}
+POLLUTANT_NAME = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2", "o3": "O3", "so2": "SO2", "co": "CO"}
 
 
 def city_from_config(d: dict[str, Any] | None) -> City:
@@ -178,6 +181,8 @@ class _Episode:
     tasks: set[str] = field(default_factory=set)
     atts: list[Any] = field(default_factory=list)  # the traced hours that named a source
     below_h: int = 0  # consecutive hours under the tracing threshold (a trace closes after TRACE_CLOSE_H)
+    primary: tuple[str, ...] = ()  # an AQI alert's primary pollutant(s) while over the limit
+    held_h: int = 0  # consecutive hours the alert was held because its primary pollutant was missing
 
 
 @dataclass
@@ -280,6 +285,9 @@ class AirService:
         st = self.stations.get(o.sensor_id)
         if st is None:
             st = self.stations[o.sensor_id] = _Station(o.sensor_id, o.lat, o.lon, o.district)
+        co = o.values.get("co")
+        if "co" in vals and co is not None and co.unit.replace("µ", "u").replace("³", "3") == "ug/m3":
+            vals = {**vals, "co": vals["co"] / 1000.0}  # HJ 633 rates CO in mg/m³
         st.hours[t] = vals
         keep = t - pd.Timedelta(hours=self.s.air_history_h)
         for old in [h for h in st.hours if h < keep]:
@@ -287,7 +295,7 @@ class AirService:
         if st.last_hour is not None and t <= st.last_hour:
             return []  # a replayed or late hour: its alert decision was taken when it first came
         st.last_hour = t
-        conc = {p: vals[p] for p in GRID_POLLUTANTS if p in vals}
+        conc = {p: vals[p] for p in AQI_POLLUTANTS if p in vals}
         if not conc:
             return []
         r1 = aqi_mod.aqi(conc, period="1h")
@@ -295,29 +303,41 @@ class AirService:
                      "category_en": r1.category_en, "primary": list(r1.primary), "iaqi": r1.iaqi, "concentrations": conc}
         day = [v for h, v in st.hours.items() if t - pd.Timedelta(hours=24) < h <= t]
         if len(day) >= 20:  # HJ 633/663: a daily value needs at least 20 hourly values
-            st.aqi_24h = self._aqi_24h(st, t)
+            st.aqi_24h = self._aqi_24h(st, t) or st.aqi_24h
         return await self._aqi_alert(st, t, r1, conc)
 
-    def _aqi_24h(self, st: _Station, t: pd.Timestamp) -> dict[str, Any]:
+    def _aqi_24h(self, st: _Station, t: pd.Timestamp) -> dict[str, Any] | None:
         hrs = sorted(h for h in st.hours if t - pd.Timedelta(hours=24) < h <= t)
         df = pd.DataFrame([st.hours[h] for h in hrs], index=hrs)
-        conc = {p: float(df[p].mean()) for p in ("pm25", "pm10", "no2") if p in df and df[p].notna().any()}
+        conc = {p: float(df[p].mean()) for p in ("pm25", "pm10", "no2", "so2", "co") if p in df and df[p].notna().any()}
         if "o3" in df and df["o3"].notna().any():
-            conc["o3"] = float(df["o3"].rolling(8, min_periods=6).mean().max())
+            o3_8h = df["o3"].rolling(8, min_periods=6).mean().max()
+            if np.isfinite(o3_8h):  # too few O3 hours for any 8-hour mean: no O3 sub-index today
+                conc["o3"] = float(o3_8h)
+        if not conc:
+            return None
         r = aqi_mod.aqi(conc, period="24h")
         return {"until": t.isoformat(), "aqi": r.aqi, "level": r.level, "category_zh": r.category_zh,
                 "category_en": r.category_en, "primary": list(r.primary), "iaqi": r.iaqi, "hours": len(hrs)}
 
     async def _aqi_alert(self, st: _Station, t: pd.Timestamp, r, conc: dict[str, float]) -> list[Output]:
         key = f"air:aqi:{st.station_id}"
-        change = self.aqi_alert.update(key, r.aqi)
         ep = self.episodes.get(key)
+        # an hour without a pollutant that drove the open alert (its analyser failed QC) says nothing about
+        # whether the air recovered: the alert stays as it is, rather than clearing and re-raising an hour
+        # later — for up to AQI_HOLD_MAX_H hours, then what the station still measures decides
+        hold = ep is not None and any(p not in conc for p in ep.primary) and ep.held_h < AQI_HOLD_MAX_H
+        if ep is not None:
+            ep.held_h = ep.held_h + 1 if hold else 0
+        change = None if hold else self.aqi_alert.update(key, r.aqi)
         out: list[Output] = []
         if change == "raised":
-            ep = self.episodes[key] = _Episode(t, stable_id(key, t.isoformat()), r.aqi)
+            ep = self.episodes[key] = _Episode(t, stable_id(key, t.isoformat()), r.aqi, primary=r.primary)
             out.append(self._alert(st, t, r, conc, ep, "raised"))
         elif ep is not None and change is None:
             ep.peak_aqi = max(ep.peak_aqi, r.aqi)
+            if not hold and r.aqi >= self.on:
+                ep.primary = r.primary
         elif change == "cleared" and ep is not None:
             out.append(self._alert(st, t, r, conc, ep, "cleared"))
             del self.episodes[key]
@@ -327,7 +347,9 @@ class AirService:
     def _trace_hour(self, st: _Station, t: pd.Timestamp, conc: dict[str, float]) -> None:
         """Open or extend the station's source trace on a PM2.5 exceedance; count the hours under it."""
         tr = self.traces.get(st.station_id)
-        if conc.get("pm25", 0.0) > self.thresholds["pm25"]:
+        if "pm25" not in conc:
+            return  # no PM2.5 this hour (failed QC): neither an exceedance hour nor one under the threshold
+        if conc["pm25"] > self.thresholds["pm25"]:
             if tr is None:
                 key = f"air:source:{st.station_id}"
                 tr = self.traces[st.station_id] = _Episode(t, stable_id(key, t.isoformat()), 0)
@@ -388,7 +410,7 @@ class AirService:
         where_zh = f"{st.district or '市区'} 站点 {st.station_id}"
         where_en = f"station {st.station_id} ({st.district or 'city'})"
         evidence = {"observed_at": t.isoformat(), "station_id": st.station_id, "aqi": r.aqi, "iaqi": r.iaqi,
-                    "primary": list(r.primary), "concentrations_ugm3": {k: round(v, 1) for k, v in conc.items()},
+                    "primary": list(r.primary), "concentrations_ugm3": {k: round(v * 1000.0 if k == "co" else v, 1) for k, v in conc.items()},
                     "on": self.on, "off": self.off, "episode_start": ep.start.isoformat(), "peak_aqi": ep.peak_aqi,
                     "aqi_24h": (st.aqi_24h or {}).get("aqi")}
         tr = self.traces.get(st.station_id)
@@ -543,7 +565,14 @@ class AirService:
         best = max(total, key=lambda k: total[k])
         att = next((a for a in reversed(ep.atts) if a.contributions[0]["source_id"] == best), None)
         if att is None:
-            return []
+            # the largest sum, yet never first in any one hour (A then C first, B second both times): name it
+            # from the hour it contributed most, listed first there with the others in their order after it
+            def share(a: SourceAttribution) -> float:
+                return max((float(c["contribution"]) for c in a.contributions if c["source_id"] == best), default=0.0)
+
+            hour = max(ep.atts, key=share)
+            ranked = sorted(hour.contributions, key=lambda c: c["source_id"] != best)
+            att = hour.model_copy(update={"contributions": [{**c, "rank": r} for r, c in enumerate(ranked, 1)]})
         return await self._name_source(st, t, ep, att)
 
     @staticmethod
@@ -1100,8 +1129,11 @@ class AirService:
         if len(logs) < 3:
             return []
         rows = max(int(pd.Timedelta(hours=2) / self.lowcost_step), 1)
-        verdict = peer_drift(pd.DataFrame(logs).sort_index(), blocks=2, block_rows=rows, z_drift=DRIFT_Z,
-                             z_hold=DRIFT_HOLD_Z)
+        table = pd.DataFrame(logs).sort_index()
+        verdict = peer_drift(table, blocks=2, block_rows=rows, z_drift=DRIFT_Z, z_hold=DRIFT_HOLD_Z)
+        # the time the judged blocks span (plume hours left out, so at least their 2 x 2 h of rows)
+        judged = table.index[table.notna().sum(axis=1) >= 3][-2 * rows:]
+        span_h = ((judged[-1] - judged[0] + self.lowcost_step) / pd.Timedelta(hours=1)) if len(judged) else 0.0
         out = []
         for sid, row in verdict[verdict["flagged"].astype(bool)].iterrows():
             s = self.lowcost[sid]
@@ -1115,18 +1147,19 @@ class AirService:
                 task_id=s.task_id, kind="calibrate_sensor", domain="air", priority="normal",
                 title_zh=f"低成本传感器校准：{s.sensor_id}", title_en=f"Recalibrate low-cost sensor {s.sensor_id}",
                 description_zh=f"{s.sensor_id} 相对参考站 {s.reference} 的响应较校准时变化为 {gain:.2f} 倍（扣除全网共同变化，"
-                               f"已持续 10 小时以上，当前约 {bias:+.1f} µg/m³），校准已不再有效。请到现场清洁或更换"
+                               f"已持续约 {span_h:.0f} 小时，当前约 {bias:+.1f} µg/m³），校准已不再有效。请到现场清洁或更换"
                                "传感器，并与参考站比对后重新标定；在此之前该传感器不参与网格估算。",
                 description_en=f"{s.sensor_id}'s response to reference station {s.reference} is now {gain:.2f}× "
-                               "what it was at calibration, beyond what its peers share, for 10 hours or more "
-                               f"(about {bias:+.1f} µg/m³ now); its calibration no longer holds. Clean or replace "
+                               f"what it was at calibration, beyond what its peers share, over the last {span_h:.0f} "
+                               f"hours (about {bias:+.1f} µg/m³ now); its calibration no longer holds. Clean or replace "
                                "the sensor on site and recalibrate it against the reference; until then it is "
                                "left out of the grid.",
                 location=GeoPoint(lat=s.lat, lon=s.lon), district=s.district, required_skills=["air_inspection"],
                 created_at=t.to_pydatetime(),
                 evidence={"observed_at": t.isoformat(), "sensor_id": s.sensor_id, "reference_station": s.reference,
                           "bias_ugm3": round(bias, 2) if np.isfinite(bias) else None, "gain_change": round(gain, 3),
-                          "peer_z": round(z, 2), "peer_z_10h_ago": round(z_first, 2),
+                          "peer_z": round(z, 2), "peer_z_first_block": round(z_first, 2),
+                          "drift_span_h": round(span_h, 1),
                           "resid_sd_ugm3": round(s.calibration.resid_sd, 2), "readings": int(len(logs[sid])),
                           "n_train": s.calibration.n_train})
             out.append(task_output(task, source=SOURCE))
