@@ -432,3 +432,41 @@ async def test_a_short_exceedance_names_the_largest_summed_source_even_if_never_
     assert [o["kind"] for o in outs] == ["pollution_source", "inspect_source"]
     assert outs[0]["evidence"]["top_source_id"] == b and outs[1]["evidence"]["source_id"] == b
     assert [x["source_id"] for x in outs[0]["evidence"]["attribution"]][:1] == [b]
+
+
+async def test_a_restart_takes_up_the_open_aqi_alerts_and_clears_them(scenario, db_url, tmp_path):
+    """The hysteresis lives in memory and the stream resumes after its committed offsets: an alert open at a
+    crash was never cleared, and one still over the limit was raised again under a new id. At start-up the
+    service takes up its open alerts from the alerts table (as the notification service stored them)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.air_quality.handlers import AirService, _Station
+    from services.air_quality.settings import AirSettings
+
+    specs, _, _, config = scenario
+    a_id, b_id = config["domains"]["air"]["reference_stations"][:2]
+    t0 = pd.Timestamp("2026-11-26T10:00Z")
+    with psycopg.connect(db_url) as c:
+        for sid, alert_id, kind in ((a_id, "air-alert-a", "aqi_exceedance"), (b_id, "air-alert-b", "aqi_exceedance"),
+                                    (b_id, "air-alert-old", "aqi_exceedance")):
+            resolved = "now()" if alert_id == "air-alert-old" else "NULL"
+            c.execute(
+                "INSERT INTO alerts (alert_id, domain, kind, severity, status, title_zh, title_en, message_zh, message_en,"
+                f" dedup_key, raised_at, evidence, resolved_at) VALUES (%s, 'air', %s, 'major', 'raised', 't', 't', 'm',"
+                f" 'm', %s, %s, %s, {resolved})",
+                (alert_id, kind, f"air:aqi:{sid}", (t0 - pd.Timedelta(hours=3)).to_pydatetime(),
+                 json.dumps({"aqi": 180, "peak_aqi": 190, "primary": ["pm25"],
+                             "episode_start": (t0 - pd.Timedelta(hours=3)).isoformat()})))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        svc = AirService(AirSettings(db_url=db_url, state_dir=tmp_path), pool, config=config)
+        assert await svc.restore_open_alerts() == 2
+        for sid in (a_id, b_id):
+            svc.stations[sid] = _Station(sid, specs[sid].lat, specs[sid].lon, specs[sid].district)
+        cleared = await _feed(svc, svc.stations[a_id], t0, pm25=40.0)
+        assert [(x["status"], x["alert_id"]) for x in cleared] == [("cleared", "air-alert-a")]
+        assert cleared[0]["evidence"]["peak_aqi"] == 190
+        assert await _feed(svc, svc.stations[b_id], t0, pm25=160.0) == []  # still over: the same alert goes on
+    finally:
+        await pool.close()

@@ -242,6 +242,35 @@ class AirService:
         self.calibrated = False
         self.calibrated_until: pd.Timestamp | None = None
 
+    async def restore_open_alerts(self) -> int:
+        """After a restart: take up the AQI and forecast alerts this service raised that are still open.
+
+        The hysteresis state lives in memory and the stream resumes from its committed offsets, so without this
+        an alert open at a crash is never cleared (its station's AQI falls below `off` with nobody to say so),
+        and one still over the limit is raised again under a new id. The open alerts are read from the alerts
+        table the notification service keeps. Returns how many were taken up."""
+        if self.pool is None:
+            return 0
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT ON (dedup_key) dedup_key, alert_id, raised_at, evidence FROM alerts "
+                "WHERE domain = 'air' AND kind IN ('aqi_exceedance', 'aqi_forecast_exceedance') "
+                "AND resolved_at IS NULL AND status <> 'cleared' ORDER BY dedup_key, raised_at DESC")
+            rows = await cur.fetchall()
+        n = 0
+        for key, alert_id, raised_at, ev in rows:
+            if key in self.episodes:
+                continue
+            hysteresis = self.forecast_alert if key.startswith("air:aqi-forecast:") else self.aqi_alert
+            hysteresis.active[key] = True
+            start = _ts(ev["episode_start"]) if ev.get("episode_start") else pd.Timestamp(raised_at)
+            peak = ev.get("peak_aqi") or ev.get("aqi") or ev.get("forecast_aqi") or 0
+            self.episodes[key] = _Episode(start, alert_id, int(peak), primary=tuple(ev.get("primary") or ()))
+            n += 1
+        if n:
+            logger.info("took up %d open air alert(s) after a restart", n)
+        return n
+
     # -- the handler ----------------------------------------------------------------------
 
     async def handle(self, events: list[dict]) -> list[Output]:
