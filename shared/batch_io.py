@@ -143,7 +143,12 @@ def write_table(df: pd.DataFrame, path: str | Path, columns: Sequence[str]) -> N
     p = Path(path)
     if p.parent and not p.parent.exists():
         raise BadInput(p, "output folder does not exist")
-    out.to_csv(p, index=False, float_format="%.6g")
+    if p.is_dir():
+        raise BadInput(p, "is a folder; give --out a file path, e.g. out.csv inside it")
+    try:
+        out.to_csv(p, index=False, float_format="%.6g")
+    except OSError as exc:
+        raise BadInput(p, f"cannot write the output ({exc.strerror or exc})") from None
 
 
 def progress(iterable: Iterable[Any], *, total: int | None = None, desc: str = "") -> Iterable[Any]:

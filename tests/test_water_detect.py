@@ -144,7 +144,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing_file", "missing_column", "bad_value", "empty", "broken_inp",
-                                  "unknown_sensor"])
+                                  "unknown_sensor", "short_history", "out_is_folder"])
 def test_batch_bad_input_exits_2_with_one_line(batch_files, tmp_path, case):
     d, scada, _ = batch_files
     net = str(_lib("Net3.inp"))
@@ -169,9 +169,18 @@ def test_batch_bad_input_exits_2_with_one_line(batch_files, tmp_path, case):
     elif case == "unknown_sensor":
         src = str(_write(tmp_path / "s.csv", head + ok_row + "2026-03-02T00:00:00Z,NOT-A-NODE,pressure,40\n"))
         expect = "row 3, column 'sensor_id'"
-    if case not in ("broken_inp", "missing_file") and src == str(scada):
+    elif case == "short_history":  # 50 steps (12.5 h) before --train-until: too few for the 12-h statistics
+        times = pd.date_range("2026-03-04T11:30Z", periods=60, freq="15min")
+        src = str(_write(tmp_path / "s.csv", head + "".join(f"{t:%Y-%m-%dT%H:%M:%SZ},10,pressure,40.0\n" for t in times)))
+        expect = "need at least 63 time steps at or before --train-until"
+    out = tmp_path / "o.csv"
+    if case == "out_is_folder":
+        out = tmp_path / "folder"
+        out.mkdir()
+        src, expect = str(scada), "is a folder; give --out a file path"
+    elif case not in ("broken_inp", "missing_file") and src == str(scada):
         pytest.fail("case not set up")
-    r = _run("--network", net, "--scada", src, "--train-until", "2026-03-05", "--out", str(tmp_path / "o.csv"), env_dir=d)
+    r = _run("--network", net, "--scada", src, "--train-until", "2026-03-05", "--out", str(out), env_dir=d)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -266,3 +275,25 @@ def test_an_alarm_the_water_balance_does_not_confirm_is_withdrawn(net3, net3_sen
     spec = LeakSpec(net3.pipes[20], t0, 0.08 * total_base_demand_m3h(net3))
     leaks = detect_leaks(net3, _scenario(net3, net3_sensors, [spec], seed=5), until, cache_dir=cache)
     assert leaks and leaks[0].confirmed
+
+
+def test_a_sensor_without_training_data_is_left_out_not_trusted(batch_files, net3, net3_sensors, cache):
+    """A pressure logger installed after the training end has no expectation to learn; it used to be kept with a NaN
+    fit and a near-zero variance that dominated the whitened localisation (the top candidate moved from 370 m to
+    1.6 km from the leak). It is now left out: the leaks found are those found without it at all."""
+    from services.water.domain.detection import BATCH_OPTIONS
+
+    _, path, _ = batch_files
+    scada = pd.read_csv(path, dtype={"sensor_id": str, "kind": str})
+    scada["time"] = pd.to_datetime(scada["time"], utc=True)
+    until = START + pd.Timedelta(days=TRAIN_DAYS)
+    new = next(s.sensor_id for s in net3_sensors if s.kind == "pressure")
+    late = scada[(scada["sensor_id"] != new) | (scada["time"] > until)]
+    absent = scada[scada["sensor_id"] != new]
+
+    def found(frame):
+        return [(ev.detected_at, [c.pipe_id for c in ev.candidates])
+                for ev in detect_leaks(net3, frame, until, cache_dir=cache, **BATCH_OPTIONS)]
+
+    base = found(absent)
+    assert base and found(late) == base

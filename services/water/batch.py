@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -14,10 +15,12 @@ _NODE_KINDS = {"pressure", "demand", "level"}
 
 def detect(network_path: str, scada_path: str, train_until: str, out_path: str) -> None:
     """Read the network and SCADA, detect leaks after `train_until`, write one row per leak."""
-    from services.water.domain.detection import BATCH_OPTIONS, KINDS, detect_leaks
+    from services.water.domain.detection import BATCH_OPTIONS, KINDS, detect_leaks, min_training_steps
     from services.water.domain.network import NetworkError, load_network
 
     t_train = parse_time_arg(train_until)
+    if Path(out_path).is_dir():
+        raise BadInput(out_path, "is a folder; give --out a file path, e.g. out.csv inside it")
     scada = read_table(scada_path, required=["time", "sensor_id", "kind", "value"], times=["time"],
                        numeric=["value"], strings=["sensor_id", "kind"])
     try:
@@ -29,9 +32,12 @@ def detect(network_path: str, scada_path: str, train_until: str, out_path: str) 
     if scada.empty:
         raise BadInput(scada_path, "no values (every value cell is empty)", column="value")
     n_train = int((scada["time"] <= t_train).sum())
-    if scada.loc[scada["time"] <= t_train, "time"].nunique() < 48:
-        raise BadInput(scada_path, f"need at least 48 time steps at or before --train-until {t_train.isoformat()} "
-                       f"to learn normal operation (found {n_train} rows)", column="time")
+    gaps = pd.Series(scada["time"].drop_duplicates().sort_values()).diff().dropna()
+    step = gaps.median() if len(gaps) else pd.Timedelta(minutes=15)
+    need = max(48, min_training_steps(step))
+    if scada.loc[scada["time"] <= t_train, "time"].nunique() < need:
+        raise BadInput(scada_path, f"need at least {need} time steps at or before --train-until {t_train.isoformat()} "
+                       f"to learn normal operation (found {n_train} rows); move --train-until later", column="time")
     print(f"water detect: {len(scada)} readings, {scada['sensor_id'].nunique()} sensors, "
           f"network {net.path.name} ({len(net.junctions)} junctions, {len(net.pipes)} pipes)", file=sys.stderr)
     try:

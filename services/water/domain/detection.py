@@ -126,7 +126,10 @@ def fit_expectation(
     if len(values) < 48:
         raise ValueError("need at least 48 leak-free time steps to learn sensor expectations")
     kinds = {s.sensor_id: s for s in sensors}
-    targets = [s.sensor_id for s in sensors if s.kind in ("pressure", "flow", "balance")]
+    # a sensor with no reading in the history has no expectation to learn (its NaN fit, kept, dominated the
+    # whitened localisation with a near-zero variance); it is left out until a refit sees it
+    targets = [s.sensor_id for s in sensors if s.kind in ("pressure", "flow", "balance")
+               and s.sensor_id in values and np.isfinite(values[s.sensor_id].to_numpy(dtype=float)).any()]
     if not targets:
         raise ValueError("no pressure or flow sensors to watch")
     active_links = set()
@@ -139,7 +142,7 @@ def fit_expectation(
         "status": status,
     }
     thr = {sid: 0.02 * float(np.nanmax(np.abs(values[sid].to_numpy(dtype=float))) or 1.0) for sid in status}
-    fill = {sid: float(np.nanmean(values[sid].to_numpy(dtype=float))) for sid in kinds if sid in values}
+    fill = {sid: float(values[sid].astype(float).mean()) for sid in kinds if sid in values}  # NaN: no values
     fill = {k: (v if np.isfinite(v) else 0.0) for k, v in fill.items()}
     model = ExpectationModel(sensors, targets, sources, thr, np.zeros(1), np.ones(1), np.zeros((1, 1)),
                              np.zeros(1), np.ones(len(targets)), fill,
@@ -258,6 +261,13 @@ class LeakMonitor:
         # calibrate each statistic's scale and CUSUM threshold on held-out leak-free residuals
         # the first day of a history often holds start-up transients (tanks settling)
         skip = min(len(calibration_residuals) // 4, int(pd.Timedelta(days=1) / step))
+        if len(calibration_residuals) - skip < self.smooth_steps:
+            need = min_training_steps(step, smooth_hours)
+            raise ValueError(
+                f"need at least {need} leak-free time steps ({need * step / pd.Timedelta(hours=1):g} h) before the "
+                f"training end, found {len(calibration_residuals)}: the alarm statistics average over "
+                f"{smooth_hours:g} h and the first part of the history is skipped as start-up; move the training "
+                "end later (a few days of history is what the thresholds need to be reliable)")
         zc = self._oriented(calibration_residuals[skip:])
         xs = _running_mean(self._stat_values(zc), self.smooth_steps)[self.smooth_steps - 1:]
         self.stat_mu = np.nanmean(xs, axis=0)
@@ -733,6 +743,14 @@ def build_monitor(
     watched = [s for s in sensors if s.sensor_id in model.targets]
     matrix = sensitivity_matrix(net, watched, cache_dir=cache_dir, state=signature_state)
     return LeakMonitor(model, matrix, net, held, step=step, **monitor_options)
+
+
+def min_training_steps(step: pd.Timedelta, smooth_hours: float = 12.0) -> int:
+    """The fewest leak-free time steps a LeakMonitor can calibrate on: its statistics average over `smooth_hours`,
+    after the first quarter of the history (at most a day) is skipped as start-up."""
+    smooth = max(1, int(pd.Timedelta(hours=smooth_hours) / step))
+    day = int(pd.Timedelta(days=1) / step)
+    return next(n for n in range(smooth, 4 * smooth + day + 1) if n - min(n // 4, day) >= smooth)
 
 
 def detect_leaks(
