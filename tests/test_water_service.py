@@ -15,6 +15,7 @@ import secrets
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -290,3 +291,68 @@ def test_a_withdrawn_alarm_clears_its_alert_and_sends_no_crew(tmp_path):
     assert "-10.3" in last["message_en"] and "35.2" in last["message_en"] and "No crew" in last["message_en"]
     assert "解除" in last["title_zh"] and "-10.3" in last["message_zh"] and "无需派单" in last["message_zh"]
     assert last["evidence"]["balance_rise_m3h"] == -10.3 and last["evidence"]["confirm_threshold_m3h"] == 35.25
+
+
+async def test_a_reading_a_minute_late_joins_its_step(tmp_path):
+    """SCADA steps were keyed by each reading's exact time: one pressure reading at 02:01 instead of 02:00 made a
+    step of its own, held the 02:00 step incomplete, and the 15-min reindexing dropped it (45 min of data lost in
+    the demo). A reading now joins the step of the SCADA grid nearest to it: the steps are those of the same
+    stream on time."""
+    import json as _json
+
+    specs, readings, _, config = _scenario()
+    head = readings[readings["time"] < START + pd.Timedelta(hours=3)].copy()
+    scada = [sid for sid, v in config["domains"]["water"]["sensors"].items() if v["kind"] == "pressure"]
+    late = (head["sensor_id"] == scada[0]) & (head["time"] == START + pd.Timedelta(hours=2))
+    assert late.sum() == 1
+
+    async def steps(frame, sub):
+        svc = _offline_service(tmp_path / sub, config)
+        svc.s.water_history_days = 0
+        await svc.handle([_json.loads(v) for _, _, v in observation_envelopes("water", specs, frame, gateway_qc=True)])
+        if svc.fitting is not None:
+            svc.fitting.cancel()
+        return sorted((t, sid, kind, v) for t, sid, kind, v in svc.train_long)
+
+    on_time = await steps(head, "a")
+    head.loc[late, "time"] = head.loc[late, "time"] + pd.Timedelta(minutes=1)
+    assert len(on_time) > 12 * len(scada) and await steps(head, "b") == on_time
+
+
+def test_a_withdrawn_alarm_does_not_clear_a_confirmed_leak_sharing_its_key(tmp_path):
+    """Leak alerts are keyed by DMA, and the notification service's "cleared" resolves every open alert of the
+    key: a drift alarm withdrawn while a confirmed, unrepaired leak is open in the same DMA used to resolve that
+    leak's alert and stop its escalation. Then nothing is cleared."""
+    from types import SimpleNamespace
+
+    from services.water.domain.detection import LeakEvent
+    from services.water.handlers import LeakRecord
+
+    _, _, _, config = _scenario()
+    svc = _offline_service(tmp_path, config)
+    svc.monitor = SimpleNamespace(confirm_threshold_m3h=35.25)
+    t = START + pd.Timedelta(hours=5)
+    gone = LeakEvent("", t, "water_balance", "network", onset_at=t - pd.Timedelta(hours=2), flow_m3h=-10.3,
+                     localised_at=t + pd.Timedelta(hours=24), confirmed=False)
+    assert len(svc._leak_withdrawn(gone)) == 1  # alone in its DMA: cleared
+    key = svc._leak_dedup(gone)
+    svc.leaks["leak-1"] = LeakRecord("leak-1", "alert-1", gone.dma, t - pd.Timedelta(hours=9), [], 40.0, None, 0, key)
+    assert svc._leak_withdrawn(gone) == []
+
+
+def test_minimum_night_flow_is_read_in_the_quietest_hours_of_the_citys_day(tmp_path):
+    """GET /mnf read 02:00-05:00 UTC, which in a city on UTC+8 is mid-morning. The window is now the balance's own
+    quietest three hours (here 18:00-21:00 UTC, 02:00-05:00 in Shanghai)."""
+    _, _, _, config = _scenario()
+    svc = _offline_service(tmp_path, config)
+    times = pd.date_range("2026-11-20T00:00Z", periods=3 * 96, freq="15min")
+    local_h = np.asarray((times.hour + 8) % 24 + times.minute / 60)
+    day = np.asarray(times.day)
+    demand = 100 + 60 * np.sin(2 * np.pi * (local_h - 9) / 24).clip(-0.8)  # lowest at night, local time
+    demand = np.where((local_h >= 2) & (local_h < 5), 30.0, demand)
+    demand[(day == 20) & (local_h >= 2) & (local_h < 5)] += 12.5  # a leak raises the second night
+    svc.balance = list(zip(times, demand, strict=True))
+    svc._night_flow()  # noqa: SLF001
+    nights = svc.night_flow
+    assert {v["window"] for v in nights.values()} == {"18:00-21:00"}
+    assert nights["2026-11-20"]["min_night_flow_m3h"] == 42.5 and nights["2026-11-21"]["min_night_flow_m3h"] == 30.0

@@ -46,6 +46,7 @@ from schemas.topics import OBSERVATION_TOPIC
 from services.water import repository
 from services.water.domain import detection, flood, mapping, simulate
 from services.water.domain import tasks as water_tasks
+from services.water.domain.mnf import night_window, nightly_minimum
 from services.water.domain.network import WaterNetwork, load_network
 from services.water.settings import WaterSettings
 from shared.city import City, District, default_city
@@ -61,6 +62,7 @@ PREFIX_KIND = {"wp": "pressure", "wf": "flow", "wl": "level", "wm": "demand"}
 GRADE_RANK = {"none": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
 GRADE_SEVERITY = {"blue": "minor", "yellow": "minor", "orange": "major", "red": "critical"}
 SCADA_STEP = pd.Timedelta(minutes=15)
+NIGHT_HOURS = 3  # the minimum-night-flow window
 DRAIN_STEP = pd.Timedelta(minutes=5)
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 # ...and the others are this far ahead in simulated time (both, so neither a stall nor a backlog looks like silence)
@@ -126,6 +128,7 @@ class LeakRecord:
     flow_m3h: float | None
     map_png: str | None
     updates: int = 0
+    dedup_key: str = ""
 
 
 # rain (mm) in the last three days before a catchment's response is refitted on it
@@ -179,6 +182,7 @@ class WaterService:
         self.sensor_last: dict[str, pd.Timestamp] = {}
         self.scada_sensors = {sid for sid, v in self.sensor_elements.items() if v.get("kind") in SCADA_KINDS}
         self.fed_until: pd.Timestamp | None = None
+        self.scada_anchor: pd.Timestamp | None = None  # the SCADA steps' grid: this time + k x SCADA_STEP
         self.late = 0
         self.sensor_wall: dict[str, float] = {}
         self.last_arrival_wall = 0.0
@@ -281,6 +285,10 @@ class WaterService:
             v = vals.get(SCADA_QUANTITY[kind])
             if v is None:
                 continue
+            # on the SCADA grid (anchored at the first step seen): a reading a minute late belongs to its step,
+            # where keyed as it came it made a step of its own that the 15-min reindexing then dropped
+            self.scada_anchor = t if self.scada_anchor is None else self.scada_anchor
+            t = self.scada_anchor + round((t - self.scada_anchor) / SCADA_STEP) * SCADA_STEP
             if self.fed_until is not None and t <= self.fed_until:
                 self.late += 1  # its step went into the models already; a replayed step would count twice
                 continue
@@ -474,6 +482,13 @@ class WaterService:
         alert_id = stable_id(dedup, _ts(ev.detected_at).isoformat())  # the alarm's own id (_leak_alarm)
         limit = self.monitor.confirm_threshold_m3h if self.monitor else None
         rise = float(ev.flow_m3h)
+        open_leaks = [rec.leak_id for rec in self.leaks.values() if rec.dedup_key == dedup]
+        if open_leaks:
+            # a "cleared" ends every open alert of its dedup key (one DMA's leak condition): with a confirmed leak
+            # under the same key it would resolve that leak's alert and stop its escalation. The leak is not over.
+            logger.info("leak alarm withdrawn; its alert is left to the confirmed leak it shares a key with",
+                        extra={"fields": {"alert_id": alert_id, "balance_rise_m3h": rise, "open_leaks": open_leaks}})
+            return []
         dma = self._episode_dma(ev)
         evidence = {"observed_at": t.isoformat(), "detected_at": _ts(ev.detected_at).isoformat(),
                     "statistic": ev.statistic, "dma": dma, "balance_rise_m3h": round(rise, 2),
@@ -491,15 +506,20 @@ class WaterService:
         return [alert_output(alert, source=SOURCE)]
 
     def _night_flow(self) -> None:
-        """Nightly minimum of the network balance (02:00-05:00 simulated time), for GET /mnf."""
+        """Nightly minimum of the network balance in its quietest 3 hours of the day (mnf.night_window, found on
+        the balance itself: the city's night, whatever the clock's time zone), for GET /mnf."""
         if not self.balance:
             return
         cutoff = self.balance[-1][0] - pd.Timedelta(days=3)
         self.balance = [(t, v) for t, v in self.balance if t >= cutoff]
         s = pd.Series({t: v for t, v in self.balance})
-        night = s[(s.index.hour >= 2) & (s.index.hour < 5)]
-        for day, v in night.groupby(night.index.floor("D")).min().items():
-            self.night_flow[day.date().isoformat()] = {"min_night_flow_m3h": round(float(v), 2), "dma": "all"}
+        if s.index[-1] - s.index[0] < pd.Timedelta(days=1):
+            return  # not a whole day yet: where the night lies is not known
+        h0 = night_window(s, NIGHT_HOURS)
+        for end, v in nightly_minimum(s, h0, NIGHT_HOURS).items():
+            start = end - pd.Timedelta(hours=NIGHT_HOURS)
+            self.night_flow[start.date().isoformat()] = {"min_night_flow_m3h": round(float(v), 2), "dma": "all",
+                                                         "window": f"{start:%H:%M}-{end:%H:%M}"}
 
     def _pipe_lat_lon(self, pipe: str) -> tuple[float, float]:
         a, b = self.net.link_nodes[pipe]
@@ -524,7 +544,7 @@ class WaterService:
         cands = _candidate_dicts(ev)
         flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
         rec = LeakRecord(leak_id, alert_id, ev.dma, _ts(ev.detected_at), cands, flow,
-                         str(map_path) if ev.candidates else None, ev.updates)
+                         str(map_path) if ev.candidates else None, ev.updates, dedup)
         self.leaks[leak_id] = rec
         kind = "incipient" if ev.onset_at is not None and _ts(ev.detected_at) - _ts(ev.onset_at) > pd.Timedelta(hours=3) \
             else "burst"
