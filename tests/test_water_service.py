@@ -356,3 +356,38 @@ def test_minimum_night_flow_is_read_in_the_quietest_hours_of_the_citys_day(tmp_p
     nights = svc.night_flow
     assert {v["window"] for v in nights.values()} == {"18:00-21:00"}
     assert nights["2026-11-20"]["min_night_flow_m3h"] == 42.5 and nights["2026-11-21"]["min_night_flow_m3h"] == 30.0
+
+
+async def test_a_silent_tank_level_makes_the_balance_a_gap_not_a_wrong_number(tmp_path, caplog):
+    """The balance (supply inflow minus tank storage change) was formed from each batch's own columns: with a
+    tank's level silent it came out without that tank's storage change (a false rise or a missed leak), with a
+    supply meter silent it vanished (no alarm could fire). Now such steps are gaps, and the log says detection is
+    blind and why."""
+    import logging
+    from types import SimpleNamespace
+
+    from services.water.domain.detection import scada_to_wide
+
+    _, _, _, config = _scenario()
+    svc = _offline_service(tmp_path, config)
+    net = svc.net
+    res = set(net.reservoirs)
+    supply = [link for link, (a, b) in net.link_nodes.items() if a in res or b in res]
+    tank = net.tanks[0]
+    times = list(pd.date_range(START, periods=5, freq="15min"))
+    rows = [(t, {**{f"flow:{link}": 500.0 for link in supply}, **{f"level:{tk}": 5.0 + 0.01 * k for tk in net.tanks},
+                 "pressure:10": 40.0}) for k, t in enumerate(times)]
+    long = [(t, key.split(":", 1)[1], key.split(":", 1)[0], v) for t, r in rows for key, v in r.items()]
+    _, trained, _ = scada_to_wide(pd.DataFrame(long, columns=["time", "sensor_id", "kind", "value"]))
+    fed = []
+    svc.monitor = SimpleNamespace(model=SimpleNamespace(sensors=trained), update=lambda w: fed.append(w) or [],
+                                  take_alarms=list)
+    for _, r in rows[3:]:
+        del r[f"level:{tank}"]  # the tank's level logger falls silent for the last two steps
+    svc.backlog = rows[1:]
+    svc.prev_row = rows[0]
+    with caplog.at_level(logging.WARNING, logger="cityops.water"):
+        await svc._feed()  # noqa: SLF001
+    bal = fed[0]["balance:network"]
+    assert np.isfinite(bal.iloc[:2]).all() and bal.iloc[2:].isna().all()
+    assert svc.balance_blind and "blind" in caplog.text and f"level:{tank}" in caplog.text

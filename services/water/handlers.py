@@ -183,6 +183,8 @@ class WaterService:
         self.scada_sensors = {sid for sid, v in self.sensor_elements.items() if v.get("kind") in SCADA_KINDS}
         self.fed_until: pd.Timestamp | None = None
         self.scada_anchor: pd.Timestamp | None = None  # the SCADA steps' grid: this time + k x SCADA_STEP
+        self.balance_blind = False  # the water balance could not be formed at the last step fed
+        self.balance_blind_steps = 0
         self.late = 0
         self.sensor_wall: dict[str, float] = {}
         self.last_arrival_wall = 0.0
@@ -396,7 +398,14 @@ class WaterService:
         if len(wide) > 1:
             step = SCADA_STEP
             wide = wide.reindex(pd.date_range(wide.index[0], wide.index[-1], freq=step))
-        detection.add_water_balance(wide, sensors, self.net, SCADA_STEP)
+        # every meter the monitor was trained with, silent ones as gaps: a supply meter or tank level missing from
+        # the batch made the balance vanish (no alarm could fire) or come out without that tank's storage change
+        known = [s for s in self.monitor.model.sensors if s.kind != "balance"]
+        for s_ in known:
+            if s_.sensor_id not in wide:
+                wide[s_.sensor_id] = np.nan
+        detection.add_water_balance(wide, known or sensors, self.net, SCADA_STEP)
+        self._watch_balance(wide, known)
         if ctx:
             wide = wide.loc[wide.index > ctx[0][0]]
         self.prev_row = rows[-1]
@@ -413,6 +422,23 @@ class WaterService:
         for ev in events:
             out += await self._leak(ev) if ev.confirmed else self._leak_withdrawn(ev)
         return out
+
+    def _watch_balance(self, wide: pd.DataFrame, known: list) -> None:
+        """Say when the water balance cannot be formed (a supply meter or tank level silent): the monitor's
+        leak statistic is the balance, so leak detection is blind until the meter reports again."""
+        if "balance:network" not in wide:
+            return
+        gap = ~np.isfinite(wide["balance:network"].to_numpy(dtype=float))
+        if gap.any() and not self.balance_blind:
+            parts = [s.sensor_id for s in known if s.kind in ("flow", "level") and s.sensor_id in wide
+                     and not np.isfinite(wide[s.sensor_id].to_numpy(dtype=float)).all()]
+            logger.warning("water balance unavailable from %s (%s silent): leak detection is blind until they "
+                           "report again", wide.index[np.argmax(gap)], ", ".join(parts) or "a supply meter",
+                           extra={"fields": {"silent": parts, "since": str(wide.index[np.argmax(gap)])}})
+        elif not gap.any() and self.balance_blind:
+            logger.info("water balance available again: leak detection resumed")
+        self.balance_blind = bool(gap[-1]) if len(gap) else self.balance_blind
+        self.balance_blind_steps += int(gap.sum())
 
     async def tick(self) -> list[Output]:
         """Localise alarms still waiting for their window once the SCADA stream has been idle for a while
