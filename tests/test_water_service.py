@@ -391,3 +391,48 @@ async def test_a_silent_tank_level_makes_the_balance_a_gap_not_a_wrong_number(tm
     bal = fed[0]["balance:network"]
     assert np.isfinite(bal.iloc[:2]).all() and bal.iloc[2:].isna().all()
     assert svc.balance_blind and "blind" in caplog.text and f"level:{tank}" in caplog.text
+
+
+@pytest.mark.stack
+async def test_a_restart_takes_up_the_open_flood_warnings(stack_env, db_url, tmp_path):
+    """A catchment's warning lived in memory: after a restart a catchment still at orange raised a new warning under
+    a new id and its drain crew got a second task, and one that fell back was never lifted. At start-up the service
+    takes up the open warnings from the alerts table (as the notification service stored them)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.water.domain import flood
+    from services.water.handlers import WaterService
+    from services.water.settings import WaterSettings
+
+    _, _, _, config = _scenario()
+    cids = [c["catchment_id"] for c in config["domains"]["water"]["catchments"]][:2]
+    t0 = START + pd.Timedelta(hours=6)
+    with psycopg.connect(db_url) as c:
+        for cid, level in zip(cids, ("orange", "yellow"), strict=True):
+            c.execute(
+                "INSERT INTO alerts (alert_id, domain, kind, severity, level, status, title_zh, title_en, message_zh,"
+                " message_en, dedup_key, raised_at, evidence) VALUES (%s, 'water', 'flood_risk', 'major', %s,"
+                " 'raised', 't', 't', 'm', 'm', %s, %s, %s)",
+                (f"flood-{cid}", level, f"water:flood:{cid}", t0.to_pydatetime(),
+                 json.dumps({"catchment_id": cid, "episode_start": t0.isoformat(), "grade": level})))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        s = WaterSettings(db_url=db_url, kafka_bootstrap="unused:9092", state_dir=tmp_path)
+        svc = WaterService(s, pool, config=config)
+        assert await svc.restore_open_alerts() == 2
+        a, b = (svc.catchments[cid] for cid in cids)
+        assert (a.alert_id, a.grade, a.task_sent) == (f"flood-{cids[0]}", "orange", True)
+        assert (b.alert_id, b.grade, b.task_sent) == (f"flood-{cids[1]}", "yellow", False)
+
+        def risk(cid, grade, h):
+            return flood.FloodRisk(cid, t0 + pd.Timedelta(hours=h), 1.0, 1.0, grade, 0.0, 0.0)
+
+        assert svc._flood_rules(a, risk(cids[0], "orange", 1), 0.0) == []  # noqa: SLF001 - still orange: nothing new
+        out = []
+        for h in range(1, s.water_flood_clear_after + 1):
+            out += svc._flood_rules(b, risk(cids[1], "none", h), 0.0)  # noqa: SLF001
+        lifted = [json.loads(o.value)["payload"] for o in out]
+        assert [(x["status"], x["alert_id"]) for x in lifted] == [("cleared", f"flood-{cids[1]}")]
+    finally:
+        await pool.close()

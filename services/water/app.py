@@ -24,6 +24,7 @@ def build(s: WaterSettings, readiness: Readiness, *, config: dict | None = None)
 
     async def stream(stop: asyncio.Event) -> None:
         await pool.open(wait=True, timeout=60)
+        await svc.restore_open_alerts()
         readiness.set("db")
         history = asyncio.create_task(svc.pretrain(), name="water-history")
         try:

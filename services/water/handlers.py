@@ -612,6 +612,35 @@ class WaterService:
         return out
 
     # ---- flood -----------------------------------------------------------------------------
+    async def restore_open_alerts(self) -> int:
+        """After a restart: take up the flood warnings this service raised that are still open.
+
+        A catchment's warning episode lives in memory and the stream resumes from its committed offsets, so
+        without this every catchment still over its blue level raised a new warning under a new id, and one at
+        orange or red sent its drain crew a second task; one that had fallen back was never lifted. The open
+        warnings are read from the alerts table the notification service keeps. Returns how many."""
+        if self.pool is None or not self.catchments:
+            return 0
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT ON (dedup_key) dedup_key, alert_id, level, evidence FROM alerts WHERE domain = "
+                "'water' AND kind = 'flood_risk' AND resolved_at IS NULL AND status <> 'cleared' "
+                "ORDER BY dedup_key, raised_at DESC")
+            rows = await cur.fetchall()
+        n = 0
+        for _key, alert_id, level, ev in rows:
+            st = self.catchments.get(str(ev.get("catchment_id")))
+            if st is None or st.alert_id is not None or level not in flood.GRADES:
+                continue
+            st.alert_id, st.grade = alert_id, level
+            st.episode_start = _ts(ev["episode_start"]) if ev.get("episode_start") else None
+            # the crew task goes out when a warning first reaches orange (see _flood_alert)
+            st.task_sent = flood.GRADES.index(level) >= flood.GRADES.index("orange")
+            n += 1
+        if n:
+            logger.info("took up %d open flood warning(s) after a restart", n)
+        return n
+
     def _rain_series(self, st: CatchmentState, until: pd.Timestamp) -> pd.Series:
         rain = st.rain
         if not any(t > until - pd.Timedelta(hours=1) for t in rain) and st.c.district in self.district_rain:
