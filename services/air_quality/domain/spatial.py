@@ -18,6 +18,8 @@ import pandas as pd
 from shared.city import to_local_xy_m
 
 MET_COLUMNS = ("temp", "pres", "dewp", "rain", "wind_dir", "wind_speed")
+# the 1-sigma with too few stations to learn it from (see SpatialEstimator.predict)
+FALLBACK_REL_STD, FALLBACK_MIN_STD = 0.33, 5.0
 
 
 @dataclass
@@ -222,7 +224,9 @@ class SpatialEstimator:
         """Estimate (µg/m³) and 1-sigma at one place, every hour of the network."""
         f, base = target_features(net, xt, yt)
         if self.model is None:
-            return np.maximum(base, 0.0), np.full(len(base), self.fallback_std)
+            # fewer than three stations: nothing to learn the field's spread from; a third of the value (what
+            # inverse-distance weighting typically misses by between urban stations, and at least 5 µg/m³)
+            return np.maximum(base, 0.0), np.maximum(FALLBACK_REL_STD * np.abs(base), FALLBACK_MIN_STD)
         mu = base + self.shrink * self.model.predict(f)
         # mean absolute residual -> sigma of a normal error
         sd = np.maximum(self.std_model.predict(f), 0.5) * np.sqrt(np.pi / 2)
