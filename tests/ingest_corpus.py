@@ -26,6 +26,7 @@ def cases(A: str, B: str, GA: str, GB: str, now_iso: str, old_iso: str, future_i
         ("empty_payload", "malformed_json", ta, b"", GA),
         ("trailing_garbage", "malformed_json", ta, j(msg()) + b"}}", GA),
         ("single_quotes", "malformed_json", ta, b"{'sensor_id': 'x'}", GA),
+        ("nested_too_deep", "malformed_json", ta, b"[" * 3000 + b"]" * 3000, GA),  # RecursionError killed the gateway
         ("json_array", "not_an_object", ta, j([msg()]), GA),
         ("json_string", "not_an_object", ta, j("pm25=12"), GA),
         ("json_number", "not_an_object", ta, b"42", GA),

@@ -87,6 +87,8 @@ class Validator:
             if "non-finite" in str(exc):
                 return Rejected("non_finite_value", f"payload contains {str(exc).split()[-1]}; send only finite numbers")
             return Rejected("malformed_json", f"not valid JSON: {exc}")
+        except RecursionError:  # a few KB of '[[[[...' exhausts the parser's stack: bad input, not a crash
+            return Rejected("malformed_json", "not valid JSON: nested too deeply; send a flat JSON object")
         if not isinstance(obj, dict):
             return Rejected("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
         sid_hint = obj.get("sensor_id") if isinstance(obj.get("sensor_id"), str) else None
