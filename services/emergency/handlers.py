@@ -69,6 +69,7 @@ INCIDENT_KIND = {"flood": "flood", "gas_evacuation": "gas_release", "pumping_sta
                  "worker_safety": "worker_safety"}
 # events rather than conditions: each is its own episode and never "clears"
 EVENT_KINDS = {"fall", "sos", "restricted_entry"}
+RECENT_READINGS = 2000  # per wearable: hours of readings at a few seconds apart
 # worker alerts that call a crew out (the others are alerts only)
 CALL_OUT_KINDS = {"fall", "man_down", "sos", "gas_h2s", "gas_co", "gas_lel", "o2_low", "o2_high"}
 # hourly rain rate a rainstorm signal level stands for, when the alert carries no rate
@@ -194,6 +195,10 @@ class EmergencyService:
         self.cross_alert_ids: list[tuple[pd.Timestamp, str, str]] = []  # (time, district, alert id) of the above
         self.fits = 0
         self.last_seen: dict[str, pd.Timestamp] = {}  # sensor -> newest observed_at handled
+        # per wearable, the observed_at of its last RECENT_READINGS readings handled (a late one seen before is a
+        # redelivery, not late)
+        self.recent: dict[str, dict[pd.Timestamp, None]] = {}
+        self.late_dropped = 0  # late wearable readings without an event (their conditions were judged since)
         self.pdf_warned = False
         self._drawer: ProcessPoolExecutor | None = None
 
@@ -344,9 +349,54 @@ class EmergencyService:
                 raise PoisonRecord(f"a {env.get('type')!r} record on the personal topic: only observations of "
                                    "personal sensors belong there")
         out: list[Output] = []
-        for o in self._new(_parse(events, "observation.")):
+        parsed = _parse(events, "observation.")
+        late = self._late_events(parsed)
+        for o in self._new(parsed):
             out += self._worker(o)
+        for o in late:
+            out += self._worker_late_event(o)
         out += await self._flush_incidents()
+        return out
+
+    def _late_events(self, obs: list[Observation]) -> list[Observation]:
+        """Readings older than the newest handled for their wearable that carry an SOS or a fall: a wearable that
+        stored readings while out of coverage sends them late, and its alarm must still go out. An exact repeat
+        (a redelivery) is not late; late readings without an event only add to a count."""
+        out = []
+        for o in obs:
+            t = _ts(o.observed_at)
+            last = self.last_seen.get(o.sensor_id)
+            if last is None or t > last or t in self.recent.get(o.sensor_id, {}):
+                continue
+            vals = _good_values(o)
+            if any(vals.get(k, 0.0) >= 0.5 for k in ("sos", "fall")):
+                self._remember(o.sensor_id, t)
+                out.append(o)
+            else:
+                self.late_dropped += 1
+        return out
+
+    def _remember(self, sensor_id: str, t: pd.Timestamp) -> None:
+        seen = self.recent.setdefault(sensor_id, {})
+        seen[t] = None
+        if len(seen) > RECENT_READINGS:
+            del seen[next(iter(seen))]
+
+    def _worker_late_event(self, o: Observation) -> list[Output]:
+        """The SOS or fall of a late reading, alarmed on its own (the worker's running conditions are not
+        rewound: heart rate and gas readings that came later already spoke for themselves)."""
+        t = _ts(o.observed_at)
+        worker_id = self.worker_of.get(o.sensor_id, o.sensor_id)
+        pid = pseudonymise(worker_id, self.key)
+        r = reading_from_message(t, worker_id, _good_values(o))
+        zones = tuple(z.zone_id for z in self.zones if math.isfinite(r.lat) and z.contains(r.lat, r.lon))
+        eps = self.episodes.setdefault(pid, {})
+        out: list[Output] = []
+        for kind, sev in (("sos", Severity.CRITICAL), ("fall", Severity.ALARM)):
+            if getattr(r, kind):
+                a = SafetyMonitor._alert(r, kind, sev, math.nan, zones)  # noqa: SLF001 - the monitor's own wording
+                logger.warning("late %s from a wearable alarmed", kind, extra={"fields": {"worker": pid, "at": str(t)}})
+                out += self._worker_alert(a, pid, o, eps)
         return out
 
     def _new(self, obs: list[Observation]) -> list[Observation]:
@@ -358,6 +408,8 @@ class EmergencyService:
             if o.sensor_id in self.last_seen and t <= self.last_seen[o.sensor_id]:
                 continue
             self.last_seen[o.sensor_id] = t
+            if o.kind == "wearable":
+                self._remember(o.sensor_id, t)
             out.append(o)
         return out
 
@@ -468,25 +520,39 @@ class EmergencyService:
             # the same worker and kind again within the hour, after the first incident closed: a new one
             inc = dataclasses.replace(inc, incident_id=f"{inc.incident_id}-{a.time.strftime('%H%M%S')}")
         zone = next((z for z in self.zones if z.zone_id in a.zone_ids), None)
-        # the public incident shows the zone, never the worker's own position
-        public = (zone.polygon.centroid.y, zone.polygon.centroid.x) if zone else None
-        tr = self._open(inc, alert_id, public=public, points=[{"lat": a.lat, "lon": a.lon, "marker": "X",
-                                                               "color": "#c00"}])
+        # the public incident (its message, report and map, served without a login) shows the zone or else the
+        # district, never the worker's own position: that goes only to the crew's task on the internal topic
+        public = ((zone.polygon.centroid.y, zone.polygon.centroid.x) if zone else self._district_centre(district)
+                  or (self.city.centre_lat, self.city.centre_lon))
+        inc = dataclasses.replace(inc, lat=public[0], lon=public[1])  # the stored incident too
+        tr = self._open(inc, alert_id, public=public, points=[])
+        known = math.isfinite(a.lat) and math.isfinite(a.lon)  # a wearable in a pump pit may have no fix
+        where = GeoPoint(lat=a.lat, lon=a.lon) if known else GeoPoint(lat=public[0], lon=public[1])
         self.worker_incident[pid] = inc.incident_id
         zh, en, _ = ALERT_NAMES[a.kind]
         task = FieldTask(
             task_id=stable_id("task", inc.incident_id), kind="respond_incident", domain="emergency",
             priority="urgent", title_zh=f"人员救援：{zh}", title_en=f"Worker rescue: {en}",
-            description_zh=f"人员 {pid} {zh}（{a.severity.label_zh}）。立即前往，携带急救包与气体检测仪；进入危险区须两人同行。",
+            description_zh=f"人员 {pid} {zh}（{a.severity.label_zh}）。立即前往，携带急救包与气体检测仪；进入危险区须两人同行。"
+                           + ("" if known else "定位信号缺失：任务位置为所在区域中心，请通过对讲确认人员位置。"),
             description_en=f"Worker {pid}: {en} ({a.severity.name.lower()}). Go now with a first-aid kit and a gas "
-                           "monitor; enter hazard zones in pairs.",
+                           "monitor; enter hazard zones in pairs."
+                           + ("" if known else " No position fix: the task points at the zone or district centre; "
+                                               "find the worker by radio."),
             # the crew must find the person: the task (internal topic) carries the last position
-            location=GeoPoint(lat=a.lat, lon=a.lon), district=district, required_skills=["incident_response"],
+            location=where, district=district, required_skills=["incident_response"],
             related_alert_id=alert_id, created_at=a.time,
             evidence={"observed_at": a.time.isoformat(), "worker": pid, "kind": a.kind, "grade": int(a.severity),
-                      "zone_ids": list(a.zone_ids), "incident_id": inc.incident_id, "map_png": tr.map_path})
+                      "zone_ids": list(a.zone_ids), "incident_id": inc.incident_id, "map_png": tr.map_path,
+                      "position_known": known})
         self._step(tr, "dispatched", a.time, f"task {task.task_id}")
         return [task_output(task, source=SOURCE)]
+
+    def _district_centre(self, district: str | None) -> tuple[float, float] | None:
+        try:
+            return self.city.district(district).centre if district else None
+        except KeyError:
+            return None
 
     def _worker_cleared(self, kind: str, ep: _Episode, pid: str, district: str | None, t: pd.Timestamp) -> Output:
         zh, en, _ = ALERT_NAMES[kind]
@@ -504,6 +570,8 @@ class EmergencyService:
         if f.variable not in ("wind_dir", "wind_speed") or not f.values:
             return
         t = _ts(f.issued_at)
+        if self.wind and t < self.wind[0]:
+            return  # an older forecast arriving late must not replace the newer wind (nor blank half of it)
         prev = self.wind if self.wind and self.wind[0] <= t else (t, None, None)
         d, s = prev[1], prev[2]
         if f.variable == "wind_dir":

@@ -1,0 +1,93 @@
+"""Worker incidents in the emergency service, offline (no Kafka, no database): what the public incident shows
+and what happens when a wearable has no position fix."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from schemas.observations import Observation, QualifiedValue
+
+
+def _service(tmp_path):
+    from services.emergency.handlers import EmergencyService
+    from services.emergency.settings import EmergencySettings
+
+    s = EmergencySettings(db_url="postgresql://unused/none", state_dir=tmp_path,
+                          emergency_pseudonym_key="worker-test-key-0123456789abcdef")
+    return EmergencyService(s, None, config={})
+
+
+def _reading(t: str, **values) -> Observation:
+    return Observation(sensor_id="wb-7", domain="safety", kind="wearable", gateway_id="gw-test", district=None,
+                       lat=0.0, lon=0.0, observed_at=pd.Timestamp(t).to_pydatetime(),
+                       values={q: QualifiedValue(value=v, unit="1", qc=1) for q, v in values.items()})
+
+
+def _payloads(outs):
+    return [(o.topic, json.loads(o.value)["payload"]) for o in outs]
+
+
+def test_an_sos_without_a_position_fix_still_sends_a_crew(tmp_path):
+    """An SOS from a wearable with no position (in a pump pit) built GeoPoint(nan) and the ValidationError stopped
+    the service, again on every replay. The crew's task now points at the district or city centre and says so."""
+    svc = _service(tmp_path)
+    got = _payloads(svc._worker(_reading("2026-11-29T12:00Z", heart_rate_bpm=80.0, sos=1.0)))  # noqa: SLF001
+    tasks = [p for topic, p in got if topic.endswith("tasks.v1")]
+    assert len(tasks) == 1 and tasks[0]["evidence"]["position_known"] is False
+    assert (tasks[0]["location"]["lat"], tasks[0]["location"]["lon"]) == (svc.city.centre_lat, svc.city.centre_lon)
+    assert "find the worker by radio" in tasks[0]["description_en"] and "对讲确认人员位置" in tasks[0]["description_zh"]
+
+
+def test_the_public_incident_never_shows_the_workers_position(tmp_path):
+    """Outside any hazard zone the incident's public location, its stored coordinates and the report's map used to
+    be the worker's own position (reports are served without a login). Now the district's centre; the exact
+    position goes only to the crew's task."""
+    svc = _service(tmp_path)
+    lat, lon = svc.city.centre_lat + 0.0123, svc.city.centre_lon - 0.0234
+    got = _payloads(svc._worker(_reading("2026-11-29T12:00Z", heart_rate_bpm=80.0, sos=1.0, lat=lat, lon=lon)))  # noqa: SLF001
+    task = next(p for topic, p in got if topic.endswith("tasks.v1"))
+    assert (task["location"]["lat"], task["location"]["lon"]) == (lat, lon)
+    (tr,) = svc.incidents.values()
+    did = svc.city.district_of(lat, lon)
+    assert tr.public_location == svc.city.district(did).centre and tr.points == []
+    assert (tr.incident.lat, tr.incident.lon) == tr.public_location
+    msg = svc.message(tr, with_report=False)
+    assert (msg.location.lat, msg.location.lon) == tr.public_location
+
+
+def test_a_late_sos_is_alarmed_and_a_redelivery_is_not(tmp_path):
+    """A wearable out of coverage sends its stored readings late: an SOS stamped before the newest reading handled
+    was dropped without a trace. It is now alarmed (alert, incident, crew task); the same reading redelivered is not,
+    and a late reading without an event changes nothing."""
+    svc = _service(tmp_path)
+    newer = _reading("2026-11-29T12:00:10Z", heart_rate_bpm=80.0)
+    svc._worker(newer)  # noqa: SLF001
+    svc.last_seen[newer.sensor_id] = pd.Timestamp(newer.observed_at)
+    svc._remember(newer.sensor_id, pd.Timestamp(newer.observed_at))  # noqa: SLF001
+    late_sos = _reading("2026-11-29T12:00:05Z", heart_rate_bpm=80.0, sos=1.0)
+    late_plain = _reading("2026-11-29T12:00:07Z", heart_rate_bpm=81.0)
+    events = svc._late_events([late_sos, late_plain])  # noqa: SLF001
+    assert events == [late_sos] and svc.late_dropped == 1
+    got = _payloads(svc._worker_late_event(late_sos))  # noqa: SLF001
+    kinds = [(topic.split(".")[1], p.get("kind")) for topic, p in got]
+    assert ("alerts", "sos") in kinds and ("tasks", "respond_incident") in kinds
+    assert svc._late_events([late_sos]) == []  # noqa: SLF001 - redelivered: alarmed once
+    assert svc._new([newer]) == []  # noqa: SLF001
+
+
+def test_an_older_wind_forecast_arriving_late_keeps_the_newer_wind(tmp_path):
+    from schemas.products import StationForecast
+
+    svc = _service(tmp_path)
+
+    def cast(issued, var, v):
+        return StationForecast(station_id="wx-1", variable=var, issued_at=pd.Timestamp(issued).to_pydatetime(),
+                               horizons_h=[1], values=[v], model="test",
+                               unit="deg" if var == "wind_dir" else "m/s")
+
+    svc._wind_from(cast("2026-11-29T12:00Z", "wind_dir", 90.0))  # noqa: SLF001
+    svc._wind_from(cast("2026-11-29T12:00Z", "wind_speed", 4.0))  # noqa: SLF001
+    svc._wind_from(cast("2026-11-29T11:00Z", "wind_dir", 270.0))  # noqa: SLF001
+    assert svc.wind[1:] == (90.0, 4.0)
