@@ -194,7 +194,9 @@ async def start_escalations(cur: psycopg.AsyncCursor, rows: list[tuple[str, str,
 async def due_escalations(cur: psycopg.AsyncCursor, limit: int = 200) -> list[dict]:
     """Escalations whose time has come, locked for this transaction, with their alert."""
     await cur.execute(
-        "SELECT e.alert_id, e.rule, e.tier, e.round, a.* FROM notify_escalations e JOIN alerts a USING (alert_id) "
+        # the escalation's columns last: alerts has a `rule` of its own (the first version's), and the dict keeps
+        # the last of two same-named columns; an upgraded alert escalates under the rule stored with its escalation
+        "SELECT a.*, e.alert_id, e.rule, e.tier, e.round FROM notify_escalations e JOIN alerts a USING (alert_id) "
         "WHERE e.state = 'active' AND e.next_due_at <= now() ORDER BY e.next_due_at LIMIT %s "
         "FOR UPDATE OF e SKIP LOCKED",
         (limit,),
