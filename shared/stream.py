@@ -112,12 +112,14 @@ class StreamProcessor:
                     events, sources = [], []
                     for r in records:
                         try:
+                            if r.value is None:  # a tombstone (null value): json.loads raised TypeError
+                                raise ValueError("a record with no value")
                             env = json.loads(r.value)
                             if not isinstance(env, dict) or "payload" not in env:
                                 raise ValueError("not an envelope")
                             events.append(env)
                             sources.append(r)
-                        except ValueError as exc:
+                        except (ValueError, RecursionError) as exc:
                             outputs.append(self._dead(r, "malformed_json", f"unreadable record: {exc}"))
                     try:
                         outputs += await self.handler(events)

@@ -124,6 +124,8 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
                       "observed_at": "not a time"}}).encode()
     records = observation_envelopes("air", specs, readings)
     records.insert(len(records) // 2, (records[0][0], f"bad-{TAG}".encode(), bad))
+    # a tombstone (no value at all) raised TypeError in the stream loop, which then died on every replay
+    records.insert(len(records) // 3, (records[0][0], f"null-{TAG}".encode(), None))
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     since_ms = int(time.time() * 1000) - 1000
     monkeypatch.setenv("CITYOPS_KAFKA_START_AT_MS", str(since_ms))
@@ -201,6 +203,7 @@ async def test_episode_traced_to_its_source_with_products_and_replay_without_dup
         dead = await read_since(bootstrap, DEADLETTER_TOPIC, since_ms, lambda v: b"air-test" in v)
         mine = [d["payload"] for d in dead if d["payload"]["stage"] == "air-test"]
         assert any("does not match its schema" in d["reason"] for d in mine), mine
+        assert any("a record with no value" in d["reason"] for d in mine), mine
 
         with psycopg.connect(db_url) as conn:
             grids = conn.execute("SELECT pollutant, count(DISTINCT valid_at), count(*), min(std), max(value) "
