@@ -53,6 +53,22 @@ def test_stuck_sensor_is_flagged():
     assert np.all(r.tests["temp"]["flat_line"][t0 + 12:t0 + n, s] == FAIL)
 
 
+def test_the_first_value_after_a_gap_is_not_a_flat_line():
+    """ioos_qc's flat-line test skips missing hours, so a value alone in its window (the first after a 13-h gap, a
+    new station's first reading) had a range of 0 and failed as a stuck sensor; it needs a second value to compare."""
+    g = _grid(6)
+    s, t0 = 4, 120
+    for v in ("temp", "pres", "wind_speed"):
+        g.values[v][t0 - 13:t0, s] = np.nan
+    r = qc_grid(g)
+    for v in ("temp", "pres", "wind_speed"):
+        assert r.tests[v]["flat_line"][t0, s] == PASS, v
+        assert r.flags[v][t0, s] == PASS, (v, r.flags[v][t0 - 1:t0 + 2, s])
+    # and a real stuck run after the gap is still caught
+    g.values["temp"][t0:t0 + 14, s] = g.values["temp"][t0, s]
+    assert np.all(qc_grid(g).tests["temp"]["flat_line"][t0 + 12:t0 + 14, s] == FAIL)
+
+
 @pytest.mark.parametrize("offset", [6.0, -6.0])
 def test_offset_station_is_caught_by_buddies(offset):
     g = _grid(6, n=10)

@@ -103,8 +103,21 @@ def qc_series_tests(values: np.ndarray, times_s: np.ndarray, cfg: dict[str, Any]
         if cfg.get("flat_skip_zero"):
             # calm wind reads 0 for hours on end; that is weather, not a stuck sensor
             fl = np.where(np.nan_to_num(values, nan=1.0) == 0.0, PASS, fl)
+        # ioos_qc skips missing values inside the window, so a value alone in it (the first after a gap, a new
+        # station's first reading) has a range of 0 and read as stuck: a flat line needs two values in its window
+        # (as newest_series_tests has it)
+        for hours, flag in zip(cfg["flat_h"], (SUSPECT, FAIL), strict=True):
+            n = _finite_within(values, times_s, hours * 3600.0)
+            fl = np.where((fl == flag) & (n < 2), PASS, fl)
         out["flat_line"] = fl
     return {k: np.asarray(v, dtype=np.uint8) for k, v in out.items()}
+
+
+def _finite_within(values: np.ndarray, times_s: np.ndarray, window_s: float) -> np.ndarray:
+    """How many finite values lie in (t - window_s, t] for each time t (times ascending)."""
+    ok = np.concatenate([[0], np.cumsum(np.isfinite(values))])
+    lo = np.searchsorted(times_s, np.asarray(times_s, dtype=float) - window_s, side="right")
+    return ok[np.arange(1, len(values) + 1)] - ok[lo]
 
 
 def buddy_check(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: dict[str, Any],
