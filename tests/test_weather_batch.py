@@ -133,3 +133,31 @@ def test_nowcast_on_a_variable_absent_from_the_file(tmp_path):
     r = _run("nowcast", "--observations", str(p), "--variable", "pres", "--horizons", "1",
              "--train-until", "2025-05-02T00:00", "--out", str(tmp_path / "o.csv"))
     assert r.returncode == 2 and "column 'pres'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_sarimax_fit_that_breaks_down_leaves_the_other_models(tmp_path):
+    """On four stations of a plain daily cycle the SARIMAX candidate (fitted on the first station) raised
+    LinAlgError in its filter and the command died with a traceback, exit 1; and where the fit held, its gains could
+    overflow after a few dozen steps. The candidate is now dropped or its gain held, and the nowcast goes on."""
+    from services.weather.domain.nowcast import _fit_sarimax
+
+    rng = np.random.default_rng(0)
+    times = pd.date_range("2024-01-01", periods=24 * 20, freq="h", tz="UTC")
+    rows = []
+    for s, (lat, lon) in enumerate([(39.9, 116.4), (39.95, 116.3), (40.0, 116.5), (39.85, 116.45)]):
+        for i, t in enumerate(times):
+            rows.append({"time": t.isoformat(), "station_id": "A0" if s == 2 else f"S{s}", "lat": lat, "lon": lon,
+                         "temp": 5 + 5 * np.sin(2 * np.pi * i / 24) + rng.normal(0, 0.5) + s * 0.3,
+                         "pres": 1015 + rng.normal(0, 0.5), "wind_speed": abs(rng.normal(3, 1)),
+                         "wind_dir": rng.uniform(0, 360), "rain": 0.0})
+    obs = pd.DataFrame(rows)
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    r = _run("nowcast", "--observations", str(tmp_path / "obs.csv"), "--variable", "temp", "--horizons", "1",
+            "--train-until", "2024-01-10T13:00:00Z", "--out", str(tmp_path / "x.csv"))
+    assert r.returncode == 0, r.stderr[-500:]
+    out = pd.read_csv(tmp_path / "x.csv")
+    assert len(out) == 4 * 250 and out["temp"].notna().all() and np.isfinite(out["temp"]).all()
+    for sid in ("S0", "S1", "S3"):
+        ss = _fit_sarimax(obs[obs.station_id == sid]["temp"].to_numpy())
+        assert ss is None or (np.isfinite(ss["K"][~np.isnan(ss["K"]).all(axis=1)]).all()
+                              and np.nanmax(np.abs(ss["K"])) <= 1e3)

@@ -226,15 +226,18 @@ def _fit_sarimax(y: np.ndarray, gain_steps: int = 720) -> dict[str, np.ndarray] 
     y = np.asarray(y, float)
     if np.sum(np.isfinite(y)) < 24 * 7:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mod = SARIMAX(y, order=(2, 1, 1), seasonal_order=(1, 0, 1, 24))
-        res = mod.fit(disp=False, maxiter=40)
-    # The gain depends only on which hours were observed, not on the values: run the model's own
-    # filter over a fully observed dummy series to get its gain for each step after a station's
-    # first reading (the start-up matters: the seasonal states are learnt slowly), then hold the
-    # last gain as the steady state.
-    fr = res.apply(np.zeros(gain_steps)).filter_results
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = SARIMAX(y, order=(2, 1, 1), seasonal_order=(1, 0, 1, 24))
+            res = mod.fit(disp=False, maxiter=40)
+            # The gain depends only on which hours were observed, not on the values: run the model's own
+            # filter over a fully observed dummy series to get its gain for each step after a station's
+            # first reading (the start-up matters: the seasonal states are learnt slowly), then hold the
+            # last gain as the steady state.
+            fr = res.apply(np.zeros(gain_steps)).filter_results
+    except (np.linalg.LinAlgError, ValueError):
+        return None  # a fit that does not converge to a usable filter: the other candidates go on without it
     Z = np.asarray(fr.design[:, :, 0], float).ravel()
     T = np.asarray(fr.transition[:, :, 0], float)
     P = np.asarray(fr.predicted_state_cov, float)[:, :, :gain_steps]  # (k, k, L)
@@ -242,6 +245,14 @@ def _fit_sarimax(y: np.ndarray, gain_steps: int = 720) -> dict[str, np.ndarray] 
     K = (np.einsum("ijt,j->ti", P, Z) / np.maximum(F, 1e-12)[:, None])
     n_diffuse = int(getattr(fr, "nobs_diffuse", 0) or 0)
     K[:n_diffuse] = np.nan  # handled by starting the level at the first reading
+    # numerically the predicted covariance can lose positivity after some steps (F <= 0): the gains then blow up
+    # (1e14) and the forecasts overflow; hold the last sound gain from there on, or drop the candidate
+    bad = np.flatnonzero((np.arange(len(F)) >= n_diffuse)
+                         & ((F <= 0) | ~np.isfinite(F) | ~np.isfinite(K).all(axis=1) | (np.abs(K).max(axis=1) > 1e3)))
+    if len(bad):
+        if bad[0] <= n_diffuse:
+            return None
+        K[bad[0]:] = K[bad[0] - 1]
     return {"Z": Z, "T": T, "K": K}
 
 
