@@ -336,3 +336,41 @@ async def test_restart_completes_the_open_hour_from_the_stored_readings(db_url):
     lone = WeatherService(opts, None, config=config)
     await lone.handle(rest)
     assert lone.raw[h0] != ref.raw[h0]
+
+
+async def test_a_restart_takes_up_open_faults_and_signals(stack_env, db_url):
+    """Faults and signal levels lived in memory: after a restart a fault open at the crash was never cleared and a
+    signal in force never lifted (a worsening one raised anew, which notify folds as a repeat). At start-up the
+    service takes them up from the alerts table."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.weather.handlers import WeatherService
+
+    t0 = pd.Timestamp("2026-11-29T06:00Z")
+    rows = [("wf-1", "sensor_fault", "weather:sensor_fault:wx-7:temp", None,
+             {"sensor_id": "wx-7", "quantity": "temp", "observed_at": t0.isoformat()}),
+            ("ws-1", "rainstorm_signal", "weather:rainstorm:d05", "orange", {"action": "raise"}),
+            ("ws-0", "rainstorm_signal", "weather:rainstorm:d04", "blue", {"action": "raise"})]
+    with psycopg.connect(db_url) as c:
+        for alert_id, kind, dedup, level, ev in rows:
+            c.execute(
+                "INSERT INTO alerts (alert_id, domain, kind, severity, level, status, title_zh, title_en, message_zh,"
+                " message_en, dedup_key, raised_at, evidence, resolved_at) VALUES (%s, 'weather', %s, 'major', %s,"
+                " 'raised', 't', 't', 'm', 'm', %s, %s, %s, %s)",
+                (alert_id, kind, level, dedup, t0.to_pydatetime(), json.dumps(ev),
+                 t0.to_pydatetime() if alert_id == "ws-0" else None))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        svc = WeatherService(pool=pool)
+        assert await svc.restore_open_alerts() == 2
+        assert svc.faults[("wx-7", "temp")].start == t0
+        assert svc.monitor.board.level == {("rainstorm", "d05"): "orange"}
+        assert svc.monitor.episode[("rainstorm", "d05")] == t0
+        # the next hours under the lift level lift it: a "cleared" under the same key
+        changes = []
+        for h in range(1, 4):
+            changes += svc.monitor.board.update(t0 + pd.Timedelta(hours=h), {"rainstorm": {"d05": 0.0}})
+        assert [(c.action, c.previous) for c in changes] == [("lift", "orange")]
+    finally:
+        await pool.close()

@@ -25,6 +25,7 @@ def build(s: WeatherSettings, readiness: Readiness, *, config: dict | None = Non
 
     async def stream(stop: asyncio.Event) -> None:
         await pool.open(wait=True, timeout=60)
+        await svc.restore_open_alerts()
         readiness.set("db")
         try:
             await proc.run(stop)

@@ -298,6 +298,40 @@ class WeatherService:
         # consecutive hours in which every reading of a station's quantity was the same value
         self.flat_run: Counter = Counter()
 
+    async def restore_open_alerts(self) -> int:
+        """After a restart: take up the sensor faults and warning signals this service left open.
+
+        Faults, signal levels and their episodes live in memory and the stream resumes from its committed offsets:
+        without this a fault open at a crash is never cleared, a signal in force is never lifted (and the bulletins
+        say none is in force), and a signal that worsens is raised anew, which the notification service folds into
+        the open alert as a repeat, so the upgrade reaches nobody. Read from the alerts table the notification
+        service keeps. Returns how many were taken up."""
+        if self.pool is None:
+            return 0
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT ON (dedup_key) dedup_key, kind, level, raised_at, evidence FROM alerts "
+                "WHERE domain = 'weather' AND resolved_at IS NULL AND status <> 'cleared' "
+                "ORDER BY dedup_key, raised_at")
+            rows = await cur.fetchall()
+        n = 0
+        for dedup, kind, level, raised_at, ev in rows:
+            start = pd.Timestamp(raised_at).tz_convert("UTC")
+            if kind == "sensor_fault" and ev.get("sensor_id") and ev.get("quantity"):
+                key = (str(ev["sensor_id"]), str(ev["quantity"]))
+                if key not in self.faults:
+                    self.faults[key] = _Fault(pd.Timestamp(ev["observed_at"]) if ev.get("observed_at") else start)
+                    n += 1
+            elif kind.endswith("_signal") and level and dedup.count(":") == 2:
+                _, signal, area = dedup.split(":")
+                if (signal, area) not in self.monitor.board.level:
+                    self.monitor.board.level[(signal, area)] = str(level)
+                    self.monitor.episode[(signal, area)] = start
+                    n += 1
+        if n:
+            logger.info("took up %d open weather alert(s) after a restart", n)
+        return n
+
     # ---- stream --------------------------------------------------------------------------------
     async def handle(self, events: list[dict]) -> list[Output]:
         readings = parse_readings(events)  # before any state changes: a poison batch replays cleanly
