@@ -35,7 +35,9 @@ def _count(db_url: str, sql: str, *args) -> int:
 async def test_every_bad_input_ends_in_dead_letters_and_gateway_stays_alive(stack_env, db_url):
     tok = secrets.token_hex(3)
     A, B, GA, GB = f"aq-{tok}-a", f"aq-{tok}-b", f"gw-{tok}-a", f"gw-{tok}-b"
-    mq = register(db_url, [air_sensor(A, GA), air_sensor(B, GB)])
+    W = f"wb-{tok}"  # a wearable: personal data
+    wearable = air_sensor(W, GA).model_copy(update={"domain": "safety", "kind": "wearable", "personal": True})
+    mq = register(db_url, [air_sensor(A, GA), air_sensor(B, GB), wearable])
     now = datetime.now(UTC)
     corpus = cases(A, B, GA, GB, (now - timedelta(minutes=3)).isoformat(), (now - timedelta(days=30)).isoformat(),
                    (now + timedelta(hours=3)).isoformat())
@@ -51,7 +53,10 @@ async def test_every_bad_input_ends_in_dead_letters_and_gateway_stays_alive(stac
             await asyncio.to_thread(publish_all, cb, [(c[2], c[3]) for c in corpus if c[4] == GB])
             # an exact duplicate of a good reading
             await asyncio.to_thread(publish_all, ca, [(f"city/{GA}/{A}", good), (f"city/{GA}/{A}", good)])
-            expected = len(corpus) + 1
+            # a wearable's reading the gateway rejects: the dead letter must not carry the worker's data
+            personal = json.dumps({"sensor_id": W, "time": "yesterday", "values": {"pm25": 12.3456}}).encode()
+            await asyncio.to_thread(publish_all, ca, [(f"city/{GA}/{W}", personal)])
+            expected = len(corpus) + 2
             letters = await collect(dlq, lambda e: e["payload"].get("gateway_id") in (GA, GB), expected, timeout=90)
             ca.disconnect()
             cb.disconnect()
@@ -61,6 +66,9 @@ async def test_every_bad_input_ends_in_dead_letters_and_gateway_stays_alive(stac
             for name, reason, _topic, payload, _gw in corpus:
                 assert got.get(payload) == reason, f"{name}: expected {reason}, got {got.get(payload)}"
             assert got[good] == "duplicate"
+            mine = [o for o in got if W.encode() in o or b"redacted personal" in o]
+            assert len(mine) == 1 and mine[0].startswith(b"redacted personal payload, sha256 ")
+            assert b"12.3456" not in mine[0] and W.encode() not in mine[0]
             assert all(e["payload"]["reason"] for e in letters)
             # the gateway is alive and still forwarding good data (its Kafka ack may trail the dead letters')
             from conftest import async_wait_for

@@ -510,6 +510,12 @@ async def test_failing_channel_retries_with_backoff_then_dead_letters(env, servi
         f"delivery:{_rows(env['db_url'], 'SELECT delivery_id FROM deliveries WHERE subject_id = %s', alert.alert_id)[0][0]}",
     )
     assert dl and dl[0][0] == "processing_error" and "503" in dl[0][1]
+    # a recipient's address stays in the deliveries row: not in the (unrestricted) dead letter
+    ((delivery, address),) = _rows(env["db_url"], "SELECT delivery_id, address FROM deliveries WHERE subject_id = %s"
+                                   " AND status = 'dead'", alert.alert_id)
+    original = bytes(_rows(env["db_url"], "SELECT original FROM dead_letters WHERE origin = %s",
+                           f"delivery:{delivery}")[0][0])
+    assert address and address.encode() not in original and address not in dl[0][1], original[:600]
 
 
 async def test_poison_record_is_dead_lettered_and_service_keeps_going(env, service):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import threading
 import time
@@ -168,7 +169,8 @@ class Gateway:
                         gw = topic.split("/")[1] if topic.count("/") >= 1 else None
                         key, value, _ = kafka.dead_letter(
                             stage=SERVICE, reason_code=res.reason_code, reason=res.reason, origin=f"mqtt:{topic}",
-                            original=payload, gateway_id=gw, sensor_id=res.sensor_id, received_at=now,
+                            original=_shareable(validator, topic, res.sensor_id, payload), gateway_id=gw,
+                            sensor_id=res.sensor_id, received_at=now,
                         )
                         fut = await producer.send(kafka.DEADLETTER_TOPIC, value, key=key)
                         DEAD_LETTERS.labels(SERVICE, res.reason_code).inc()
@@ -185,6 +187,16 @@ class Gateway:
                 await asyncio.sleep(0.2)  # let the last PUBACKs leave
                 self._client.disconnect()
                 self._client.loop_stop()
+
+
+def _shareable(validator, topic: str, sensor_id: str | None, payload: bytes) -> bytes:
+    """What a dead letter may keep of a rejected payload. The dead-letter topic and table are internal, not
+    restricted: a wearable's payload (a worker's position, heart rate) stays out of them, replaced by its digest so
+    that a redelivery is still recognised and an operator can match it against the device's own log."""
+    ids = {sensor_id, topic.rsplit("/", 1)[-1]}
+    if any(sid and getattr(validator.registry.get(sid), "personal", False) for sid in ids):
+        return b"redacted personal payload, sha256 " + hashlib.sha256(payload).hexdigest().encode()
+    return payload
 
 
 def _td(seconds: int):

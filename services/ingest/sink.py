@@ -9,6 +9,7 @@ coordinates as its origin) in the same transaction, so it is neither lost nor re
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -65,9 +66,12 @@ class ObservationSink:
                         rows.append((t, p["sensor_id"], q, float(v["value"]), v["unit"], int(v["qc"]), p["domain"],
                                      p.get("district"), ingested))
             except (ValueError, KeyError, TypeError) as exc:
+                raw = rec.value or b""
+                if rec.topic == RESTRICTED:  # a worker's data stays in the restricted schema, not in dead letters
+                    raw = b"redacted personal record, sha256 " + hashlib.sha256(raw).hexdigest().encode()
                 _, value, _ = kafka.dead_letter(
-                    stage=SERVICE, reason_code="schema_violation", reason=f"unreadable record: {exc!r}",
-                    origin=origin, original=rec.value or b"",
+                    stage=SERVICE, reason_code="schema_violation", reason=f"unreadable record: {exc!r}"[:300],
+                    origin=origin, original=raw,
                 )
                 dls.append(repository.dead_letter_row(json.loads(value)))
                 DEAD_LETTERS.labels(SERVICE, "schema_violation").inc()

@@ -857,13 +857,19 @@ class NotifyService:
 
     async def _dead_letter(self, row: dict, reason: str) -> None:
         """A delivery given up: to the dead-letter topic and table (the deliveries row keeps it too)."""
+        # the dead-letter topic and table are internal, not restricted: a person's phone number or e-mail address
+        # stays in the deliveries row only (a channel's error text may quote it too)
+        address = str(row.get("address") or "")
+        shareable = {k: (v.replace(address, "<address>") if address and isinstance(v, str) else v)
+                     for k, v in row.items() if k != "address"}
+        reason = reason.replace(address, "<address>") if address else reason
         try:
             _, value, _ = kafka.dead_letter(
                 stage=SERVICE,
                 reason_code="processing_error",
                 reason=f"delivery failed: {reason}",
                 origin=f"delivery:{row['delivery_id']}",
-                original=json.dumps(row, default=str, ensure_ascii=False).encode(),
+                original=json.dumps(shareable, default=str, ensure_ascii=False).encode(),
             )
             async with self.db.connection() as conn, conn.cursor() as cur:
                 await repository.insert_dead_letter(cur, json.loads(value))
