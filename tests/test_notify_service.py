@@ -419,6 +419,37 @@ async def test_a_redelivered_copy_in_the_same_batch_is_not_a_repeat(env, service
     assert n == 10
 
 
+async def test_a_raise_and_its_clear_in_one_batch_leave_the_alert_resolved(env, service):
+    """A catch-up batch can hold an alert and its clear: clears were applied before the batch's inserts, so the clear
+    ended nothing and the alert stayed open, escalating until someone acknowledged it. A clear before a new raise of
+    the same key still ends the old alert first."""
+    from types import SimpleNamespace
+
+    from shared.notify.testing import encode_event
+
+    key, key2 = f"air:rc:{secrets.token_hex(3)}", f"air:cr:{secrets.token_hex(3)}"
+    up = _alert("air", key)
+    down = up.model_copy(update={"status": "cleared", "severity": "info"})
+    old = _alert("air", key2)
+    await _publish(env, old)
+
+    async def stored():
+        return _rows(env["db_url"], "SELECT alert_id FROM alerts WHERE dedup_key = %s", key2) or None
+
+    await async_wait_for(stored, 30, what="the earlier alert stored")
+    again = _alert("air", key2).model_copy(update={"raised_at": old.raised_at + timedelta(hours=3)})
+    values = [encode_event("alert", a, event_id=f"ev-{secrets.token_hex(6)}") for a in
+              (up, down, old.model_copy(update={"status": "cleared", "severity": "info"}), again)]
+    records = [SimpleNamespace(topic=env["topics"]["alerts"], partition=0, offset=10**9 + 100 + i, value=v)
+               for i, v in enumerate(values)]
+    await service.svc.handle_records(records)
+    assert _rows(env["db_url"], "SELECT status, resolved_at IS NOT NULL FROM alerts WHERE dedup_key = %s", key) == [
+        ("resolved", True)]
+    state = _rows(env["db_url"], "SELECT alert_id, resolved_at IS NOT NULL FROM alerts WHERE dedup_key = %s "
+                  "ORDER BY raised_at", key2)
+    assert state == [(old.alert_id, True), (again.alert_id, False)]
+
+
 async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(env, service):
     """A leak alarm first, its candidate pipes an update later: the console shows the refinement, nobody is
     paged twice."""

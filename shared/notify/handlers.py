@@ -373,9 +373,14 @@ class NotifyService:
     ) -> None:
         if not alerts:
             return
-        cleared = [a.dedup_key for _, a in alerts if a.status == "cleared"]
-        if cleared:
-            await repository.clear_alerts(cur, cleared, "source")
+        # a batch applies in order per dedup key: a clear before a new raise ends the old alert first; a clear
+        # that is the key's last word ends what the batch raised too (applied after the inserts below; before
+        # them, a raise and its clear in one catch-up batch left the alert open, paging until acknowledged)
+        last = {a.dedup_key: i for i, (_, a) in enumerate(alerts)}
+        cleared_first = [a.dedup_key for i, (_, a) in enumerate(alerts) if a.status == "cleared" and last[a.dedup_key] != i]
+        cleared_last = [a.dedup_key for i, (_, a) in enumerate(alerts) if a.status == "cleared" and last[a.dedup_key] == i]
+        if cleared_first:
+            await repository.clear_alerts(cur, cleared_first, "source")
         live = [(e, a) for e, a in alerts if a.status != "cleared"]
         existing = await repository.open_alerts_by_dedup(cur, list({a.dedup_key for _, a in live}))
         window = timedelta(seconds=self.routing.dedup_window_s)
@@ -464,6 +469,8 @@ class NotifyService:
         await repository.refresh_alerts(cur, [(aid, a) for aid, a in refreshed.items() if aid not in
                                               {r["alert_id"] for r in new_rows}])
         await repository.start_escalations(cur, escalations)
+        if cleared_last:
+            await repository.clear_alerts(cur, cleared_last, "source")
 
     async def _apply_upgrades(self, cur, upgraded: dict[str, tuple[str, Alert]], planner: Planner, now: datetime) -> None:
         """Open alerts whose source made them more severe: the stored alert takes the new severity, level and
