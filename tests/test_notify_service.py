@@ -450,6 +450,33 @@ async def test_a_raise_and_its_clear_in_one_batch_leave_the_alert_resolved(env, 
     assert state == [(old.alert_id, True), (again.alert_id, False)]
 
 
+async def test_an_update_of_a_resolved_alert_pages_nobody_again(env, service):
+    """An operator resolved an alert, then its source sent an update of it (same alert id): not an open alert, so it
+    took the new-alert path, its deliveries were dropped by their idempotency keys, and yet every one was queued
+    and sent again. Only the deliveries a batch inserts are sent."""
+    from types import SimpleNamespace
+
+    from shared.notify.testing import encode_event
+
+    key = f"air:res:{secrets.token_hex(3)}"
+    first = _alert("air", key, severity="critical")  # critical: no grouping or rate limit holds a send back
+    await _publish(env, first)
+
+    async def delivered():
+        n = _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", first.alert_id)[0][0]
+        return n or None
+
+    n0 = await async_wait_for(delivered, 60, what="the alert's deliveries")
+    with psycopg.connect(env["db_url"]) as c:
+        c.execute("UPDATE alerts SET status = 'resolved', resolved_at = now() WHERE alert_id = %s", (first.alert_id,))
+    update = first.model_copy(update={"status": "updated", "title_en": "Test alert: river pollution (refined)"})
+    rec = SimpleNamespace(topic=env["topics"]["alerts"], partition=0, offset=10**9 + 200,
+                          value=encode_event("alert", update, event_id=f"ev-{secrets.token_hex(6)}"))
+    fresh, _ = await service.svc.handle_records([rec])
+    assert fresh == []
+    assert _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", first.alert_id)[0][0] == n0
+
+
 async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(env, service):
     """A leak alarm first, its candidate pipes an update later: the console shows the refinement, nobody is
     paged twice."""

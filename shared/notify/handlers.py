@@ -360,13 +360,14 @@ class NotifyService:
             updates: list[FieldTaskUpdate] = []
             for event_id, task in tasks:
                 updates += await self._apply_task(cur, event_id, task, planner)
-            await repository.insert_deliveries(cur, planner.rows)
+            inserted = await repository.insert_deliveries(cur, planner.rows)
         MESSAGES.labels(SERVICE, "consume", "alerts").inc(len(alerts))
         MESSAGES.labels(SERVICE, "consume", "tasks").inc(len(tasks))
         MESSAGES.labels(SERVICE, "consume", "duplicates").inc(
             len(records) - len(dead) - len(alerts) - len(tasks)
         )
-        return [r for r in planner.rows if r["status"] == "sending"], updates
+        # only rows this batch inserted: one the idempotency key dropped was planned, and sent, before
+        return [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted], updates
 
     async def _apply_alerts(
         self, cur, alerts: list[tuple[str, Alert]], planner: Planner, now: datetime
@@ -738,7 +739,7 @@ class NotifyService:
                             at=now,
                         )
                     )
-                await repository.insert_deliveries(cur, planner.rows)
+                inserted = await repository.insert_deliveries(cur, planner.rows)
                 if role in ("dispatcher", "admin") and new in ("assigned", "cancelled", "done"):
                     await repository.audit(
                         cur,
@@ -750,7 +751,7 @@ class NotifyService:
                     )
                 elif role == "field_staff":
                     await repository.audit(cur, actor, role, f"task_{new}", f"task:{task_id}", {"note": note})
-            fresh = [r for r in planner.rows if r["status"] == "sending"]
+            fresh = [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted]
             if fresh:
                 self.queue.put_nowait(fresh)
             await self._publish_updates(updates)
@@ -976,8 +977,8 @@ class NotifyService:
                     )
                     await repository.mark_deadline_escalated(cur, t["task_id"])
                     MESSAGES.labels(SERVICE, "escalate", "task_deadline").inc()
-                await repository.insert_deliveries(cur, planner.rows)
-        fresh = [r for r in planner.rows if r["status"] == "sending"]
+                inserted = await repository.insert_deliveries(cur, planner.rows)
+        fresh = [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted]
         if fresh:
             self.queue.put_nowait(fresh)
         return len(due) + len(tasks)
