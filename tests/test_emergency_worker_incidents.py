@@ -91,3 +91,29 @@ def test_an_older_wind_forecast_arriving_late_keeps_the_newer_wind(tmp_path):
     svc._wind_from(cast("2026-11-29T12:00Z", "wind_speed", 4.0))  # noqa: SLF001
     svc._wind_from(cast("2026-11-29T11:00Z", "wind_dir", 270.0))  # noqa: SLF001
     assert svc.wind[1:] == (90.0, 4.0)
+
+
+def test_a_second_gas_release_within_the_hour_opens_its_own_incident(tmp_path):
+    """Incident ids are per source and clock hour: a second release in the hour of one already resolved got the
+    closed incident back, its dispatch step was refused, and the new evacuation area was lost. It now opens a new
+    incident, dispatched, with its own id in the alert and task."""
+    svc = _service(tmp_path)
+
+    def h2s(t: str, ppm: float) -> Observation:
+        return Observation(sensor_id="gd-1", domain="safety", kind="gas_detector", gateway_id="gw-test", district=None,
+                           lat=svc.city.centre_lat, lon=svc.city.centre_lon, observed_at=pd.Timestamp(t).to_pydatetime(),
+                           values={"h2s_ppm": QualifiedValue(value=ppm, unit="ppm", qc=1)})
+
+    ids = []
+    minute = 0
+    for _ in range(2):
+        outs = []
+        for ppm in [20.0, 20.0] + [2.0] * 5:
+            outs += _payloads(svc._gas(h2s(f"2026-11-29T12:{minute:02d}Z", ppm)))  # noqa: SLF001
+            minute += 1
+        raised = [p for topic, p in outs if topic.endswith("alerts.v1") and p["status"] == "raised"]
+        assert len(raised) == 1
+        ids.append(raised[0]["evidence"]["incident_id"])
+    assert ids[0] != ids[1]
+    assert [svc.incidents[i].incident.state.value for i in ids] == ["resolved", "resolved"]
+    assert [e.state.value for e in svc.incidents[ids[1]].incident.timeline][:2] == ["detected", "dispatched"]

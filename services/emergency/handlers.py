@@ -612,6 +612,7 @@ class EmergencyService:
                                        float(src.get("threshold_mg_m3", 30 * 34.08 / 24.45)))
             inc, area = inc_rules.gas_evacuation_incident(rel, wind, self.city)
             tr = self._open(inc, d.alert_id, public=(rel.lat, rel.lon))
+            inc = dataclasses.replace(inc, incident_id=tr.incident.incident_id)  # a fresh one if the hour's closed
             d.incident_id = inc.incident_id
             districts = list(inc.districts)
             evidence = {"observed_at": t.isoformat(), "detector": o.sensor_id, "source_id": src["source_id"],
@@ -726,6 +727,11 @@ class EmergencyService:
     def _open(self, inc: inc_rules.Incident, alert_id: str, *, public: tuple[float, float] | None,
               points: list[dict[str, Any]] | None = None) -> _Tracked:
         tr = self.incidents.get(inc.incident_id)
+        if tr is not None and tr.incident.state in (inc_rules.IncidentState.RESOLVED, inc_rules.IncidentState.REPORTED):
+            # incident ids are per source and clock hour: a second release (a second fault) within the hour of one
+            # already dealt with is a new incident, not a step of the closed one (which would refuse it)
+            inc = dataclasses.replace(inc, incident_id=f"{inc.incident_id}-{inc.opened_at:%H%M%S}")
+            tr = self.incidents.get(inc.incident_id)
         if tr is None:
             tr = self.incidents[inc.incident_id] = _Tracked(inc, [alert_id], points or [], public_location=public)
             tr.map_path = str(self.out_dir / "maps" / f"{inc.incident_id}.png")
