@@ -171,7 +171,10 @@ async def test_stream_signals_faults_nowcasts_bulletins_and_replay(stack_env, db
                 and pd.Timestamp(c["payload"]["issued_at"]) == last_hour]
         assert len(late) == 20 and all(c["horizons_h"] == [1, 2, 3, 4, 5, 6] and c["p10"] and c["p90"] for c in late)
         assert all(lo <= v <= hi for c in late for lo, v, hi in zip(c["p10"], c["values"], c["p90"], strict=True))
-        assert any("xgboost" in c["model"] for c in late), {c["model"] for c in late}
+        # the trees are fitted on the stream, and chosen only on their out-of-sample skill (a day of history here:
+        # persistence may well be the honest pick)
+        assert svc.models["temp"].xgb, "xgboost fitted on the stream"
+        assert {c["model"] for c in late} <= {"persistence", "diurnal", "sarimax", "xgboost"}, {c["model"] for c in late}
         on_topic = await _read_topic(bootstrap, before[NOWCAST_TOPIC],
                                      lambda e: e["payload"]["station_id"].endswith(TAG), {c["event_id"] for c in casts})
         assert {e["event_id"] for e in on_topic} == {c["event_id"] for c in casts}

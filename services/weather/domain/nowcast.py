@@ -58,6 +58,9 @@ class Nowcaster:
     feature_names: dict[int, list[str]]
     sarimax: dict[str, np.ndarray] | None  # Z, T, K of the steady-state filter
     trained_until: pd.Timestamp
+    # horizon -> issue time of the last row each xgboost model was fitted on: its forecasts up to then are in-sample
+    # and say nothing of its skill or error spread
+    fit_until: dict[int, pd.Timestamp] = field(default_factory=dict)
 
 
 @dataclass
@@ -307,7 +310,7 @@ def fit_nowcaster(grid: StationGrid, variable: str, train_until: pd.Timestamp,
     t_end = int(np.searchsorted(grid.times, train_until, side="right"))  # rows < t_end are <= T
     n_train = t_end
     hold = min(cfg.holdout_h, n_train // 4)
-    xgbs, names = {}, {}
+    xgbs, names, fit_until = {}, {}, {}
     for h in cfg.horizons if "xgboost" in cfg.candidates else []:
         f, x_ff = features(grid, variable, h, cfg.ffill_limit_h)
         y = _diff(_shift(grid.values[variable], -h), x_ff, variable in CIRCULAR)
@@ -322,6 +325,7 @@ def fit_nowcaster(grid: StationGrid, variable: str, train_until: pd.Timestamp,
         m.fit(X[ok], yy[ok])
         xgbs[h] = m
         names[h] = list(f)
+        fit_until[h] = pd.Timestamp(grid.times[len(rows) - 1])
     ss = None
     if "sarimax" in cfg.candidates and variable not in CIRCULAR:
         x = grid.values[variable][:t_end]
@@ -329,7 +333,7 @@ def fit_nowcaster(grid: StationGrid, variable: str, train_until: pd.Timestamp,
         counts = np.sum(np.isfinite(x[lo:]), axis=0)
         if len(counts) and counts.max() > 0:
             ss = _fit_sarimax(x[lo:, int(np.argmax(counts))])
-    return Nowcaster(variable, cfg, xgbs, names, ss, train_until)
+    return Nowcaster(variable, cfg, xgbs, names, ss, train_until, fit_until)
 
 
 def _ewm_mean(x: np.ndarray, halflife: float) -> np.ndarray:
@@ -403,6 +407,10 @@ def nowcast(model: Nowcaster, grid: StationGrid, issue_rows: np.ndarray | None =
                             known[grid.times[i]] = pred[i].copy()
                     for t in [t for t in known if t < grid.times[0]]:
                         del known[t]
+                if h in getattr(model, "fit_until", {}):  # (a model pickled before it was recorded)
+                    # in-sample forecasts would make the trees look skilful and their intervals narrow (in-sample
+                    # RMSE 0.09 against 0.63 held out; p10-p90 covering a third at first): left out of both
+                    pred = np.where(np.asarray(grid.times <= model.fit_until[h])[:, None], np.nan, pred)
             pred = _finish(var, pred)
             pred = np.where(np.isfinite(x_ff), pred, np.nan)
             cands[m][h] = pred
