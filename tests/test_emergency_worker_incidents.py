@@ -117,3 +117,36 @@ def test_a_second_gas_release_within_the_hour_opens_its_own_incident(tmp_path):
     assert ids[0] != ids[1]
     assert [svc.incidents[i].incident.state.value for i in ids] == ["resolved", "resolved"]
     assert [e.state.value for e in svc.incidents[ids[1]].incident.timeline][:2] == ["detected", "dispatched"]
+
+
+def test_a_flood_incident_is_resolved_once_the_alerts_behind_it_clear(tmp_path):
+    """Nothing ever resolved a flood incident: it stayed dispatched for ever (and a longer storm opened another).
+    It is resolved, and its alert cleared, when the rain and drain alerts behind it have all cleared."""
+    from datetime import timedelta
+
+    from schemas.alerts import Alert
+
+    svc = _service(tmp_path)
+    did = next(d.district_id for d in svc.city.districts if d.low_lying)
+    t = pd.Timestamp("2026-11-29T08:00Z").to_pydatetime()
+    common = {"title_zh": "测试", "title_en": "test", "message_zh": "测试", "message_en": "test", "district": did}
+    rain = Alert(alert_id="rain-1", domain="weather", kind="rainstorm_signal", severity="major", level="orange",
+                 dedup_key=f"weather:rainstorm:{did}", raised_at=t, evidence={"observed_at": t.isoformat()}, **common)
+    drain = Alert(alert_id="drain-1", domain="water", kind="drain_rising", severity="major", level="yellow",
+                  dedup_key=f"water:drain:{did}", raised_at=t + timedelta(minutes=20),
+                  evidence={"observed_at": t.isoformat(), "sensor_id": "dl-1", "level_m": 1.4, "rise_m_per_h": 0.5},
+                  **common)
+    opened = _payloads(svc._cross_domain(rain) + svc._cross_domain(drain))  # noqa: SLF001
+    (tr,) = svc.incidents.values()
+    assert any(p.get("kind") == "flood_incident" for _, p in opened) and tr.incident.state.value == "dispatched"
+
+    def cleared(a, minutes):
+        return a.model_copy(update={"alert_id": a.alert_id + "-c", "status": "cleared", "severity": "info",
+                                    "raised_at": t + timedelta(minutes=minutes)})
+
+    assert svc._cross_domain(cleared(rain, 90)) == []  # noqa: SLF001 - the drain is still high
+    assert tr.incident.state.value == "dispatched"
+    over = _payloads(svc._cross_domain(cleared(drain, 120)))  # noqa: SLF001
+    assert [(p["kind"], p["status"]) for _, p in over] == [("flood_incident", "cleared")]
+    first = next(p for _, p in opened if p.get("kind") == "flood_incident")
+    assert over[0][1]["alert_id"] == first["alert_id"] and tr.incident.state.value == "resolved"

@@ -161,6 +161,9 @@ class _Tracked:
     public_location: tuple[float, float] | None = None
     dirty: bool = True
     needs_report: bool = False
+    # a flood incident: the dedup keys of the weather and water alerts behind it still open
+    open_keys: set[str] = field(default_factory=set)
+    district: str | None = None
 
 
 class EmergencyService:
@@ -193,6 +196,7 @@ class EmergencyService:
         self.rain: list[inc_rules.RainNowcast] = []
         self.drains: list[inc_rules.DrainLevel] = []
         self.cross_alert_ids: list[tuple[pd.Timestamp, str, str]] = []  # (time, district, alert id) of the above
+        self.cross_keys: list[tuple[pd.Timestamp, str, str]] = []  # (time, district, dedup key) of the same alerts
         self.fits = 0
         self.last_seen: dict[str, pd.Timestamp] = {}  # sensor -> newest observed_at handled
         # per wearable, the observed_at of its last RECENT_READINGS readings handled (a late one seen before is a
@@ -666,8 +670,10 @@ class EmergencyService:
         return out
 
     def _cross_domain(self, a: Alert) -> list[Output]:
-        if a.domain == "emergency" or a.status == "cleared":
+        if a.domain == "emergency":
             return []
+        if a.status == "cleared":
+            return self._flood_alert_cleared(a)
         t = _ts(a.raised_at)
         kind = a.kind.lower()
         low = [d.district_id for d in self.city.districts if d.low_lying]
@@ -676,6 +682,7 @@ class EmergencyService:
             rate = a.evidence.get("rain_mm_h") or RAIN_MM_H_OF_LEVEL.get(a.level or "", 16.0)
             self.rain += [inc_rules.RainNowcast(t, d, float(rate)) for d in districts]
             self.cross_alert_ids += [(t, d, a.alert_id) for d in districts]
+            self.cross_keys += [(t, d, a.dedup_key) for d in districts]
         elif a.domain == "water" and ("drain" in kind or "flood" in kind):
             lvl = a.evidence.get("level_m")
             rise = a.evidence.get("rise_m_per_h")
@@ -683,12 +690,17 @@ class EmergencyService:
                                                  float(lvl) if lvl is not None else math.nan,
                                                  float(rise) if rise is not None else 0.2) for d in districts]
             self.cross_alert_ids += [(t, d, a.alert_id) for d in districts]
+            self.cross_keys += [(t, d, a.dedup_key) for d in districts]
         else:
             return []
         horizon = t - pd.Timedelta(hours=6)
         self.rain = [r for r in self.rain if r.issued_at >= horizon]
         self.drains = [d for d in self.drains if d.time >= horizon]
         self.cross_alert_ids = [x for x in self.cross_alert_ids if x[0] >= horizon]
+        self.cross_keys = [x for x in self.cross_keys if x[0] >= horizon]
+        for tr in self.incidents.values():  # an open flood incident takes up later alerts of its district too
+            if tr.district is not None and tr.open_keys and tr.district in districts:
+                tr.open_keys.add(a.dedup_key)
         out: list[Output] = []
         for inc in inc_rules.flood_incidents(self.rain, self.drains, self.city):
             if inc.incident_id in self.incidents:
@@ -697,6 +709,8 @@ class EmergencyService:
             tr = self._open(inc, a.alert_id, public=(inc.lat, inc.lon))
             # the weather and water alerts behind it
             tr.related = list(dict.fromkeys(i for _, d, i in self.cross_alert_ids if d == did))
+            tr.open_keys = {k for _, d, k in self.cross_keys if d == did}
+            tr.district = did
             dedup = f"emergency:flood:{did}"
             alert_id = stable_id(dedup, inc.opened_at.isoformat())
             sev = int(inc.severity)
@@ -720,6 +734,32 @@ class EmergencyService:
                 created_at=inc.opened_at, evidence={**evidence, "map_png": tr.map_path})
             out += [alert_output(alert, source=SOURCE), task_output(task, source=SOURCE)]
             self._step(tr, "dispatched", inc.opened_at, f"task {task.task_id}")
+        return out
+
+    def _flood_alert_cleared(self, a: Alert) -> list[Output]:
+        """A weather or water alert behind a flood incident cleared; once all of them have, the incident is resolved
+        and its alert cleared (flood incidents stayed dispatched for ever, and a longer storm opened a second one)."""
+        out: list[Output] = []
+        t = _ts(a.raised_at)
+        for tr in self.incidents.values():
+            if a.dedup_key not in tr.open_keys:
+                continue
+            tr.open_keys.discard(a.dedup_key)
+            if tr.open_keys or tr.incident.state in (inc_rules.IncidentState.RESOLVED, inc_rules.IncidentState.REPORTED):
+                continue
+            self._step(tr, "resolved", t, "the weather and water alerts behind it cleared")
+            dedup = f"emergency:flood:{tr.district}"
+            alert = Alert(
+                alert_id=stable_id(dedup, tr.incident.opened_at.isoformat()), domain="emergency",
+                kind="flood_incident", severity="info", status="cleared",
+                title_zh=f"内涝事件解除：{tr.district}", title_en=f"Flood incident over: {tr.district}",
+                message_zh="降雨预警与排水管位告警均已解除。请确认积水已退、设施恢复后撤除警戒，并补充处置记录。",
+                message_en="The rain and drain alerts behind it have all cleared. Confirm the water has gone and "
+                           "the drains work before lifting the cordons, and complete the incident record.",
+                location=GeoPoint(lat=tr.incident.lat, lon=tr.incident.lon), district=tr.district, dedup_key=dedup,
+                raised_at=t, evidence={"observed_at": t.isoformat(), "incident_id": tr.incident.incident_id,
+                                       "last_cleared": a.alert_id})
+            out.append(alert_output(alert, source=SOURCE))
         return out
 
     # -- incidents --------------------------------------------------------------------------
