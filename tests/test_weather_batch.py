@@ -70,6 +70,31 @@ def test_qc_keeps_rows_and_flags_a_fault(tmp_path):
     assert (q["temp_qc"] == 1).mean() > 0.97
 
 
+def test_qc_judges_each_row_of_a_duplicated_hour_on_its_own_value(tmp_path):
+    """Two rows of one station and hour: the checks ran on the last one and every row took its flag, so 99 °C
+    passed beside 20 °C; and a row with the temperature beside one with only the pressure lost the temperature
+    (flag 9). Now each row's own value has its own gross-range verdict, and the hour is complete."""
+    df = _obs(days=8)
+    t, sid = df.loc[300, "time"], df.loc[300, "station_id"]
+    extra = pd.DataFrame([{**df.loc[300].to_dict(), "temp": 99.0}])  # an impossible reading of the same hour
+    split = df.loc[[301]].copy()
+    split_pres = split.assign(temp=np.nan)  # the hour's pressure in one row ...
+    split_temp = split.assign(pres=np.nan)  # ... its temperature in another
+    both = pd.concat([extra, df.drop(index=[301]), split_pres, split_temp], ignore_index=True)
+    src = tmp_path / "obs.csv"
+    both.to_csv(src, index=False)
+    r = _run("qc", "--observations", str(src), "--out", str(tmp_path / "qc.csv"))
+    assert r.returncode == 0, r.stderr
+    q = pd.read_csv(tmp_path / "qc.csv", dtype={"station_id": str})
+    same = q[(q["time"] == t) & (q["station_id"] == sid)]
+    assert sorted(same["temp_qc"]) == [1, 4], same[["temp", "temp_qc"]]
+    assert same.loc[same["temp"] == 99.0, "temp_qc"].item() == 4
+    t2, s2 = split["time"].item(), split["station_id"].item()
+    rows = q[(q["time"] == t2) & (q["station_id"] == s2)]
+    assert rows.loc[rows["temp"].notna(), "temp_qc"].item() in (1, 2)
+    assert rows.loc[rows["pres"].notna(), "pres_qc"].item() in (1, 2)
+
+
 def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     df = _obs(n=4, days=3)
     cases = {}

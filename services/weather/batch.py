@@ -75,8 +75,10 @@ def nowcast(obs_path: str, variable: str, horizons: str, train_until: str, out_p
 
 def qc(obs_path: str, out_path: str) -> None:
     """CONTRACTS §5: the input rows and columns plus `<variable>_qc` (QARTOD flags) per variable present."""
+    from ioos_qc import qartod
+
     from services.weather.domain.grid import grid_index, to_grid
-    from services.weather.domain.qc import MISSING, qc_grid
+    from services.weather.domain.qc import DEFAULT_QC_CONFIG, FAIL, MISSING, NOT_EVALUATED, SUSPECT, qc_grid
 
     obs = read_observations(obs_path)
     present = [v for v in VARIABLES if v in obs.columns]
@@ -89,7 +91,17 @@ def qc(obs_path: str, out_path: str) -> None:
     for v in present:
         f = res.flags[v][ti, si].astype(int)
         # a duplicate (station, hour) row keeps its own missing flag if its own cell is empty
-        f = np.where(obs[v].isna().to_numpy(), MISSING, f)
+        own = obs[v].to_numpy(dtype=float)
+        f = np.where(np.isnan(own), MISSING, f)
+        # the hour's checks ran on one value per station and hour (the last given): another row of that hour with
+        # a different value (sub-hourly data, a duplicate) gets its own gross-range verdict, else "not evaluated"
+        # (it used to inherit the checked value's flag: 99 °C passed beside a 20 °C row)
+        other = ~np.isnan(own) & ~np.isclose(own, grid.values[v][ti, si])
+        if other.any() and "fail_span" in DEFAULT_QC_CONFIG.get(v, {}):
+            cfg = DEFAULT_QC_CONFIG[v]
+            gr = np.ma.filled(qartod.gross_range_test(np.ma.masked_invalid(own), fail_span=cfg["fail_span"],
+                                                      suspect_span=cfg.get("suspect_span")), MISSING).astype(int)
+            f = np.where(other, np.where(np.isin(gr, (SUSPECT, FAIL)), gr, NOT_EVALUATED), f)
         raw[f"{v}_qc"] = f
     cols = list(raw.columns)
     write_table(raw, out_path, cols)

@@ -32,12 +32,14 @@ class StationGrid:
 def to_grid(obs: pd.DataFrame, variables: list[str] | None = None) -> StationGrid:
     """Long observations (time, station_id, lat, lon, variables…) -> StationGrid.
 
-    Times are floored to the hour; duplicate (hour, station) rows keep the last value.
+    Times are floored to the hour; duplicate (hour, station) rows keep, per variable, the last value given (a row
+    with the temperature and another with the pressure of the same hour make one complete hour).
     """
     variables = [v for v in (variables or VARIABLES) if v in obs.columns]
     df = obs.copy()
     df["time"] = pd.to_datetime(df["time"], utc=True).dt.floor("h")
-    df = df.drop_duplicates(["time", "station_id"], keep="last")
+    if df.duplicated(["time", "station_id"]).any():
+        df = df.groupby(["time", "station_id"], sort=False, as_index=False).last()  # last non-missing per column
     stations = df.groupby("station_id", sort=True)[["lat", "lon"]].first()
     times = pd.date_range(df["time"].min(), df["time"].max(), freq="h")
     t_idx = times.get_indexer(df["time"])
