@@ -45,6 +45,22 @@ class PoisonRecord(Exception):
     """Raised by a handler for one record it cannot process; the record is dead-lettered."""
 
 
+async def open_alerts(pool, domain: str, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """The alerts of `domain` (of `kinds`) still open in the alerts table the notification service keeps, the newest
+    per dedup key: what a service restarting takes up, since its alert state lives in memory and its stream resumes
+    after the committed offsets. Keys: dedup_key, alert_id, kind, level, raised_at, evidence. Empty without a pool."""
+    if pool is None:
+        return []
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT DISTINCT ON (dedup_key) dedup_key, alert_id, kind, level, raised_at, evidence FROM alerts "
+            "WHERE domain = %s AND (%s::text[] IS NULL OR kind = ANY(%s)) AND resolved_at IS NULL "
+            "AND status <> 'cleared' ORDER BY dedup_key, raised_at DESC",
+            (domain, list(kinds) if kinds else None, list(kinds) if kinds else None))
+        cols = [d.name for d in cur.description or []]
+        return [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
+
+
 def stable_id(*parts: Any) -> str:
     """A deterministic id: the same inputs give the same id on a replay."""
     return str(uuid.uuid5(ALERT_NAMESPACE, "|".join(str(p) for p in parts)))

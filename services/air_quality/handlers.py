@@ -49,7 +49,7 @@ from services.air_quality.domain import aqi as aqi_mod
 from services.air_quality.domain.grid import Grid, estimate_grid, make_grid
 from services.air_quality.settings import AirSettings
 from shared.city import City, District, default_city, to_local_xy_m
-from shared.stream import Output, PoisonRecord, alert_output, output, stable_id, task_output
+from shared.stream import Output, PoisonRecord, alert_output, open_alerts, output, stable_id, task_output
 
 logger = logging.getLogger("cityops.air")
 SOURCE = "air-quality"
@@ -249,16 +249,10 @@ class AirService:
         an alert open at a crash is never cleared (its station's AQI falls below `off` with nobody to say so),
         and one still over the limit is raised again under a new id. The open alerts are read from the alerts
         table the notification service keeps. Returns how many were taken up."""
-        if self.pool is None:
-            return 0
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT DISTINCT ON (dedup_key) dedup_key, alert_id, raised_at, evidence FROM alerts "
-                "WHERE domain = 'air' AND kind IN ('aqi_exceedance', 'aqi_forecast_exceedance') "
-                "AND resolved_at IS NULL AND status <> 'cleared' ORDER BY dedup_key, raised_at DESC")
-            rows = await cur.fetchall()
+        rows = await open_alerts(self.pool, "air", ("aqi_exceedance", "aqi_forecast_exceedance"))
         n = 0
-        for key, alert_id, raised_at, ev in rows:
+        for r in rows:
+            key, alert_id, raised_at, ev = r["dedup_key"], r["alert_id"], r["raised_at"], r["evidence"]
             if key in self.episodes:
                 continue
             hysteresis = self.forecast_alert if key.startswith("air:aqi-forecast:") else self.aqi_alert

@@ -50,7 +50,7 @@ from services.water.domain.mnf import night_window, nightly_minimum
 from services.water.domain.network import WaterNetwork, load_network
 from services.water.settings import WaterSettings
 from shared.city import City, District, default_city
-from shared.stream import Output, PoisonRecord, alert_output, stable_id, task_output
+from shared.stream import Output, PoisonRecord, alert_output, open_alerts, stable_id, task_output
 
 logger = logging.getLogger("cityops.water")
 SOURCE = "water"
@@ -619,16 +619,12 @@ class WaterService:
         without this every catchment still over its blue level raised a new warning under a new id, and one at
         orange or red sent its drain crew a second task; one that had fallen back was never lifted. The open
         warnings are read from the alerts table the notification service keeps. Returns how many."""
-        if self.pool is None or not self.catchments:
+        if not self.catchments:
             return 0
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT DISTINCT ON (dedup_key) dedup_key, alert_id, level, evidence FROM alerts WHERE domain = "
-                "'water' AND kind = 'flood_risk' AND resolved_at IS NULL AND status <> 'cleared' "
-                "ORDER BY dedup_key, raised_at DESC")
-            rows = await cur.fetchall()
+        rows = await open_alerts(self.pool, "water", ("flood_risk",))
         n = 0
-        for _key, alert_id, level, ev in rows:
+        for r in rows:
+            alert_id, level, ev = r["alert_id"], r["level"], r["evidence"]
             st = self.catchments.get(str(ev.get("catchment_id")))
             if st is None or st.alert_id is not None or level not in flood.GRADES:
                 continue

@@ -44,7 +44,7 @@ from schemas.alerts import Alert, GeoPoint
 from schemas.products import Bulletin, StationForecast
 from services.weather.domain.grid import StationGrid
 from services.weather.domain.signals import SIGNAL_ZH, SignalBoard, rainstorm_index
-from shared.stream import Output, PoisonRecord, alert_output, output, stable_id
+from shared.stream import Output, PoisonRecord, alert_output, open_alerts, output, stable_id
 
 logger = logging.getLogger("cityops.weather")
 SOURCE = "weather-service"
@@ -306,16 +306,10 @@ class WeatherService:
         say none is in force), and a signal that worsens is raised anew, which the notification service folds into
         the open alert as a repeat, so the upgrade reaches nobody. Read from the alerts table the notification
         service keeps. Returns how many were taken up."""
-        if self.pool is None:
-            return 0
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT DISTINCT ON (dedup_key) dedup_key, kind, level, raised_at, evidence FROM alerts "
-                "WHERE domain = 'weather' AND resolved_at IS NULL AND status <> 'cleared' "
-                "ORDER BY dedup_key, raised_at")
-            rows = await cur.fetchall()
+        rows = await open_alerts(self.pool, "weather")
         n = 0
-        for dedup, kind, level, raised_at, ev in rows:
+        for r in rows:
+            dedup, kind, level, raised_at, ev = r["dedup_key"], r["kind"], r["level"], r["raised_at"], r["evidence"]
             start = pd.Timestamp(raised_at).tz_convert("UTC")
             if kind == "sensor_fault" and ev.get("sensor_id") and ev.get("quantity"):
                 key = (str(ev["sensor_id"]), str(ev["quantity"]))
