@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
@@ -333,3 +334,62 @@ async def test_overdue_task_escalates_to_dispatch(env):
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+async def test_a_task_update_kafka_refused_is_published_later_from_the_outbox(env):
+    """Task status updates were published after the offset commit: a Kafka timeout (or a crash) there lost them for
+    good, the inbox having claimed their event. They are now written to an outbox in the change's transaction and
+    published from it: refused once, the update is still pending, and the next round publishes it, once."""
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas.tasks import FieldTaskUpdate
+
+    svc = env["svc"]
+    task_id = f"task-{secrets.token_hex(4)}"
+    update = FieldTaskUpdate(task_id=task_id, status="assigned", assignee="w-li", at=datetime.now(UTC))
+    async with svc.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        from shared.notify import repository
+
+        await repository.add_to_outbox(cur, svc._outbox_rows([update]))  # noqa: SLF001
+    real = svc.producer.send_and_wait
+    calls = []
+
+    async def refuse(*a, **kw):
+        calls.append(a)
+        raise TimeoutError("Kafka did not answer")
+
+    svc.producer.send_and_wait = refuse
+    try:
+        # (the service's own timers publish the outbox too: whichever round tried first was refused)
+        await svc.publish_outbox()
+        await async_wait_for(lambda: _async_true(calls), 10, what="a refused publish")
+        pending = _rows(env["db_url"], "SELECT count(*) FROM notify_outbox WHERE published_at IS NULL AND "
+                        "convert_from(key, 'UTF8') = %s", task_id)[0][0]
+        assert pending == 1
+    finally:
+        svc.producer.send_and_wait = real
+
+    async def published():
+        n = _rows(env["db_url"], "SELECT count(*) FROM notify_outbox WHERE published_at IS NOT NULL AND "
+                  "convert_from(key, 'UTF8') = %s", task_id)[0][0]
+        return n or (await svc.publish_outbox() and None)
+
+    await async_wait_for(published, 30, what="the update published from the outbox")
+    consumer = AIOKafkaConsumer(env["topics"]["updates"], bootstrap_servers=svc.s.kafka_bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        got = []
+        deadline = asyncio.get_running_loop().time() + 20
+        while asyncio.get_running_loop().time() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
+                got += [json.loads(r.value) for r in recs if r.key == task_id.encode()]
+            if got:
+                break
+    finally:
+        await consumer.stop()
+    assert len(got) == 1 and got[0]["payload"]["status"] == "assigned" and got[0]["event_id"].startswith("task-update-")
+
+
+async def _async_true(x):
+    return x or None

@@ -305,7 +305,8 @@ class NotifyService:
                 await consumer.commit()  # only now: the batch's effects are committed
                 if fresh:
                     self.queue.put_nowait(fresh)
-                await self._publish_updates(updates)
+                if updates:
+                    await self.publish_outbox()
                 LATENCY.labels(SERVICE, "consume_batch").observe(time.perf_counter() - t0)
         finally:
             await consumer.stop()
@@ -361,6 +362,7 @@ class NotifyService:
             for event_id, task in tasks:
                 updates += await self._apply_task(cur, event_id, task, planner)
             inserted = await repository.insert_deliveries(cur, planner.rows)
+            await repository.add_to_outbox(cur, self._outbox_rows(updates))
         MESSAGES.labels(SERVICE, "consume", "alerts").inc(len(alerts))
         MESSAGES.labels(SERVICE, "consume", "tasks").inc(len(tasks))
         MESSAGES.labels(SERVICE, "consume", "duplicates").inc(
@@ -740,6 +742,7 @@ class NotifyService:
                         )
                     )
                 inserted = await repository.insert_deliveries(cur, planner.rows)
+                await repository.add_to_outbox(cur, self._outbox_rows(updates))
                 if role in ("dispatcher", "admin") and new in ("assigned", "cancelled", "done"):
                     await repository.audit(
                         cur,
@@ -754,15 +757,37 @@ class NotifyService:
             fresh = [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted]
             if fresh:
                 self.queue.put_nowait(fresh)
-            await self._publish_updates(updates)
+            if updates:
+                await self.publish_outbox()
             out = await repository.get_task(conn, task_id)
             assert out is not None
             return out
 
-    async def _publish_updates(self, updates: list[FieldTaskUpdate]) -> None:
+    def _outbox_rows(self, updates: list[FieldTaskUpdate]) -> list[tuple[str, str, bytes, bytes]]:
+        """Task status updates as outbox records, each under an event id of its content (a republish is the same
+        event to a consumer)."""
+        rows = []
         for u in updates:
-            value = kafka.encode(kafka.envelope("field_task_update", SERVICE, u, occurred_at=u.at))
-            await self.producer.send_and_wait(self.s.notify_task_updates_topic, value, key=u.task_id.encode())
+            digest = hashlib.sha256(u.model_dump_json().encode()).hexdigest()[:32]
+            event_id = f"task-update-{digest}"
+            value = kafka.encode(kafka.envelope("field_task_update", SERVICE, u, occurred_at=u.at, event_id=event_id))
+            rows.append((event_id, self.s.notify_task_updates_topic, u.task_id.encode(), value))
+        return rows
+
+    async def publish_outbox(self) -> int:
+        """Publish the task updates committed but not yet on Kafka (right after each change, and from the timers
+        for any a crash or a Kafka timeout left behind). Returns how many were published."""
+        published: list[str] = []
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            rows = await repository.pending_outbox(cur)
+            try:
+                for event_id, topic, key, value in rows:
+                    await self.producer.send_and_wait(topic, value, key=key)
+                    published.append(event_id)
+            except Exception as exc:  # noqa: BLE001 - the rest stay in the outbox for the next round
+                logger.warning("task updates left in the outbox: %s", exc)
+            await repository.mark_published(cur, published)
+        return len(published)
 
     # sending ----------------------------------------------------------------------------------
     async def dispatch_fresh(self, stop: asyncio.Event) -> None:
@@ -912,6 +937,7 @@ class NotifyService:
     async def timers(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.run_timers_once()
+            await self.publish_outbox()
             try:
                 await asyncio.wait_for(stop.wait(), self.s.notify_poll_s)
             except TimeoutError:

@@ -630,3 +630,25 @@ async def insert_dead_letter(cur: psycopg.AsyncCursor, env: dict) -> None:
             base64.b64decode(p["original_b64"]),
         ),
     )
+
+
+# outbox -----------------------------------------------------------------------------------------
+async def add_to_outbox(cur: psycopg.AsyncCursor, rows: list[tuple[str, str, bytes, bytes]]) -> None:
+    """(event_id, topic, key, value) records to publish once the caller's transaction commits."""
+    if rows:
+        await cur.executemany(
+            "INSERT INTO notify_outbox (event_id, topic, key, value) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (event_id) DO NOTHING", rows)
+
+
+async def pending_outbox(cur: psycopg.AsyncCursor, limit: int = 500) -> list[tuple[str, str, bytes, bytes]]:
+    """Unpublished outbox records, oldest first, locked for the caller's transaction (one publisher each)."""
+    await cur.execute(
+        "SELECT event_id, topic, key, value FROM notify_outbox WHERE published_at IS NULL ORDER BY created_at "
+        "LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))
+    return [(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in await cur.fetchall()]
+
+
+async def mark_published(cur: psycopg.AsyncCursor, event_ids: list[str]) -> None:
+    if event_ids:
+        await cur.execute("UPDATE notify_outbox SET published_at = now() WHERE event_id = ANY(%s)", (event_ids,))
