@@ -477,6 +477,42 @@ async def test_an_update_of_a_resolved_alert_pages_nobody_again(env, service):
     assert _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", first.alert_id)[0][0] == n0
 
 
+async def test_a_delivery_whose_lease_ran_low_is_sent_only_by_whoever_holds_it(env, service):
+    """A new delivery waiting for a free sender past its 60 s lease can be claimed again by the retry loop, which
+    sends it too: twice to e-mail and MQTT, which do not deduplicate. Before sending, a row near the end of its
+    lease is re-leased only if nobody took it meanwhile; one the retry loop re-leased is left to it."""
+    from psycopg.rows import dict_row
+
+    key = f"air:lease:{secrets.token_hex(3)}"
+    alert = _alert("air", key, severity="critical")
+    await _publish(env, alert)
+
+    async def sent():
+        r = _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s AND status = 'sent'",
+                  alert.alert_id)[0][0]
+        return r if r >= 2 else None
+
+    await async_wait_for(sent, 60, what="the alert's deliveries sent")
+    with psycopg.connect(env["db_url"], row_factory=dict_row) as c:
+        a, b = c.execute("SELECT delivery_id FROM deliveries WHERE subject_id = %s ORDER BY delivery_id LIMIT 2",
+                         (alert.alert_id,)).fetchall()
+        # both "sending" with 5 s of lease left as this sender holds them; b was meanwhile re-leased by the retry loop
+        c.execute("UPDATE deliveries SET status = 'sending', next_attempt_at = now() + interval '5 seconds' "
+                  "WHERE delivery_id = ANY(%s)", ([a["delivery_id"], b["delivery_id"]],))
+        rows = c.execute("SELECT * FROM deliveries WHERE delivery_id = ANY(%s) ORDER BY delivery_id",
+                         ([a["delivery_id"], b["delivery_id"]],)).fetchall()
+        c.execute("UPDATE deliveries SET next_attempt_at = now() + interval '60 seconds' WHERE delivery_id = %s",
+                  (b["delivery_id"],))
+    kept = await service.svc._still_ours([dict(r) for r in rows])  # noqa: SLF001
+    assert [r["delivery_id"] for r in kept] == [a["delivery_id"]]
+    lease = _rows(env["db_url"], "SELECT next_attempt_at - now() FROM deliveries WHERE delivery_id = %s",
+                  a["delivery_id"])[0][0]
+    assert lease > timedelta(seconds=30)  # renewed for the send
+    with psycopg.connect(env["db_url"]) as c:  # leave them as sent, for the tests after this one
+        c.execute("UPDATE deliveries SET status = 'sent', next_attempt_at = NULL WHERE delivery_id = ANY(%s)",
+                  ([a["delivery_id"], b["delivery_id"]],))
+
+
 async def test_an_updated_alert_refines_the_stored_one_without_notifying_again(env, service):
     """A leak alarm first, its candidate pipes an update later: the console shows the refinement, nobody is
     paged twice."""

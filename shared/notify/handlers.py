@@ -835,6 +835,9 @@ class NotifyService:
 
     async def _send_group(self, group: list[dict]) -> None:
         try:
+            group = await self._still_ours(group)
+            if not group:
+                return
             lead = group[0]
             msgs = [
                 r["message"] if isinstance(r["message"], dict) else json.loads(r["message"]) for r in group
@@ -887,6 +890,25 @@ class NotifyService:
                 self.results.append((r["delivery_id"], status, err, nxt, sent, into))
         finally:
             self.sem.release()
+
+    async def _still_ours(self, group: list[dict]) -> list[dict]:
+        """The rows of a group whose lease is still ours. A row that waited for a free sender until its lease nearly
+        ran out may have been claimed again by the retry loop (dispatch_due), which sends it too: such rows are
+        re-leased if no one took them meanwhile, and dropped if someone did. Rows well within their lease go on
+        without a database round trip."""
+        margin = timedelta(seconds=min(10.0, self.s.notify_lease_s / 4))
+        now = _now()
+        late = [r for r in group if r.get("status") == "sending" and isinstance(r.get("next_attempt_at"), datetime)
+                and r["next_attempt_at"] - now < margin]
+        if not late:
+            return group
+        async with self.db.connection() as conn:
+            kept = await repository.keep_leases(conn, [(r["delivery_id"], r["next_attempt_at"]) for r in late],
+                                                self.s.notify_lease_s)
+        lost = {r["delivery_id"] for r in late} - kept
+        if lost:
+            logger.info("deliveries re-leased by the retry loop are left to it", extra={"fields": {"n": len(lost)}})
+        return [r for r in group if r["delivery_id"] not in lost]
 
     async def _dead_letter(self, row: dict, reason: str) -> None:
         """A delivery given up: to the dead-letter topic and table (the deliveries row keeps it too)."""

@@ -652,3 +652,20 @@ async def pending_outbox(cur: psycopg.AsyncCursor, limit: int = 500) -> list[tup
 async def mark_published(cur: psycopg.AsyncCursor, event_ids: list[str]) -> None:
     if event_ids:
         await cur.execute("UPDATE notify_outbox SET published_at = now() WHERE event_id = ANY(%s)", (event_ids,))
+
+
+async def keep_leases(conn: psycopg.AsyncConnection, held: list[tuple[str, datetime]], lease_s: float) -> set[str]:
+    """Renew the leases of deliveries about to be sent that waited long; (delivery_id, next_attempt_at as held).
+    Returns the ids still ours: a row the retry loop re-leased meanwhile (its next_attempt_at changed) is its to
+    send, and sending it here too would send it twice."""
+    if not held:
+        return set()
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => %s) "
+            "FROM unnest(%s::text[], %s::timestamptz[]) AS h(id, held) "
+            "WHERE d.delivery_id = h.id AND d.next_attempt_at = h.held AND d.status = 'sending' "
+            "RETURNING d.delivery_id",
+            (lease_s, [h[0] for h in held], [h[1] for h in held]),
+        )
+        return {r[0] for r in await cur.fetchall()}
