@@ -50,6 +50,7 @@ from services.air_quality.domain.grid import Grid, estimate_grid, make_grid
 from services.air_quality.settings import AirSettings
 from shared.city import City, District, default_city, to_local_xy_m
 from shared.stream import Output, PoisonRecord, alert_output, open_alerts, output, stable_id, task_output
+from shared.units import UnitError, convert
 
 logger = logging.getLogger("cityops.air")
 SOURCE = "air-quality"
@@ -309,8 +310,11 @@ class AirService:
         if st is None:
             st = self.stations[o.sensor_id] = _Station(o.sensor_id, o.lat, o.lon, o.district)
         co = o.values.get("co")
-        if "co" in vals and co is not None and co.unit.replace("µ", "u").replace("³", "3") == "ug/m3":
-            vals = {**vals, "co": vals["co"] / 1000.0}  # HJ 633 rates CO in mg/m³
+        if "co" in vals and co is not None:
+            try:  # HJ 633 rates CO in mg/m³
+                vals = {**vals, "co": convert(vals["co"], co.unit, "mg/m3")}
+            except UnitError:  # a unit the project cannot read: no CO sub-index rather than a wrong one
+                vals = {k: v for k, v in vals.items() if k != "co"}
         st.hours[t] = vals
         keep = t - pd.Timedelta(hours=self.s.air_history_h)
         for old in [h for h in st.hours if h < keep]:
