@@ -54,6 +54,11 @@ class City:
                 return d.district_id
         return None
 
+    def centre_of(self, district_id: str | None) -> tuple[float, float] | None:
+        """(lat, lon) of a district's centre; None for no district or one this city does not have."""
+        d = next((d for d in self.districts if d.district_id == district_id), None) if district_id else None
+        return d.centre if d is not None else None
+
     def district(self, district_id: str) -> District:
         for d in self.districts:
             if d.district_id == district_id:

@@ -526,7 +526,7 @@ class EmergencyService:
         zone = next((z for z in self.zones if z.zone_id in a.zone_ids), None)
         # the public incident (its message, report and map, served without a login) shows the zone or else the
         # district, never the worker's own position: that goes only to the crew's task on the internal topic
-        public = ((zone.polygon.centroid.y, zone.polygon.centroid.x) if zone else self._district_centre(district)
+        public = ((zone.polygon.centroid.y, zone.polygon.centroid.x) if zone else self.city.centre_of(district)
                   or (self.city.centre_lat, self.city.centre_lon))
         inc = dataclasses.replace(inc, lat=public[0], lon=public[1])  # the stored incident too
         tr = self._open(inc, alert_id, public=public, points=[])
@@ -551,12 +551,6 @@ class EmergencyService:
                       "position_known": known})
         self._step(tr, "dispatched", a.time, f"task {task.task_id}")
         return [task_output(task, source=SOURCE)]
-
-    def _district_centre(self, district: str | None) -> tuple[float, float] | None:
-        try:
-            return self.city.district(district).centre if district else None
-        except KeyError:
-            return None
 
     def _worker_cleared(self, kind: str, ep: _Episode, pid: str, district: str | None, t: pd.Timestamp) -> Output:
         zh, en, _ = ALERT_NAMES[kind]

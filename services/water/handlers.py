@@ -734,8 +734,7 @@ class WaterService:
     def _flood_alert(self, st: CatchmentState, risk: flood.FloodRisk, rise: float, status: str) -> list[Output]:
         c, t = st.c, _ts(risk.at)
         dedup = f"water:flood:{c.catchment_id}"
-        lat, lon = self.city.district(c.district).centre if c.district and self._has_district(c.district) \
-            else (self.city.centre_lat, self.city.centre_lon)
+        lat, lon = self.city.centre_of(c.district) or (self.city.centre_lat, self.city.centre_lon)
         evidence = {"observed_at": t.isoformat(), "catchment_id": c.catchment_id, "grade": risk.grade,
                     "level_m": round(risk.level_m, 3), "projected_peak_m": round(risk.projected_peak_m, 3),
                     "lead_time_h": risk.lead_time_h, "rain_last_h_mm": round(risk.rain_last_h_mm, 2),
@@ -779,9 +778,6 @@ class WaterService:
                 due_at=t + pd.Timedelta(hours=1), related_alert_id=st.alert_id, created_at=t, evidence=evidence)
             out.append(task_output(task, source=SOURCE))
         return out
-
-    def _has_district(self, did: str) -> bool:
-        return any(d.district_id == did for d in self.city.districts)
 
     # ---- read side for the endpoints ------------------------------------------------------
     def flood_risk(self) -> list[dict[str, Any]]:
