@@ -436,3 +436,65 @@ async def test_a_restart_takes_up_the_open_flood_warnings(stack_env, db_url, tmp
         assert [(x["status"], x["alert_id"]) for x in lifted] == [("cleared", f"flood-{cids[1]}")]
     finally:
         await pool.close()
+
+
+@pytest.mark.stack
+async def test_a_restart_takes_up_open_leak_alerts_instead_of_alarming_again(stack_env, db_url, tmp_path):
+    """A leak open at a crash was alarmed again by the refitted monitor hours later under a new id, and a confirmed
+    one sent a second repair crew. At start-up the open leak alerts are read back: the monitor's new alarm on a
+    confirmed leak's DMA becomes that leak's update (same alert id, no second task); an alarm not yet localised goes
+    on under its own id, or is withdrawn when a localisation window of data passes without the monitor alarming."""
+    from types import SimpleNamespace
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.water.domain.detection import LeakEvent
+    from services.water.domain.localisation import LeakCandidate
+    from services.water.handlers import WaterService
+    from services.water.settings import WaterSettings
+
+    _, _, _, config = _scenario()
+    t0 = START + pd.Timedelta(hours=4)
+    dma_a, dma_b = f"dma-a-{TAG}", f"dma-b-{TAG}"
+    confirmed = {"leak_id": f"leak-{dma_a}-1", "detected_at": t0.isoformat(), "dma": dma_a, "estimated_flow_m3h": 42.0,
+                 "candidates": [{"rank": 1, "pipe_id": "101", "flow_m3h": 42.0}], "updates": 0}
+    with psycopg.connect(db_url) as c:
+        for aid, dma, ev in ((f"leak-alert-a-{TAG}", dma_a, confirmed),
+                             (f"leak-alert-b-{TAG}", dma_b, {"detected_at": t0.isoformat(), "dma": dma_b})):
+            c.execute(
+                "INSERT INTO alerts (alert_id, domain, kind, severity, status, title_zh, title_en, message_zh,"
+                " message_en, dedup_key, raised_at, evidence) VALUES (%s, 'water', 'leak', 'major', 'raised',"
+                " 't', 't', 'm', 'm', %s, %s, %s)", (aid, f"water:leak:{dma}", t0.to_pydatetime(), json.dumps(ev)))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        s = WaterSettings(db_url=db_url, kafka_bootstrap="unused:9092", state_dir=tmp_path)
+        svc = WaterService(s, pool, config=config)
+        svc.catchments = {}
+        assert await svc.restore_open_alerts() == 2
+        svc._episode_dma = lambda ev: ev.dma  # noqa: SLF001 - the test's DMAs are not the network's
+        t1 = t0 + pd.Timedelta(hours=9)
+        assert svc._leak_alarm(LeakEvent("m1", t1, "water_balance", dma_a)) == []  # noqa: SLF001
+        pipe = next(iter(svc.net.link_nodes))
+        found = LeakEvent("m1", t1, "water_balance", dma_a, [LeakCandidate(pipe, 0.8, 40.0, 0.0)], 40.0,
+                          localised_at=t1 + pd.Timedelta(hours=6))
+        out = [json.loads(o.value)["payload"] | {"_topic": o.topic} for o in await svc._leak(found)]  # noqa: SLF001
+        assert [(o["_topic"], o["alert_id"], o["status"]) for o in out] == [
+            ("cityops.alerts.v1", f"leak-alert-a-{TAG}", "updated")], out
+        assert out[0]["evidence"]["leak_id"] == confirmed["leak_id"]
+
+        again = svc._leak_alarm(LeakEvent("m2", t1, "water_balance", dma_b))  # noqa: SLF001
+        first = json.loads(again[0].value)["payload"]
+        assert (first["alert_id"], first["status"]) == (f"leak-alert-b-{TAG}", "updated")
+
+        svc2 = WaterService(s, pool, config=config)
+        svc2.catchments = {}
+        assert await svc2.restore_open_alerts() == 2
+        svc2.monitor = SimpleNamespace(step=pd.Timedelta(minutes=15), localise_steps=24 * 4)
+        assert svc2._expire_restored_alarms(t1) == []  # noqa: SLF001 - the first data after the restart
+        assert svc2._expire_restored_alarms(t1 + pd.Timedelta(hours=23)) == []  # noqa: SLF001
+        gone = [json.loads(o.value)["payload"] for o in svc2._expire_restored_alarms(t1 + pd.Timedelta(hours=24))]  # noqa: SLF001
+        assert [(g["alert_id"], g["status"]) for g in gone] == [(f"leak-alert-b-{TAG}", "cleared")]
+        assert "No crew" in gone[0]["message_en"] and "无需派单" in gone[0]["message_zh"]
+    finally:
+        await pool.close()

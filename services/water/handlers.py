@@ -197,6 +197,13 @@ class WaterService:
         self.history: pd.DataFrame | None = None
         self.leaks: dict[str, LeakRecord] = {}
         self.leak_by_monitor_id: dict[str, str] = {}
+        # leak alerts open at a restart (restore_open_alerts): a confirmed leak's record waits in `leaks` for the
+        # refitted monitor to alarm on it again (restored_leaks: its leak ids); an alarm not yet localised waits here
+        # (dedup key -> alert id, detected_at) until the monitor alarms again in its DMA or a localisation window of
+        # stream time has passed without that
+        self.restored_leaks: set[str] = set()
+        self.restored_alarms: dict[str, tuple[str, pd.Timestamp]] = {}
+        self.restored_since: pd.Timestamp | None = None
         self.announced: dict[pd.Timestamp, tuple[str, str]] = {}
         self.night_flow: dict[str, dict[str, float]] = {}
         self.balance: list[tuple[pd.Timestamp, float]] = []
@@ -421,6 +428,8 @@ class WaterService:
                 out += self._leak_alarm(alarm)
         for ev in events:
             out += await self._leak(ev) if ev.confirmed else self._leak_withdrawn(ev)
+        if len(wide):
+            out += self._expire_restored_alarms(wide.index[-1])
         return out
 
     def _watch_balance(self, wide: pd.DataFrame, known: list) -> None:
@@ -465,11 +474,22 @@ class WaterService:
 
     def _leak_alarm(self, ev: detection.LeakEvent) -> list[Output]:
         """The alarm, at once, with the candidates the alarm's own hours point to (a notification service keeps
-        an alert's first version; the refined candidates follow in an update, the leaks table and the repair task)."""
+        an alert's first version; the refined candidates follow in an update, the leaks table and the repair task).
+
+        After a restart the refitted monitor alarms again on a leak whose alert is still open: a confirmed leak of
+        the DMA takes the alarm up silently (its localisation updates that leak), an alarm open at the crash goes
+        on under its own id (an update, not a second alert)."""
         t = _ts(ev.detected_at)
         dma = self._episode_dma(ev)
         dedup = f"water:leak:{dma}"
-        alert_id = stable_id(dedup, t.isoformat())
+        waiting = [lid for lid in sorted(self.restored_leaks) if self.leaks[lid].dedup_key == dedup]
+        if waiting:
+            self.announced[t] = (dedup, self.leaks[waiting[0]].alert_id)
+            logger.info("leak alarm after a restart is the open leak %s again", waiting[0],
+                        extra={"fields": {"leak_id": waiting[0], "detected_at": t.isoformat()}})
+            return []
+        resumed = self.restored_alarms.pop(dedup, None)
+        alert_id = resumed[0] if resumed else stable_id(dedup, t.isoformat())
         self.announced[t] = (dedup, alert_id)
         cands = _candidate_dicts(ev)
         flow = float(ev.flow_m3h) if ev.flow_m3h == ev.flow_m3h else None
@@ -486,14 +506,14 @@ class WaterService:
         else:
             lat, lon = self.city.centre_lat, self.city.centre_lon
             near_zh = near_en = ""
-        alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="major", status="raised",
+        alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="major",
                       title_zh=f"管网疑似漏损：{dma}", title_en=f"Suspected water leak in {dma}",
                       message_zh=f"【漏损告警】{t:%m-%d %H:%M} 起{dma}供水量或压力异常（依据：{ev.statistic}）{near_zh}，"
                                  "正在精确定位，请做好听漏准备。",
                       message_en=f"[Leak alert] {dma}: supply or pressure abnormal from {t:%m-%d %H:%M} (evidence: "
                                  f"{ev.statistic}){near_en}; locating more precisely - get a leak survey crew ready.",
                       location=GeoPoint(lat=lat, lon=lon), district=self.city.district_of(lat, lon) if ev.pipe_id else None,
-                      dedup_key=dedup, raised_at=t, evidence=evidence)
+                      dedup_key=dedup, raised_at=t, evidence=evidence, status="updated" if resumed else "raised")
         return [alert_output(alert, source=SOURCE)]
 
     def _leak_dedup(self, ev: detection.LeakEvent) -> str:
@@ -501,11 +521,16 @@ class WaterService:
         announced = self.announced.get(_ts(ev.detected_at))
         return announced[0] if announced else f"water:leak:{self._episode_dma(ev)}"
 
+    def _alarm_id(self, ev: detection.LeakEvent, dedup: str) -> str:
+        """The id the alarm went out under (_leak_alarm), or the one it would have had."""
+        announced = self.announced.get(_ts(ev.detected_at))
+        return announced[1] if announced else stable_id(dedup, _ts(ev.detected_at).isoformat())
+
     def _leak_withdrawn(self, ev: detection.LeakEvent) -> list[Output]:
         """The alarm is cleared: over its localisation window the water balance did not rise (no repair task)."""
         t = _ts(ev.localised_at or ev.detected_at)
         dedup = self._leak_dedup(ev)
-        alert_id = stable_id(dedup, _ts(ev.detected_at).isoformat())  # the alarm's own id (_leak_alarm)
+        alert_id = self._alarm_id(ev, dedup)
         limit = self.monitor.confirm_threshold_m3h if self.monitor else None
         rise = float(ev.flow_m3h)
         open_leaks = [rec.leak_id for rec in self.leaks.values() if rec.dedup_key == dedup]
@@ -555,10 +580,14 @@ class WaterService:
     async def _leak(self, ev: detection.LeakEvent) -> list[Output]:
         t = _ts(ev.localised_at or ev.detected_at)
         known = self.leak_by_monitor_id.get(ev.leak_id)
-        leak_id = known or f"leak-{ev.dma}-{_ts(ev.detected_at):%Y%m%dT%H%M}"
         announced = self.announced.get(_ts(ev.detected_at))
         dedup = self._leak_dedup(ev)
-        alert_id = self.leaks[known].alert_id if known else stable_id(dedup, _ts(ev.detected_at).isoformat())
+        if known is None:
+            # a leak open at a restart that the refitted monitor found again: its update, not a second leak and crew
+            known = next((lid for lid in sorted(self.restored_leaks) if self.leaks[lid].dedup_key == dedup), None)
+            self.restored_leaks.discard(known)
+        leak_id = known or f"leak-{ev.dma}-{_ts(ev.detected_at):%Y%m%dT%H%M}"
+        alert_id = self.leaks[known].alert_id if known else self._alarm_id(ev, dedup)
         self.leak_by_monitor_id[ev.leak_id] = leak_id
         map_path = self.s.water_state_dir / "maps" / f"{leak_id}.png"
         map_path.parent.mkdir(parents=True, exist_ok=True)
@@ -611,18 +640,71 @@ class WaterService:
         logger.info("leak", extra={"fields": {"leak_id": leak_id, "pipe": ev.pipe_id, "updated": bool(known)}})
         return out
 
+    def _take_up_leaks(self, rows: list[dict[str, Any]]) -> int:
+        """Open leak alerts after a restart (see _leak_alarm): a confirmed leak (it has a leak id: candidates went
+        out, a crew was sent) becomes a leak record again, an alarm not yet localised waits for the monitor."""
+        n = 0
+        for r in rows:
+            ev, dedup = r["evidence"] or {}, r["dedup_key"]
+            detected = _ts(ev.get("detected_at") or r["raised_at"])
+            if ev.get("leak_id"):
+                flow = ev.get("estimated_flow_m3h")
+                self.leaks[ev["leak_id"]] = LeakRecord(
+                    ev["leak_id"], r["alert_id"], str(ev.get("dma") or dedup.rsplit(":", 1)[-1]), detected,
+                    list(ev.get("candidates") or []), float(flow) if flow is not None else None, ev.get("map_png"),
+                    int(ev.get("updates") or 0), dedup)
+                self.restored_leaks.add(ev["leak_id"])
+            else:
+                self.restored_alarms[dedup] = (r["alert_id"], detected)
+            n += 1
+        return n
+
+    def _expire_restored_alarms(self, now: pd.Timestamp) -> list[Output]:
+        """An alarm open at a restart that the refitted monitor has not alarmed on again within a localisation window
+        of stream time is withdrawn (its window closed unseen, and the leak statistic has not crossed again since)."""
+        if not self.restored_alarms:
+            return []
+        if self.restored_since is None:
+            self.restored_since = now
+            return []
+        window = self.monitor.step * self.monitor.localise_steps if self.monitor else pd.Timedelta(hours=24)
+        if now - self.restored_since < window:
+            return []
+        out: list[Output] = []
+        for dedup, (alert_id, detected) in sorted(self.restored_alarms.items()):
+            dma = dedup.rsplit(":", 1)[-1]
+            hours = window / pd.Timedelta(hours=1)
+            alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="info", status="cleared",
+                          title_zh=f"漏损告警解除：{dma}", title_en=f"Leak alarm withdrawn: {dma}",
+                          message_zh=f"{detected:%m-%d %H:%M} 的漏损告警解除：服务重启后连续 {hours:.0f} 小时的数据"
+                                     "未再出现漏损信号，无需派单。",
+                          message_en=f"The leak alarm of {detected:%m-%d %H:%M} is withdrawn: {hours:.0f} h of data "
+                                     "since the service restarted show no leak signal. No crew needed.",
+                          location=GeoPoint(lat=self.city.centre_lat, lon=self.city.centre_lon), district=None,
+                          dedup_key=dedup, raised_at=now, evidence={"observed_at": now.isoformat(),
+                                                                    "detected_at": detected.isoformat(), "dma": dma,
+                                                                    "reason": "not seen again after a restart"})
+            out.append(alert_output(alert, source=SOURCE))
+            logger.info("leak alarm open at the restart withdrawn", extra={"fields": {"alert_id": alert_id}})
+        self.restored_alarms.clear()
+        return out
+
     # ---- flood -----------------------------------------------------------------------------
     async def restore_open_alerts(self) -> int:
-        """After a restart: take up the flood warnings this service raised that are still open.
+        """After a restart: take up the leak alerts and flood warnings this service raised that are still open.
 
         A catchment's warning episode lives in memory and the stream resumes from its committed offsets, so
         without this every catchment still over its blue level raised a new warning under a new id, and one at
-        orange or red sent its drain crew a second task; one that had fallen back was never lifted. The open
-        warnings are read from the alerts table the notification service keeps. Returns how many."""
+        orange or red sent its drain crew a second task; one that had fallen back was never lifted. Likewise a
+        leak open at the crash was alarmed again by the refitted monitor under a new id, with a second crew.
+        The open alerts are read from the alerts table the notification service keeps. Returns how many."""
+        n = self._take_up_leaks(await open_alerts(self.pool, "water", ("leak",)))
+        if n:
+            logger.info("took up %d open leak alert(s) after a restart", n)
         if not self.catchments:
-            return 0
+            return n
         rows = await open_alerts(self.pool, "water", ("flood_risk",))
-        n = 0
+        floods = 0
         for r in rows:
             alert_id, level, ev = r["alert_id"], r["level"], r["evidence"]
             st = self.catchments.get(str(ev.get("catchment_id")))
@@ -632,10 +714,10 @@ class WaterService:
             st.episode_start = _ts(ev["episode_start"]) if ev.get("episode_start") else None
             # the crew task goes out when a warning first reaches orange (see _flood_alert)
             st.task_sent = flood.GRADES.index(level) >= flood.GRADES.index("orange")
-            n += 1
-        if n:
-            logger.info("took up %d open flood warning(s) after a restart", n)
-        return n
+            floods += 1
+        if floods:
+            logger.info("took up %d open flood warning(s) after a restart", floods)
+        return n + floods
 
     def _rain_series(self, st: CatchmentState, until: pd.Timestamp) -> pd.Series:
         rain = st.rain
