@@ -150,3 +150,35 @@ def test_a_flood_incident_is_resolved_once_the_alerts_behind_it_clear(tmp_path):
     assert [(p["kind"], p["status"]) for _, p in over] == [("flood_incident", "cleared")]
     first = next(p for _, p in opened if p.get("kind") == "flood_incident")
     assert over[0][1]["alert_id"] == first["alert_id"] and tr.incident.state.value == "resolved"
+
+
+def test_a_station_incident_stays_open_while_any_of_its_pumps_is_faulty(tmp_path):
+    """Incidents are per station and hour: when a second pump of the station failed in the incident's hour it joined
+    nothing (its alert was not related to the incident), and the first pump to recover resolved the incident while
+    the other was still faulty. The incident now carries both faults and is resolved by the last recovery."""
+    from services.emergency.handlers import _Machine
+
+    svc = _service(tmp_path)
+    district = svc.city.districts[0].district_id
+    svc.stations = {"PS-9": {"lat": svc.city.centre_lat, "lon": svc.city.centre_lon, "supplies": [district],
+                             "name_zh": "九号泵站", "name_en": "Station 9"}}
+    a, b = (svc.machines.setdefault(f"vib-{k}", _Machine(f"pump-{k}", "PS-9", f"vib-{k}", svc.city.centre_lat,
+                                                          svc.city.centre_lon, district)) for k in "ab")
+    t0 = pd.Timestamp("2026-11-29T10:05Z")
+    raised = _payloads(svc._fault_rules(a, t0, 3.0, True, ["vibration"], True, {"vibration": 9.0}))  # noqa: SLF001
+    raised += _payloads(svc._fault_rules(b, t0 + pd.Timedelta(minutes=15), 2.5, True, ["temp"], True, {"temp": 80.0}))  # noqa: SLF001
+    alerts = [p["alert_id"] for topic, p in raised if topic.endswith("alerts.v1")]
+    assert len(alerts) == 2 and a.incident_id == b.incident_id
+    tr = svc.incidents[a.incident_id]
+    assert tr.related == alerts and any("pump-b" in e["what"] for e in tr.incident.evidence)
+
+    def recover(m, start):
+        outs = []
+        for k in range(svc.s.emergency_clear_after):
+            outs += svc._fault_rules(m, start + pd.Timedelta(minutes=k), 0.2, False, [], False, {})  # noqa: SLF001
+        return [p["status"] for topic, p in _payloads(outs) if topic.endswith("alerts.v1")]
+
+    assert recover(a, t0 + pd.Timedelta(minutes=30)) == ["cleared"]
+    assert tr.incident.state.value == "dispatched"  # pump b is still faulty
+    assert recover(b, t0 + pd.Timedelta(minutes=50)) == ["cleared"]
+    assert tr.incident.state.value == "resolved"

@@ -233,8 +233,8 @@ class EmergencyService:
             m.last = t
             sample = _good_values(o)
             if m.monitor is None:
-                if self.train_until is not None and t > self.train_until and not m.train and not m.history_loaded:
-                    await self._load_history(m)
+                if not m.train and not m.history_loaded and (self.train_until is None or t > self.train_until):
+                    await self._load_history(m, t)
                 if not self._training_done(m, t):
                     m.train.append(sample)
                     continue
@@ -254,14 +254,27 @@ class EmergencyService:
         out += await self._flush_incidents()
         return out
 
-    async def _load_history(self, m: _Machine) -> None:
-        """Started after the training period (a restart): learn from the stored samples of that period."""
+    async def _load_history(self, m: _Machine, t: pd.Timestamp) -> None:
+        """A machine's first sample in this process: learn from what is stored before it (a restart).
+
+        With a training period (`train_until`) its stored samples; without one, the last
+        `emergency_train_samples` stored before `t` that the detector did not judge abnormal, so a restarted
+        service goes on judging at once instead of relearning "normal" from the live stream (a pump that is
+        failing meanwhile would be learnt as normal). A first start finds nothing and learns from the stream."""
         from services.emergency import repository
 
         m.history_loaded = True
+        if self.pool is None:
+            return
         async with self.pool.connection() as conn:
-            m.train = await repository.machine_history(conn, m.sensor_id, self.train_until.to_pydatetime())
-        logger.info("machine history loaded", extra={"fields": {"machine": m.machine_id, "rows": len(m.train)}})
+            if self.train_until is not None:
+                m.train = await repository.machine_history(conn, m.sensor_id, self.train_until.to_pydatetime())
+            else:
+                m.train = await repository.machine_history(conn, m.sensor_id, t.to_pydatetime(),
+                                                           self.s.emergency_train_samples, before=True,
+                                                           machine_id=m.machine_id)
+        if m.train:
+            logger.info("machine history loaded", extra={"fields": {"machine": m.machine_id, "rows": len(m.train)}})
 
     async def _fit(self, m: _Machine) -> None:
         frame = pd.DataFrame(m.train)
@@ -310,6 +323,13 @@ class EmergencyService:
                 tracked = self._open(inc_rules.pumping_station_incident(fault, self.stations, self.city),
                                      m.alert_id, public=(m.lat, m.lon))
                 m.incident_id = tracked.incident.incident_id
+                if m.alert_id not in tracked.related:
+                    # a second machine of the station within the incident's hour: one incident, both faults in it
+                    tracked.related.append(m.alert_id)
+                    tracked.incident = dataclasses.replace(tracked.incident, evidence=(*tracked.incident.evidence, {
+                        "time": t.isoformat(), "source": "emergency", "what": f"fault warning on {m.machine_id}",
+                        "value": f"score {score:.1f}; channels: {chans}"}))
+                    tracked.dirty = True
             task = FieldTask(
                 task_id=stable_id("task", dedup, t.isoformat()), kind="inspect_equipment", domain="emergency",
                 priority="high", title_zh=f"检查设备 {m.machine_id}（{where_zh}）", title_en=f"Inspect {m.machine_id} ({where_en})",
@@ -337,8 +357,15 @@ class EmergencyService:
                     evidence={"observed_at": t.isoformat(), "episode_start": m.episode_start.isoformat(),
                               "peak_score": round(m.peak, 3), "score": round(score, 3)})
                 out.append(alert_output(alert, source=SOURCE))
-                if m.incident_id in self.incidents:
+                still = sorted(x.machine_id for x in self.machines.values()
+                               if x is not m and x.incident_id == m.incident_id and x.episode_start is not None)
+                if m.incident_id in self.incidents and not still:
                     self._step(self.incidents[m.incident_id], "resolved", t, "machine back to normal")
+                elif m.incident_id in self.incidents:
+                    # the station's incident stays open while another of its machines is still faulty
+                    logger.info("machine back to normal; its station incident stays open",
+                                extra={"fields": {"machine": m.machine_id, "still_faulty": still,
+                                                  "incident_id": m.incident_id}})
                 m.episode_start = m.alert_id = m.incident_id = None
                 m.normal_run = 0
         return out
