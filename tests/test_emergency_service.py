@@ -255,3 +255,48 @@ async def test_restart_after_training_relearns_from_stored_history(stack_env, db
     fault = next(t for t in truth if t["scenario"] == "equipment_fault")
     res = check_detection(fault, [a["payload"] for a in alerts])
     assert res["detected"], res
+
+
+async def test_restart_without_a_training_period_relearns_from_stored_samples(db_url, scenario, tmp_path):
+    """Without `train_until` a restarted service relearnt each pump's normal from the next 480 live samples: hours
+    of a pump unwatched, and a pump failing meanwhile learnt as normal. It now learns from the samples stored before
+    its first one, leaving out those its detector had judged abnormal, and judges from the first sample on."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.emergency import repository
+    from services.emergency.handlers import EmergencyService
+    from services.emergency.settings import EmergencySettings
+
+    specs, readings, _, config = scenario
+    config = json.loads(json.dumps(config))
+    em = config["domains"]["emergency"]
+    cut = pd.Timestamp(em.pop("train_until"))
+    machine = em["machines"][0]
+    sid, mid = machine["sensor_id"], machine["machine_id"]
+    pump = readings[readings["sensor_id"] == sid]
+    old = pump[pump["time"] <= cut]
+    times = sorted(old["time"].unique())
+    flagged = times[len(times) // 2]
+    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
+        # (the restart test above may have stored them already)
+        cur.executemany("INSERT INTO observations (time, sensor_id, quantity, value, unit, qc, domain, district)"
+                        " VALUES (%s, %s, %s, %s, 'x', 1, 'equipment', NULL) ON CONFLICT DO NOTHING",
+                        [(r.time, r.sensor_id, r.quantity, r.value) for r in old.itertuples(index=False)])
+        cur.execute("INSERT INTO equipment_health (time, machine_id, score, is_anomaly) VALUES (%s, %s, 5.0, true)",
+                    (flagged.to_pydatetime(), mid))
+    s = EmergencySettings(db_url=db_url, state_dir=tmp_path, emergency_pseudonym_key="test-key-" + TAG * 4,
+                          emergency_train_samples=min(480, len(times) - 1))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        async with pool.connection() as conn:
+            hist = await repository.machine_history(conn, sid, times[-1].to_pydatetime(), len(times), before=False,
+                                                    machine_id=mid)
+        assert len(hist) == len(times) - 1  # the flagged sample is not learnt from
+        svc = EmergencyService(s, pool, config=config)
+        first_new = _envelopes(specs, pump[pump["time"] > cut])[:1]
+        await svc.handle_equipment([json.loads(v) for _, _, v in first_new])
+        m = svc.machines[sid]
+        assert m.history_loaded and svc.fits == 1 and m.monitor is not None
+    finally:
+        await pool.close()

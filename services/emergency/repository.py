@@ -105,11 +105,17 @@ def enforce_retention(db_url: str, worker_days: float) -> dict[str, int] | None:
 
 
 async def machine_history(conn: psycopg.AsyncConnection, sensor_id: str, until: datetime,
-                          limit: int = 5000) -> list[dict[str, float]]:
-    """A machine's stored good samples (QARTOD pass / not evaluated) up to `until`, oldest first, one dict per time:
-    how a restarted service relearns normal operation without waiting for new data."""
+                          limit: int = 5000, *, before: bool = False,
+                          machine_id: str | None = None) -> list[dict[str, float]]:
+    """A machine's stored good samples (QARTOD pass / not evaluated) up to `until` (`before`: strictly before),
+    oldest first, one dict per time: how a restarted service relearns normal operation without waiting for new
+    data. With `machine_id`, the times its detector judged abnormal (equipment_health) are left out."""
     cur = await conn.execute(
         "SELECT time, jsonb_object_agg(quantity, value) FROM ("
-        "  SELECT time, quantity, value FROM observations WHERE sensor_id = %s AND time <= %s AND qc IN (1, 2)"
-        "  ORDER BY time DESC LIMIT %s) recent GROUP BY time ORDER BY time", (sensor_id, until, limit * 8))
+        "  SELECT o.time, o.quantity, o.value FROM observations o WHERE o.sensor_id = %s"
+        "  AND (o.time < %s OR (NOT %s AND o.time = %s)) AND o.qc IN (1, 2)"
+        "  AND NOT EXISTS (SELECT 1 FROM equipment_health h WHERE h.machine_id = %s AND h.time = o.time"
+        "                  AND h.is_anomaly)"
+        "  ORDER BY o.time DESC LIMIT %s) recent GROUP BY time ORDER BY time",
+        (sensor_id, until, before, until, machine_id, limit * 8))
     return [dict(v) for _, v in await cur.fetchall()][-limit:]
