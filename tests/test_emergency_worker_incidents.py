@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from schemas.observations import Observation, QualifiedValue
 
@@ -182,3 +183,45 @@ def test_a_station_incident_stays_open_while_any_of_its_pumps_is_faulty(tmp_path
     assert tr.incident.state.value == "dispatched"  # pump b is still faulty
     assert recover(b, t0 + pd.Timedelta(minutes=50)) == ["cleared"]
     assert tr.incident.state.value == "resolved"
+
+
+def _personal_batch(*obs: Observation) -> list[dict]:
+    from shared.kafka import envelope
+
+    return [envelope("observation.personal", "test", o, occurred_at=o.observed_at) for o in obs]
+
+
+@pytest.mark.stack
+async def test_a_stored_sos_sent_after_the_current_reading_in_one_poll_is_alarmed(tmp_path, db_url):
+    """A wearable back in coverage sends its current reading, then the SOS it stored: in one poll the newer reading
+    was handled first and the SOS skipped as already seen - no alert, no crew, no log line. The batch is now taken
+    in time order, so the SOS is alarmed."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.emergency.handlers import EmergencyService
+    from services.emergency.settings import EmergencySettings
+
+    s = EmergencySettings(db_url=db_url, state_dir=tmp_path, emergency_pseudonym_key="worker-test-key-0123456789abcdef")
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        svc = EmergencyService(s, pool, config={})
+        await svc.handle_personal(_personal_batch(_reading("2026-11-29T12:00:00Z", heart_rate_bpm=80.0)))
+        outs = await svc.handle_personal(_personal_batch(_reading("2026-11-29T12:05:00Z", heart_rate_bpm=82.0),
+                                                         _reading("2026-11-29T12:02:00Z", heart_rate_bpm=95.0, sos=1.0)))
+        kinds = [(topic.split(".")[1], p.get("kind")) for topic, p in _payloads(outs)]
+        assert ("alerts", "sos") in kinds and ("tasks", "respond_incident") in kinds
+    finally:
+        await pool.close()
+
+
+def test_a_second_sos_press_is_a_new_alarm_and_a_held_press_is_one(tmp_path):
+    """SOS alerts were keyed by worker and kind alone, and the notification service folds an alert under an open
+    key into it: a second SOS ten minutes after an acknowledged one paged nobody. Each press now has its own key;
+    the readings of one held press share it (the notification service counts them as repeats)."""
+    svc = _service(tmp_path)
+    keys = []
+    for t, sos in (("12:00:00", 1.0), ("12:00:10", 1.0), ("12:00:20", 0.0), ("12:10:00", 1.0)):
+        outs = _payloads(svc._worker(_reading(f"2026-11-29T{t}Z", heart_rate_bpm=80.0, sos=sos)))  # noqa: SLF001
+        keys += [p["dedup_key"] for topic, p in outs if topic.endswith("alerts.v1") and p["kind"] == "sos"]
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2], keys

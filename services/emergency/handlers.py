@@ -202,6 +202,7 @@ class EmergencyService:
         # per wearable, the observed_at of its last RECENT_READINGS readings handled (a late one seen before is a
         # redelivery, not late)
         self.recent: dict[str, dict[pd.Timestamp, None]] = {}
+        self.press_start: dict[tuple[str, str], pd.Timestamp] = {}  # (worker, event kind) -> the press's first reading
         self.late_dropped = 0  # late wearable readings without an event (their conditions were judged since)
         self.pdf_warned = False
         self._drawer: ProcessPoolExecutor | None = None
@@ -380,7 +381,9 @@ class EmergencyService:
                 raise PoisonRecord(f"a {env.get('type')!r} record on the personal topic: only observations of "
                                    "personal sensors belong there")
         out: list[Output] = []
-        parsed = _parse(events, "observation.")
+        # in time order: a wearable back in coverage sends its stored SOS after its current reading, often in one
+        # poll, and the newer reading first made the SOS look already seen (dropped without a word)
+        parsed = sorted(_parse(events, "observation."), key=lambda o: _ts(o.observed_at))
         late = self._late_events(parsed)
         for o in self._new(parsed):
             out += self._worker(o)
@@ -427,7 +430,7 @@ class EmergencyService:
             if getattr(r, kind):
                 a = SafetyMonitor._alert(r, kind, sev, math.nan, zones)  # noqa: SLF001 - the monitor's own wording
                 logger.warning("late %s from a wearable alarmed", kind, extra={"fields": {"worker": pid, "at": str(t)}})
-                out += self._worker_alert(a, pid, o, eps)
+                out += self._worker_alert(a, pid, o, eps, late=True)
         return out
 
     def _new(self, obs: list[Observation]) -> list[Observation]:
@@ -446,7 +449,8 @@ class EmergencyService:
 
     async def handle_safety(self, events: list[dict]) -> list[Output]:
         """Fixed safety sensors, other domains' alerts, weather nowcasts and station wind."""
-        fixed = _parse([e for e in events if e.get("type") == "observation.safety"], "observation.safety")
+        fixed = sorted(_parse([e for e in events if e.get("type") == "observation.safety"], "observation.safety"),
+                       key=lambda o: _ts(o.observed_at))
         weather = _parse([e for e in events if e.get("type") == "observation.weather"], "observation.weather")
         others = []
         for env in events:
@@ -486,6 +490,9 @@ class EmergencyService:
         out: list[Output] = []
         for a in alerts:
             out += self._worker_alert(a, pid, o, eps)
+        fired = {a.kind for a in alerts}
+        for kind in EVENT_KINDS - fired:
+            self.press_start.pop((pid, kind), None)  # the button was let go: the next press is a new alarm
         for kind, ep in list(eps.items()):
             if kind in open_now:
                 ep.absent = 0
@@ -504,10 +511,17 @@ class EmergencyService:
                 self._step(tracked, "resolved", t, "worker's alarms cleared")
         return out
 
-    def _worker_alert(self, a: SafetyAlert, pid: str, o: Observation, eps: dict[str, _Episode]) -> list[Output]:
+    def _worker_alert(self, a: SafetyAlert, pid: str, o: Observation, eps: dict[str, _Episode],
+                      late: bool = False) -> list[Output]:
         district = self.city.district_of(a.lat, a.lon) if not math.isnan(a.lat) else o.district
         district = district or o.district
         dedup = f"emergency:worker:{pid}:{a.kind}"
+        if a.kind in EVENT_KINDS:
+            # each press of the SOS button (each fall, each entry) is an alarm of its own: under one key per worker
+            # and kind the notification service folded a second SOS into the first, acknowledged one and paged
+            # nobody. Readings of one held press share its key (repeats, not new pages).
+            start = a.time if late else self.press_start.setdefault((pid, a.kind), a.time)
+            dedup += f":{start:%Y%m%dT%H%M%S}"
         ep = eps.get(a.kind) if a.kind not in EVENT_KINDS else None
         status = "raised"
         if ep is not None:
