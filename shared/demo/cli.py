@@ -39,4 +39,21 @@ def _demo(a: argparse.Namespace) -> int:
     summary = run(hours=a.hours, minutes=a.minutes, seed=a.seed, out_dir=a.out_dir or state_dir() / "demo",
                   keep_services=a.keep_services, base_port=a.base_port,
                   domains=a.domains.split(",") if a.domains else None, end=end)
-    return 0 if summary["accounted"] else 1
+    return exit_code(summary)
+
+
+def exit_code(summary: dict) -> int:
+    """0 only when every message is accounted for, the services finished their work and every injected scenario
+    that was checked was detected; otherwise 1, with the reasons on stderr (a CI job or a cron must not read a
+    run that missed a leak as a success)."""
+    import sys
+
+    why = []
+    if not summary["accounted"]:
+        why.append("not every published message is accounted for")
+    if not (summary.get("settled") or {}).get("settled", True):
+        why.append("the services were still busy when the run was judged")
+    why += [f"missed {x['domain']}/{x['scenario']}" for x in summary.get("scenarios", []) if x.get("detected") is False]
+    for w in why:
+        print(f"demo: {w}", file=sys.stderr)
+    return 1 if why else 0

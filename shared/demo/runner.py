@@ -187,10 +187,12 @@ def _db_counts(db_url: str, sensor_ids: list[str], since: datetime, window: tupl
         other_dead = conn.execute(
             "SELECT count(*) FROM dead_letters WHERE received_at >= %s AND stage <> 'ingest'", (since,)
         ).fetchone()[0]
-        # (an earlier run's alerts in the same simulated hours are read too: run() says so before it starts)
+        # (an earlier run's alerts in the same simulated hours are read too: run() says so before it starts).
+        # raised_at is simulated time: the window's, not the wall clock's (a run with --end days ago found none)
         alerts = conn.execute(
             "SELECT alert_id, domain, kind, severity, level, district, raised_at, evidence, title_en "
-            "FROM alerts WHERE raised_at >= %s - interval '3 days' ORDER BY raised_at", (since,)
+            "FROM alerts WHERE raised_at >= %s - interval '1 day' AND raised_at <= %s + interval '1 day' "
+            "ORDER BY raised_at", (t0, t1)
         ).fetchall()
         incidents = conn.execute(
             "SELECT incident_id, kind, status, opened_at, report_path FROM incidents "
