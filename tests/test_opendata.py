@@ -55,6 +55,62 @@ def test_export_validates_against_the_smart_data_models(db_url, filled):
     assert personal and not [e for e in entities if e.get("refDevice", "").rsplit(":", 1)[-1] in personal]
 
 
+WX_HOUR = datetime(2026, 1, 15, 10, tzinfo=UTC)
+# six 10-minute readings of one weather station in each of two hours, as the station sends them
+WX_READINGS = {
+    "temp": [5.0, 5.2, 5.4, 5.6, 5.8, 6.0],
+    "pres": [1012.0, 1012.2, 1012.4, 1012.6, 1012.8, 1013.0],
+    "dewp": [1.0, 1.0, 1.2, 1.2, 1.4, 1.4],
+    "rain": [2.0, 1.0, 0.5, 0.5, 3.0, 1.0],
+    "wind_dir": [350.0, 355.0, 5.0, 10.0, 352.0, 8.0],
+    "wind_speed": [4.0] * 6,
+}
+
+
+@pytest.mark.stack
+def test_weather_export_sums_rain_averages_wind_as_vectors_and_has_pressure_and_dew_point(db_url):
+    """Before, the export averaged every quantity: a north wind (350°..10°) left as -180 (south), an hour
+    of rain came out at a sixth of its total, and pressure and dew point were never exported because the
+    mapping asked for `pressure`, which weather stations never send (they send `pres` and `dewp`). Now
+    rain is the hour's total, wind direction the mean of unit vectors, and both missing attributes are there."""
+    from schemas.registry import QuantitySpec, SensorSpec
+    from services.weather.domain.simulate import QUANTITIES
+    from shared.storage import queries
+    from shared.storage.registry import upsert_sensors
+
+    station = SensorSpec(
+        sensor_id="wx-export-01", domain="weather", kind="weather_station", gateway_id="gw-weather-1",
+        lat=30.25, lon=120.15, district="d05",
+        quantities={q: QuantitySpec(unit=u, valid_min=lo, valid_max=hi) for q, (u, lo, hi, _) in QUANTITIES.items()},
+    )
+    rows = []
+    for hour, turn in ((WX_HOUR, 0.0), (WX_HOUR + timedelta(hours=1), 180.0)):
+        for q, values in WX_READINGS.items():
+            for i, v in enumerate(values):
+                v = (v + turn) % 360.0 if q == "wind_dir" else v
+                rows.append({"time": hour + timedelta(minutes=10 * i), "sensor_id": station.sensor_id, "quantity": q,
+                             "value": v, "unit": station.quantities[q].unit, "qc": 1, "domain": "weather",
+                             "district": "d05"})
+    # a reading QC failed is not rain that fell
+    rows.append({**rows[0], "quantity": "rain", "value": 40.0, "qc": 4, "time": WX_HOUR + timedelta(minutes=5)})
+    with psycopg.connect(db_url) as conn:
+        upsert_sensors(conn, [station])
+        conn.cursor().executemany(queries.INSERT_OBSERVATION, rows)
+        conn.commit()
+        if conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]:
+            conn.autocommit = True
+            conn.execute(queries.REFRESH_HOURLY, {"start": WX_HOUR, "end": WX_HOUR + timedelta(hours=2)})
+        entities = fiware.export(conn, start=WX_HOUR, end=WX_HOUR + timedelta(hours=2))
+    wx = sorted((e for e in entities if e["refDevice"].endswith(":wx-export-01")), key=lambda e: e["dateObserved"])
+    assert [e["dateObserved"] for e in wx] == ["2026-01-15T10:00:00Z", "2026-01-15T11:00:00Z"]
+    assert [fiware.validate(e) for e in wx] == [[], []]
+    north, south = wx
+    assert north["precipitation"] == 8.0 and south["precipitation"] == 8.0
+    assert abs(north["windDirection"]) < 0.5 and abs(abs(south["windDirection"]) - 180.0) < 0.5
+    assert north["atmosphericPressure"] == 1012.5 and north["dewPoint"] == 1.2
+    assert north["temperature"] == 5.5 and north["windSpeed"] == 4.0
+
+
 def _alert(**over) -> dict:
     a = {
         "alert_id": "a-1",

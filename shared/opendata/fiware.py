@@ -1,10 +1,12 @@
 """Observations and alerts as FIWARE Smart Data Models in NGSI-LD (key-values form, with @context).
 
-One entity per public sensor and hour (hourly means of good data, QC 1/2) — AirQualityObserved for air
-stations, WeatherObserved for weather stations, WaterObserved for river and drain levels and flows —
-and one Alert per alert. Units follow the models: relative humidity as a fraction 0..1, wind direction
-in degrees -180..180, pollutant concentrations in µg/m³. Each entity validates against the model's JSON
-Schema vendored in `schemas/` (see `vendor.py` for where they come from).
+One entity per public sensor and hour (good data, QC 1/2: hourly means, but rain is the hour's total
+and wind direction the direction of the mean wind unit vector) — AirQualityObserved for air stations,
+WeatherObserved for weather stations, WaterObserved for river and drain levels and flows — and one
+Alert per alert. Units follow the models: relative humidity as a fraction 0..1, wind direction in
+degrees -180..180, pollutant concentrations in µg/m³, pressure in hPa, dew point in °C, precipitation
+in mm (l/m²) per hour. Each entity validates against the model's JSON Schema vendored in `schemas/`
+(see `vendor.py` for where they come from).
 """
 
 from __future__ import annotations
@@ -52,11 +54,16 @@ MAPPING: dict[str, tuple[list[str], dict[str, tuple[str, Any]]]] = {
             "wind_speed": ("windSpeed", None),
             "wind_dir": _DIR,
             "rain": ("precipitation", None),
-            "pressure": ("atmosphericPressure", None),
+            "pres": ("atmosphericPressure", None),
+            "dewp": ("dewPoint", None),
         },
     ),
     "WaterObserved": (["water"], {"water_level": ("height", None), "flow": ("flow", None)}),
 }
+# Readings that are amounts per reading (rain: mm in each 10 minutes; the weather service sums them too)
+# add up to the hour; bearings average as unit vectors, not as numbers.
+SUMMED = ["rain"]
+CIRCULAR = ["wind_dir"]
 ALERT_CATEGORY = {
     "air": "environment",
     "weather": "weather",
@@ -79,7 +86,7 @@ def _iso(t: datetime) -> str:
 
 
 def observed_entities(rows: list[dict], model: str) -> list[dict]:
-    """Pivot hourly rows (sensor, bucket, quantity, avg_value) into one entity per sensor and hour."""
+    """Pivot hourly rows (sensor, bucket, quantity, value) into one entity per sensor and hour."""
     _, attrs = MAPPING[model]
     out: dict[tuple[str, datetime], dict] = {}
     for r in rows:
@@ -101,7 +108,7 @@ def observed_entities(rows: list[dict], model: str) -> list[dict]:
             if r["district"]:
                 e["areaServed"] = r["district"]
         name, conv = attrs[r["quantity"]]
-        e[name] = conv(r["avg_value"]) if conv else round(r["avg_value"], 4)
+        e[name] = conv(r["value"]) if conv else round(r["value"], 4)
     return list(out.values())
 
 
@@ -133,7 +140,9 @@ def export(conn: psycopg.Connection, *, start: datetime, end: datetime) -> list[
     """Every entity of [start, end): observed models first, then alerts."""
     out = []
     for model, (domains, attrs) in MAPPING.items():
-        rows = repository.hourly(conn, domains=domains, quantities=list(attrs), start=start, end=end)
+        rows = repository.hourly(
+            conn, domains=domains, quantities=list(attrs), summed=SUMMED, circular=CIRCULAR, start=start, end=end
+        )
         out += observed_entities(rows, model)
     out += [alert_entity(a) for a in repository.alerts(conn, start=start, end=end)]
     return out

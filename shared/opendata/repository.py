@@ -1,4 +1,4 @@
-"""All SQL of the open-data export: hourly means of public sensors, and alerts without evidence."""
+"""All SQL of the open-data export: hourly values of public sensors, and alerts without evidence."""
 
 from __future__ import annotations
 
@@ -7,12 +7,34 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import dict_row
 
-HOURLY = """
-SELECT h.bucket, h.sensor_id, h.domain, h.quantity, h.avg_value, s.lat, s.lon, s.district
+from shared.storage.queries import TIME_BUCKET_ORIGIN
+
+# One value per public sensor, quantity and hour of good data (QC 1 or 2). Most quantities are the hour's
+# mean; a quantity in %(summed)s reports an amount per reading (rain: mm in its 10 minutes), so the hour is
+# the sum (avg * n). A bearing in %(circular)s cannot be averaged as a number (350° and 10° would give
+# 180°): its hour is the direction of the mean unit vector, computed from the raw readings because the
+# hourly aggregate keeps only the arithmetic mean.
+HOURLY = f"""
+SELECT h.bucket, h.sensor_id, h.domain, h.quantity,
+       CASE WHEN h.quantity = ANY(%(summed)s) THEN h.avg_value * h.n ELSE h.avg_value END AS value,
+       s.lat, s.lon, s.district
 FROM observations_hourly h JOIN sensors s USING (sensor_id)
 WHERE h.domain = ANY(%(domains)s) AND h.quantity = ANY(%(quantities)s) AND NOT s.personal
+  AND h.quantity <> ALL(%(circular)s)
   AND h.bucket >= %(start)s AND h.bucket < %(end)s
-ORDER BY h.sensor_id, h.bucket, h.quantity
+UNION ALL
+SELECT b.bucket, b.sensor_id, b.domain, b.quantity, b.value, s.lat, s.lon, s.district
+FROM (
+    SELECT date_bin(INTERVAL '1 hour', o.time, TIMESTAMPTZ '{TIME_BUCKET_ORIGIN}') AS bucket,
+           o.sensor_id, o.domain, o.quantity,
+           degrees(atan2(avg(sin(radians(o.value))), avg(cos(radians(o.value))))) AS value
+    FROM observations o
+    WHERE o.domain = ANY(%(domains)s) AND o.quantity = ANY(%(quantities)s) AND o.quantity = ANY(%(circular)s)
+      AND o.qc IN (1, 2) AND o.time >= %(start)s - INTERVAL '1 hour' AND o.time < %(end)s
+    GROUP BY 1, o.sensor_id, o.domain, o.quantity
+) b JOIN sensors s USING (sensor_id)
+WHERE NOT s.personal AND b.bucket >= %(start)s AND b.bucket < %(end)s
+ORDER BY sensor_id, bucket, quantity
 """
 
 ALERTS = """
@@ -25,12 +47,19 @@ ORDER BY raised_at, alert_id
 
 
 def hourly(
-    conn: psycopg.Connection, *, domains: list[str], quantities: list[str], start: datetime, end: datetime
+    conn: psycopg.Connection,
+    *,
+    domains: list[str],
+    quantities: list[str],
+    summed: list[str],
+    circular: list[str],
+    start: datetime,
+    end: datetime,
 ) -> list[dict]:
+    """Rows (bucket, sensor_id, domain, quantity, value, lat, lon, district) of [start, end)."""
+    params = {"domains": domains, "quantities": quantities, "summed": summed, "circular": circular}
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            HOURLY, {"domains": domains, "quantities": quantities, "start": start, "end": end}
-        ).fetchall()
+        return cur.execute(HOURLY, {**params, "start": start, "end": end}).fetchall()
 
 
 def alerts(conn: psycopg.Connection, *, start: datetime, end: datetime) -> list[dict]:
