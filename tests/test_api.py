@@ -9,11 +9,13 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
+from typing import IO
 
 import httpx
 import psycopg
 import pytest
+import yaml
 from conftest import wait_for
 
 from shared.storage import queries
@@ -38,49 +40,57 @@ def filled(db_url):
     return counts
 
 
-@pytest.fixture(scope="module")
-def servers(db_url, filled, tmp_path_factory):
-    """Two API processes started together: a roomy rate limit, and one of 5 requests a minute."""
-    logs = tmp_path_factory.mktemp("api")
-    procs = {}
-    for name, rate in (("main", "100000"), ("tight", "5")):
-        port = _port()
-        env = {
-            **os.environ,
-            "CITYOPS_DB_URL": db_url,
-            "CITYOPS_API_RATE_PER_MIN": rate,
-            "CITYOPS_API_SESSION_SECRET": "test-secret-" + name,
-        }
-        log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "api", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs[name] = (p, f"http://127.0.0.1:{port}", log)
+def _start(db_url: str, log_path, **env: str) -> tuple[subprocess.Popen, str, IO]:
+    """`cityops api serve` on a free port, with CITYOPS_* settings from `env`."""
+    port = _port()
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    p = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "api", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "CITYOPS_DB_URL": db_url, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return p, f"http://127.0.0.1:{port}", log
 
-    def ready(url):
+
+def _wait_ready(p: subprocess.Popen, url: str, log_path) -> None:
+    def ready():
         try:
             return httpx.get(url + "/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
+    wait_for(lambda: p.poll() is not None or ready(), timeout=90, what=f"api {url} /readyz")
+    assert p.poll() is None, log_path.read_text()
+
+
+def _stop(p: subprocess.Popen, log: IO) -> None:
+    p.terminate()
+    p.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(db_url, filled, tmp_path_factory):
+    """Two API processes started together: a roomy rate limit, and one of 5 requests a minute."""
+    logs = tmp_path_factory.mktemp("api")
+    procs = {
+        name: _start(
+            db_url,
+            logs / f"{name}.log",
+            CITYOPS_API_RATE_PER_MIN=rate,
+            CITYOPS_API_SESSION_SECRET="test-secret-" + name,
+        )
+        for name, rate in (("main", "100000"), ("tight", "5"))
+    }
     try:
         for name, (p, url, _) in procs.items():
-            wait_for(
-                lambda p=p, url=url: p.poll() is not None or ready(url),
-                timeout=90,
-                what=f"api {name} /readyz",
-            )
-            assert p.poll() is None, (logs / f"{name}.log").read_text()
+            _wait_ready(p, url, logs / f"{name}.log")
         yield {k: v[1] for k, v in procs.items()}
     finally:
         for p, _, log in procs.values():
-            p.terminate()
-            p.wait(timeout=20)
-            log.close()
+            _stop(p, log)
 
 
 def login(url: str, user: str) -> dict:
@@ -209,6 +219,100 @@ def test_roles_guard_incidents_and_personal_data(servers, db_url):
         ).status_code
         == 422
     )  # no reason, no personal data
+
+
+def test_a_demoted_admin_s_old_token_no_longer_reads_personal_data(db_url, tmp_path):
+    """Before, the API trusted the role written in the token: an admin demoted to viewer in the roster kept
+    reading wearables' personal data with the token issued before, for up to 12 h. Now a token whose role
+    the account no longer has is refused with 401 and told to log in again; the new token is a viewer's."""
+    from shared.notify.domain.auth import hash_password
+
+    roster = tmp_path / "roster.yaml"
+    person = {"id": "ana", "name": "Ana", "password_hash": hash_password("demo-ana")}
+    env = {"CITYOPS_API_ROSTER": str(roster), "CITYOPS_API_SESSION_SECRET": "test-secret-roster"}
+    params = {"reason": "test: fall investigation", "start": "2020-01-01T00:00:00Z", "limit": 1}
+    personal = "/api/v1/emergency/worker-observations"
+
+    roster.write_text(yaml.safe_dump({"people": [{**person, "roles": ["admin"]}]}))
+    p, url, log = _start(db_url, tmp_path / "before.log", **env)
+    try:
+        _wait_ready(p, url, tmp_path / "before.log")
+        old = login(url, "ana")
+        assert httpx.get(url + personal, params=params, headers=old).status_code == 200
+    finally:
+        _stop(p, log)
+
+    roster.write_text(yaml.safe_dump({"people": [{**person, "roles": ["viewer"]}]}))
+    p, url, log = _start(db_url, tmp_path / "after.log", **env)
+    try:
+        _wait_ready(p, url, tmp_path / "after.log")
+        refused = httpx.get(url + personal, params=params, headers=old)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["type"].endswith("/role_withdrawn") and "log in again" in refused.json()["detail"]
+        assert httpx.get(url + "/api/v1/sensors", headers=old).status_code == 401
+        new = login(url, "ana")
+        assert httpx.get(url + personal, params=params, headers=new).status_code == 403
+        assert httpx.get(url + "/api/v1/sensors", headers=new).status_code == 200
+    finally:
+        _stop(p, log)
+    with psycopg.connect(db_url) as conn:
+        reads = conn.execute(
+            "SELECT count(*) FROM audit_log WHERE action = 'read_personal_data' AND actor = 'ana'"
+        ).fetchone()[0]
+    assert reads == 1  # the one read while still an admin
+
+
+def test_weather_history_and_nowcasts_answer_what_stations_send(servers, db_url, filled):
+    """Before, weather quantities were `pressure` and `rh`, which weather stations never send: pressure
+    history was always empty and `pres` or `dewp` answered 422. Now history and nowcasts take the
+    stations' own names, and pressure history agrees with the storage layer's query."""
+    import asyncio
+
+    from schemas.products import StationForecast
+    from services.weather.repository import write_nowcasts
+
+    h = login(servers["main"], "opendata-demo")
+    start, end = filled["start"], filled["end"]
+    with psycopg.connect(db_url) as conn:
+        station = conn.execute(
+            "SELECT sensor_id FROM sensors WHERE domain = 'weather' ORDER BY sensor_id LIMIT 1"
+        ).fetchone()[0]
+        want = conn.execute(
+            queries.BUCKETED_MEANS,
+            {"width": timedelta(hours=1), "sensor_id": station, "quantity": "pres", "start": start, "end": end},
+        ).fetchall()
+    window = {"start": start.isoformat(), "end": end.isoformat(), "sensor_id": station, "limit": 1000}
+    pres = httpx.get(servers["main"] + "/api/v1/weather/history", params={**window, "quantity": "pres"}, headers=h)
+    assert pres.status_code == 200, pres.text
+    assert want and [(i["n"], round(i["avg_value"], 9)) for i in pres.json()["items"]] == [
+        (w[4], round(w[1], 9)) for w in want
+    ]
+    dewp = httpx.get(servers["main"] + "/api/v1/weather/history", params={**window, "quantity": "dewp"}, headers=h)
+    assert dewp.status_code == 200 and dewp.json()["items"]
+    old = httpx.get(servers["main"] + "/api/v1/weather/history", params={**window, "quantity": "pressure"}, headers=h)
+    assert old.status_code == 422 and "'pres'" in old.json()["detail"]
+
+    issued = start.astimezone(UTC) + timedelta(hours=2)
+    cast = StationForecast(
+        station_id=station, variable="pres", unit="hPa", issued_at=issued, model="blend",
+        horizons_h=[1, 2], values=[1011.5, 1011.2], p10=[1010.9, 1010.4], p90=[1012.1, 1012.0],
+    )
+
+    async def write():
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await write_nowcasts(conn, [(cast, ["blend", "blend"])])
+
+    asyncio.run(write())
+    got = httpx.get(
+        servers["main"] + "/api/v1/weather/nowcasts",
+        params={"variable": "pres", "station_id": station, "start": start.isoformat(), "end": end.isoformat()},
+        headers=h,
+    )
+    assert got.status_code == 200, got.text
+    assert [(i["horizon_h"], i["value"], i["p90"]) for i in got.json()["items"]] == [
+        (1, 1011.5, 1012.1),
+        (2, 1011.2, 1012.0),
+    ]
 
 
 def test_rate_limit_answers_429_with_retry_after(servers):

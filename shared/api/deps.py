@@ -65,6 +65,15 @@ def caller(request: Request) -> Caller:
             "send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    # a token lives 12 h; an account demoted in the roster since must not keep the role it was issued with
+    if claims.get("role") not in state.accounts[claims["sub"]].roles:
+        raise ApiError(
+            401,
+            "role_withdrawn",
+            f"this token's role {claims.get('role')!r} is no longer yours: log in again "
+            "(POST /api/v1/token) for a token with your current role",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
     c = Caller(claims["sub"], claims["role"])
     state.limiter.take(c.id)
     return c

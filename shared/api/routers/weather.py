@@ -11,7 +11,8 @@ from shared.api.deps import OpenData, Paging, TimeRange
 from shared.api.routers import _obs
 
 router = APIRouter(prefix="/api/v1/weather", tags=["weather"])
-Variable = Literal["temp", "rh", "wind_speed", "wind_dir", "rain", "pressure"]
+# what weather stations send and the weather service nowcasts (services/weather: VARIABLES, UNITS)
+Variable = Literal["temp", "dewp", "pres", "wind_speed", "wind_dir", "rain"]
 
 
 @router.get("/latest", summary="Newest good value per station", responses=_obs.example(_obs.LATEST_EXAMPLE))
