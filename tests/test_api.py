@@ -5,11 +5,12 @@ schemathesis run that finds no server error."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
 import sys
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 import httpx
@@ -289,6 +290,20 @@ def test_weather_history_and_nowcasts_answer_what_stations_send(servers, db_url,
     ]
     dewp = httpx.get(servers["main"] + "/api/v1/weather/history", params={**window, "quantity": "dewp"}, headers=h)
     assert dewp.status_code == 200 and dewp.json()["items"]
+    # a wind direction averages as a bearing: the mean of 350 and 10 degrees is north, not south
+    with psycopg.connect(db_url) as conn:
+        raw = conn.execute(
+            "SELECT date_trunc('hour', time), value FROM observations WHERE sensor_id = %s AND quantity = 'wind_dir'"
+            " AND qc IN (1, 2) AND time >= %s AND time < %s", (station, start, end)).fetchall()
+    by_hour: dict = {}
+    for t, v in raw:
+        by_hour.setdefault(t, []).append(math.radians(v))
+    bearing = {t: math.degrees(math.atan2(sum(map(math.sin, r)), sum(map(math.cos, r)))) % 360 for t, r in by_hour.items()}
+    wd = httpx.get(servers["main"] + "/api/v1/weather/history", params={**window, "quantity": "wind_dir"}, headers=h)
+    assert wd.status_code == 200 and len(wd.json()["items"]) == len(bearing) > 0
+    for i in wd.json()["items"]:
+        want_deg = bearing[datetime.fromisoformat(i["bucket"])]
+        assert abs((i["avg_value"] - want_deg + 180) % 360 - 180) < 1e-6, (i, want_deg)
     old = httpx.get(servers["main"] + "/api/v1/weather/history", params={**window, "quantity": "pressure"}, headers=h)
     assert old.status_code == 422 and "'pres'" in old.json()["detail"]
 

@@ -101,12 +101,15 @@ async def history(
     limit: int,
     offset: int,
 ) -> list[dict[str, Any]]:
-    """Bucketed mean/min/max/count of good data per sensor over [start, end)."""
+    """Bucketed mean/min/max/count of good data per sensor over [start, end). A wind direction's mean is the
+    direction of its mean unit vector, 0..360 (the numbers' mean of 350° and 10° is 180°: a south wind)."""
     bucket = BUCKET_SQL[timescale]
+    mean = ("mod((degrees(atan2(avg(sin(radians(value))), avg(cos(radians(value))))) + 360)::numeric, 360)::float8"
+            if quantity == "wind_dir" else "avg(value)")
     return await _all(
         conn,
         f"""
-        SELECT {bucket} AS bucket, sensor_id, avg(value) AS avg_value, min(value) AS min_value,
+        SELECT {bucket} AS bucket, sensor_id, {mean} AS avg_value, min(value) AS min_value,
                max(value) AS max_value, count(*) AS n
         FROM observations
         WHERE domain = ANY(%(domains)s) AND quantity = %(quantity)s AND qc IN (1, 2)
