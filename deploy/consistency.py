@@ -135,3 +135,84 @@ def check_images(compose_file: Path, dockerfile: Path) -> list[str]:
     if ours and not any("build" in data["services"][n] for n in ours):
         problems.append("docker-compose.yml: no service builds the cityops image")
     return problems
+
+
+# TimescaleDB's Secret keys: a pod given one of them talks to the database
+DB_SECRET_KEYS = {"db-url", "db-password", "grafana-db-password"}
+DB_PORT = 5432
+
+
+def _pods(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod template) of every workload."""
+    out = []
+    for d in docs:
+        spec = d.get("spec", {})
+        template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob") and template:
+            out.append((f"{d['kind']}/{d['metadata']['name']}", template))
+    return out
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if "matchExpressions" in selector:
+        raise ValueError("a NetworkPolicy uses matchExpressions: teach deploy/consistency.py to read them")
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _ports(rule: dict[str, Any]) -> set[int] | None:
+    """The ports a policy rule opens; None for all."""
+    return {p["port"] for p in rule["ports"]} if rule.get("ports") else None
+
+
+def _database(docs: list[dict[str, Any]]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The database pod's labels and the NetworkPolicies that guard its ingress."""
+    db = next(t for w, t in _pods(docs) if w == "StatefulSet/timescaledb")
+    labels = db["metadata"].get("labels", {})
+    guards = [d for d in docs if d["kind"] == "NetworkPolicy" and "Ingress" in d["spec"].get("policyTypes", [])
+              and _selects(d["spec"]["podSelector"], labels)]
+    return labels, guards
+
+
+def database_clients(docs: list[dict[str, Any]]) -> set[str]:
+    """Names of the workloads whose pods talk to TimescaleDB: given a database Secret key, or let out to it on
+    5432 by their own NetworkPolicy."""
+    db_labels, _ = _database(docs)
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    out = set()
+    for where, template in _pods(docs):
+        labels = template["metadata"].get("labels", {})
+        if _selects({"matchLabels": db_labels}, labels):
+            continue  # the database itself
+        containers = template["spec"].get("containers", [])
+        keys = {e["valueFrom"]["secretKeyRef"]["key"] for c in containers for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        let_out = any(
+            _selects(p["spec"]["podSelector"], labels) and any(
+                any(_selects(peer.get("podSelector", {}), db_labels) for peer in rule.get("to", []))
+                and (_ports(rule) is None or DB_PORT in _ports(rule))  # type: ignore[operator]
+                for rule in p["spec"].get("egress", []))
+            for p in policies)
+        if keys & DB_SECRET_KEYS or let_out:
+            out.add(where.split("/", 1)[1])
+    return out
+
+
+def check_database_access(docs: list[dict[str, Any]]) -> list[str]:
+    """Every pod that talks to TimescaleDB is let in by the NetworkPolicies that guard it (same namespace)."""
+    db_labels, guards = _database(docs)
+    clients = database_clients(docs)
+    problems = []
+    for where, template in _pods(docs):
+        if where.split("/", 1)[1] not in clients:
+            continue
+        labels = template["metadata"].get("labels", {})
+        admitted = any(
+            (_ports(rule) is None or DB_PORT in _ports(rule))  # type: ignore[operator]
+            and ("from" not in rule or any("namespaceSelector" not in peer and "ipBlock" not in peer
+                                           and _selects(peer.get("podSelector", {}), labels)
+                                           for peer in rule["from"]))
+            for g in guards for rule in g["spec"].get("ingress", []))
+        if guards and not admitted:
+            problems.append(f"{where}: its pods talk to TimescaleDB but its NetworkPolicy does not let them in "
+                            f"(pod labels {labels}); give the pod template the label the policy admits")
+    return problems

@@ -288,6 +288,8 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
+            # one replica, even while a new version rolls out (deploy/services.py ONE_REPLICA_WHY)
+            **({"strategy": {"type": "Recreate"}} if svc.one_replica else {}),
             "template": {
                 "metadata": {"labels": {**labels, "app.kubernetes.io/part-of": "cityops"},
                              "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(svc.port)}},
@@ -345,12 +347,14 @@ def max_replicas(svc: Service) -> int:
 
 
 def scaled_object(svc: Service) -> dict[str, Any]:
+    # the lag of the groups the code joins: a group that never exists reads as the whole topic (earliest, as
+    # shared.kafka.consumer starts a new group) and would hold the service at its maximum
     triggers = [{
         "type": "kafka",
         "metadata": {"bootstrapServers": f"{KAFKA_CLUSTER}-kafka-bootstrap:9092",
-                     "consumerGroup": svc.group or svc.name, "topic": topic, "lagThreshold": "500",
+                     "consumerGroup": consumer.group, "topic": topic, "lagThreshold": "500",
                      "offsetResetPolicy": "earliest", "allowIdleConsumers": "false"},
-    } for topic in svc.consumes]
+    } for consumer in svc.consumers for topic in consumer.topics]
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": _meta(svc.name, "service"),
         "spec": {"scaleTargetRef": {"name": svc.name}, "minReplicaCount": 1, "maxReplicaCount": max_replicas(svc),
@@ -420,11 +424,8 @@ def user_manifests() -> list[dict[str, Any]]:
         acls = [_acl(t, ["Read", "Describe"]) for t in svc.consumes]
         acls += [_acl(t, ["Write", "Describe"]) for t in svc.produces if t not in svc.consumes]
         acls += [_acl(t, ["Write"]) for t in svc.produces if t in svc.consumes]
-        if svc.group:
-            # prefix: CITYOPS_KAFKA_GROUP_PREFIX may put a run's name in front of the group
-            pattern = "prefix" if svc.group_is_prefix else "literal"
-            acls.append({"resource": {"type": "group", "name": svc.group, "patternType": pattern},
-                         "operations": ["Read"]})
+        acls += [{"resource": {"type": "group", "name": c.group, "patternType": "literal"}, "operations": ["Read"]}
+                 for c in svc.consumers]
         users.append(_user(svc.name, acls))
     public = [t.name for t in KAFKA_TOPICS if t.access == "public"]
     outside = [_acl(t, ["Read", "Describe"]) for t in public]

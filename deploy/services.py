@@ -4,6 +4,9 @@ A service's environment is not written by hand: `env_for()` derives it from the 
 (pydantic `model_fields` + `env_prefix`). Every required field (no default) is set; optional fields are
 set only where the deployment needs a value other than the code's default (`overrides`). Secrets
 (`SECRET_FIELDS`) come from a Secret / `${VAR:?}`, never from a ConfigMap.
+
+Likewise a service's consumer groups and the topics they read are the code's own: its topic lists and its
+settings' defaults, imported below, so the KafkaUser ACLs and the autoscaling triggers follow the code.
 """
 
 from __future__ import annotations
@@ -35,26 +38,109 @@ STATE_DIR = "/tmp/cityops-state"
 
 
 @dataclass(frozen=True)
+class Consumer:
+    """One Kafka consumer of a service: the group it joins (without CITYOPS_KAFKA_GROUP_PREFIX, which the
+    deployment never sets) and the topics it subscribes to."""
+
+    group: str
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Service:
     name: str  # compose service, Deployment, Service and KafkaUser name
     argv: tuple[str, ...]  # `cityops <argv> --port <port>`
     port: int
     module: str  # the service's app module
     settings: str  # module of its settings class; PlatformSettings is used while that module does not exist
-    consumes: tuple[str, ...] = ()
+    consumers: tuple[Consumer, ...] = ()
     produces: tuple[str, ...] = ()
-    group: str | None = None  # Kafka consumer group (without CITYOPS_KAFKA_GROUP_PREFIX)
-    group_is_prefix: bool = False
     mqtt_user: str | None = None  # Mosquitto service user (shared/stack/mosquitto.py SERVICE_ACL)
     needs_db: bool = True
     autoscale: bool = False  # KEDA on consumer lag of `consumes`, capped at the smallest partition count
+    one_replica: bool = False  # keeps the whole city in memory: see ONE_REPLICA_WHY
     overrides: dict[str, str] = field(default_factory=dict)  # settings field -> value
     optional_secrets: tuple[str, ...] = ()  # SECRET_FIELDS this service may be given
     public: bool = False  # reached from outside the namespace (console, API clients), not only by probes
     memory_mi: int = 512
     cpu_m: int = 250
 
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        """Every topic the service reads, in the order its consumers subscribe."""
+        return tuple(dict.fromkeys(t for c in self.consumers for t in c.topics))
 
+    def __post_init__(self) -> None:
+        if self.autoscale and self.one_replica:
+            raise ValueError(f"{self.name}: a one-replica service cannot autoscale ({ONE_REPLICA_WHY})")
+
+
+# Why air, weather, water and emergency run exactly one replica and never autoscale: each keeps the whole
+# city's state in memory (the air grid and forecasts from every station, the weather QC's neighbours, the
+# water balance of every DMA, incidents joined across equipment, safety and wearables). Kafka gives each
+# replica of a group only some partitions, i.e. only some sensors: a second replica would see half the city
+# (a water balance that never closes, a grid from half the stations). Their Deployments are also replaced,
+# not rolled: a rolling update would run old and new pod in the group side by side for a while.
+ONE_REPLICA_WHY = "it keeps the whole city's state in memory; a second replica would see only some sensors"
+
+
+def settings_class(svc: Service) -> type[BaseSettings]:
+    """The PlatformSettings subclass defined in the service's settings module, PlatformSettings while the
+    module does not exist yet."""
+    return _settings_class_in(svc.settings)
+
+
+def _settings_class_in(module: str) -> type[BaseSettings]:
+    from shared.settings import PlatformSettings
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return PlatformSettings
+    found = [obj for obj in vars(mod).values() if isinstance(obj, type) and issubclass(obj, PlatformSettings)
+             and obj is not PlatformSettings and obj.__module__ == module]
+    if len(found) != 1:
+        raise LookupError(f"{module} defines {len(found)} PlatformSettings classes; deploy/services.py "
+                          "expects exactly one")
+    return found[0]
+
+
+def _setting(settings_module: str, field_name: str) -> str:
+    """The default of a service's setting (the deployment gives these no override)."""
+    return str(_settings_class_in(settings_module).model_fields[field_name].default)
+
+
+def _code_consumers() -> dict[str, tuple[Consumer, ...]]:
+    """Each consuming service's consumers, from its code's topic lists and its settings' group defaults.
+
+    The group suffixes and the sink's and weather's topic lists are written in their app modules, not as
+    constants; tests/test_deploy_consistency.py starts each service's consumers and fails on any drift."""
+    from services.air_quality.handlers import TOPICS as AIR_TOPICS
+    from services.emergency.handlers import EQUIPMENT_TOPICS, PERSONAL_TOPICS, SAFETY_TOPICS
+    from services.water.handlers import TOPICS as WATER_TOPICS
+
+    emergency = _setting("services.emergency.settings", "emergency_group_prefix")
+    return {
+        "ingest-sink": (Consumer(_setting("services.ingest.settings", "sink_group"),
+                                 (*OBSERVATION_TOPIC.values(), PERSONAL_OBSERVATIONS, DEADLETTER)),),
+        "air-quality": (Consumer(f"{_setting('services.air_quality.settings', 'air_group_prefix')}-stream",
+                                 tuple(AIR_TOPICS)),),
+        "weather": (Consumer(_setting("services.weather.settings", "weather_group"), (OBSERVATION_TOPIC["weather"],)),),
+        "water": (Consumer(f"{_setting('services.water.settings', 'water_group_prefix')}-stream",
+                           tuple(WATER_TOPICS)),),
+        "emergency": (Consumer(f"{emergency}-equipment", tuple(EQUIPMENT_TOPICS)),
+                      Consumer(f"{emergency}-personal", tuple(PERSONAL_TOPICS)),
+                      Consumer(f"{emergency}-safety", tuple(SAFETY_TOPICS))),
+        # notify reads alerts and tasks; the task updates it only writes (field staff's answers come over HTTP)
+        "notify": (Consumer(_setting("shared.notify.settings", "notify_group"),
+                            (_setting("shared.notify.settings", "notify_alerts_topic"),
+                             _setting("shared.notify.settings", "notify_tasks_topic"))),),
+    }
+
+
+CONSUMERS = _code_consumers()
 OBS = tuple(OBSERVATION_TOPIC.values())
 
 # shared.service.serve listens on CITYOPS_HTTP_HOST: the pod's address, so probes and Services reach it
@@ -64,29 +150,30 @@ SERVICES: list[Service] = [
     Service("ingest-gateway", ("ingest", "gateway"), 8101, "services.ingest.app",
             "services.ingest.settings",
             produces=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), mqtt_user="svc-ingest", overrides=LISTEN_ALL),
+    # rows are written idempotently by key, so replicas may split the partitions
     Service("ingest-sink", ("ingest", "sink"), 8102, "services.ingest.app", "services.ingest.settings",
-            consumes=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), produces=(DEADLETTER,),
-            group="cityops-sink-observations", autoscale=True, memory_mi=768, overrides=LISTEN_ALL),
+            consumers=CONSUMERS["ingest-sink"], produces=(DEADLETTER,),
+            autoscale=True, memory_mi=768, overrides=LISTEN_ALL),
     Service("air-quality", ("air", "serve"), 8110, "services.air_quality.app", "services.air_quality.settings",
-            consumes=(OBSERVATION_TOPIC["air"], OBSERVATION_TOPIC["weather"]),
+            consumers=CONSUMERS["air-quality"],
             produces=("cityops.air.grid.v1", "cityops.air.forecast.v1", "cityops.air.attribution.v1",
                       ALERTS, TASKS, DEADLETTER),
-            group="cityops-air", autoscale=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
+            one_replica=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
     Service("weather", ("weather", "serve"), 8111, "services.weather.app", "services.weather.settings",
-            consumes=(OBSERVATION_TOPIC["weather"],),
+            consumers=CONSUMERS["weather"],
             produces=("cityops.weather.nowcast.v1", "cityops.weather.bulletins.v1", ALERTS, DEADLETTER),
-            group="cityops-weather", autoscale=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
+            one_replica=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
     Service("water", ("water", "serve"), 8112, "services.water.app", "services.water.settings",
-            consumes=(OBSERVATION_TOPIC["water"],), produces=(ALERTS, TASKS, DEADLETTER),
-            group="cityops-water", autoscale=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
+            consumers=CONSUMERS["water"], produces=(ALERTS, TASKS, DEADLETTER),
+            one_replica=True, memory_mi=1024, cpu_m=500, overrides=LISTEN_ALL),
     Service("emergency", ("emergency", "serve"), 8113, "services.emergency.app", "services.emergency.settings",
-            consumes=(OBSERVATION_TOPIC["equipment"], OBSERVATION_TOPIC["safety"], PERSONAL_OBSERVATIONS),
+            consumers=CONSUMERS["emergency"],
             produces=("cityops.emergency.incidents.v1", ALERTS, TASKS, DEADLETTER),
-            # EmergencySettings.emergency_group_prefix: its groups are named from this prefix
-            group="cityops-emergency", group_is_prefix=True, autoscale=True, memory_mi=768, overrides=LISTEN_ALL),
+            one_replica=True, memory_mi=768, overrides=LISTEN_ALL),
+    # deliveries, escalations and sessions live in the database (leases, one session key): replicas may split
     Service("notify", ("notify", "serve"), 8120, "shared.notify.app", "shared.notify.settings",
-            consumes=(ALERTS, TASKS, TASK_UPDATES), produces=(DELIVERIES, TASK_UPDATES, DEADLETTER),
-            group="cityops-notify", mqtt_user="svc-notify", autoscale=True,
+            consumers=CONSUMERS["notify"], produces=(DELIVERIES, TASK_UPDATES, DEADLETTER),
+            mqtt_user="svc-notify", autoscale=True,
             # listen on the pod's address (probes, Service); the code's default is loopback for a laptop
             overrides={"notify_host": "0.0.0.0"},
             optional_secrets=("notify_webhook_secret", "notify_sms_token"), public=True,
@@ -107,25 +194,6 @@ REQUIRED_BY_DEPLOYMENT = {"notify": ("notify_session_secret",), "api": ("notify_
                           "emergency": ("notify_session_secret", "emergency_pseudonym_key")}
 
 BY_NAME = {s.name: s for s in SERVICES}
-
-
-def settings_class(svc: Service) -> type[BaseSettings]:
-    """The PlatformSettings subclass defined in the service's settings module, PlatformSettings while the
-    module does not exist yet."""
-    from shared.settings import PlatformSettings
-
-    try:
-        mod = importlib.import_module(svc.settings)
-    except ModuleNotFoundError as exc:
-        if exc.name != svc.settings:
-            raise
-        return PlatformSettings
-    found = [obj for obj in vars(mod).values() if isinstance(obj, type) and issubclass(obj, PlatformSettings)
-             and obj is not PlatformSettings and obj.__module__ == svc.settings]
-    if len(found) != 1:
-        raise LookupError(f"{svc.settings} defines {len(found)} PlatformSettings classes; deploy/services.py "
-                          "expects exactly one")
-    return found[0]
 
 
 def env_prefix(cls: type[BaseSettings]) -> str:

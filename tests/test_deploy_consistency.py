@@ -3,13 +3,21 @@ catch a missing setting or topic in a broken copy of the files."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deploy.consistency import check_images, check_settings, check_topics, discover_settings
+from deploy.consistency import (
+    check_database_access,
+    check_images,
+    check_settings,
+    check_topics,
+    database_clients,
+    discover_settings,
+)
 from deploy.generate import OUTSIDE_READER
 from deploy.kustomize import build
 from deploy.mqtt import write as write_mqtt
@@ -196,3 +204,185 @@ def test_every_kafka_client_logs_in_as_its_own_kafka_user_over_tls(prod):
                                            and d["metadata"]["name"].endswith(svc.name))["spec"]["egress"]
                  for p in rule.get("ports", [])}
         assert listeners["scram"]["port"] in ports and listeners["plain"]["port"] not in ports, svc.name
+
+
+# --- Kafka access and autoscaling against the consumers the code really starts ----------------------------
+
+# How each consuming service starts its Kafka consumers: the app's own build() (StreamProcessor), or the
+# sink's and notify's consume loop (shared.kafka.consumer). The gateway only produces; the API has no Kafka.
+NO_CONSUMER = {"ingest-gateway", "api"}
+DB_STAND_IN = "postgresql://deploy-test@127.0.0.1:9/none"
+
+
+class _Subscribed(Exception):
+    """Raised by the recording consumer's start(): the group and topics are known, nothing else is needed."""
+
+
+def _pod_env(docs: list[dict], name: str) -> dict[str, str]:
+    """The environment the manifests give a service's container; Secrets as stand-ins."""
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cityops-platform")["data"]
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+    env: dict[str, str] = {}
+    for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "configMapKeyRef" in e["valueFrom"]:
+            env[e["name"]] = config[e["valueFrom"]["configMapKeyRef"]["key"]]
+        else:
+            env[e["name"]] = DB_STAND_IN if e["name"].endswith("DB_URL") else "stand-in-secret"
+    return env
+
+
+def _start_consumers(svc, settings) -> None:
+    import asyncio
+    import importlib
+
+    from shared.service import Readiness
+
+    if svc.name == "ingest-sink":
+        from services.ingest.sink import ObservationSink
+
+        with pytest.raises(_Subscribed):
+            asyncio.run(ObservationSink(settings, Readiness("db", "kafka")).run(asyncio.Event()))
+    elif svc.name == "notify":
+        from shared.notify.handlers import NotifyService
+
+        with pytest.raises(_Subscribed):
+            asyncio.run(NotifyService(settings).consume(asyncio.Event()))
+    else:
+        importlib.import_module(svc.module).build(settings, Readiness("db", "kafka"))
+
+
+@pytest.fixture(scope="module")
+def code_consumers(prod, tmp_path_factory):
+    """Service name -> [(consumer group, topics)] as each service's own code subscribes, configured with
+    exactly the environment its Deployment gets."""
+    import os
+
+    from shared import kafka
+    from shared.stream import StreamProcessor
+
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    original_init = StreamProcessor.__init__
+
+    def recording_init(self, name, bootstrap, topics, group, *args, **kw):
+        seen.append((group, tuple(topics)))
+        original_init(self, name, bootstrap, topics, group, *args, **kw)
+
+    class RecordingConsumer:
+        async def start(self):
+            raise _Subscribed
+
+        async def stop(self):
+            return None
+
+    def recording_consumer(bootstrap, group, *topics, **kw):
+        seen.append((group, tuple(topics)))
+        return RecordingConsumer()
+
+    out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StreamProcessor, "__init__", recording_init)
+        mp.setattr(kafka, "consumer", recording_consumer)
+        for svc in SERVICES:
+            if svc.name in NO_CONSUMER:
+                continue
+            for var in [v for v in os.environ if v.startswith("CITYOPS_")]:
+                mp.delenv(var)
+            for var, value in _pod_env(prod, svc.name).items():
+                mp.setenv(var, value)
+            mp.setenv("CITYOPS_STATE_DIR", str(tmp_path_factory.mktemp(svc.name)))
+            seen.clear()
+            _start_consumers(svc, settings_class(svc)(_env_file=None))
+            out[svc.name] = list(seen)
+    return out
+
+
+def _allows(acls: list[dict], rtype: str, name: str, op: str) -> bool:
+    for a in acls:
+        r = a["resource"]
+        if r["type"] != rtype or op not in a["operations"]:
+            continue
+        if r["name"] == name or (r.get("patternType") == "prefix" and name.startswith(r["name"])):
+            return True
+    return False
+
+
+def test_each_kafka_user_reads_exactly_the_topics_and_groups_its_code_consumes(prod, code_consumers):
+    """Before, the KafkaUsers allowed groups no service uses (`cityops-air`, not `cityops-air-stream`;
+    `cityops-weather`, not `cityops-weather-signals`) and left out topics the code reads (air and water the
+    nowcasts, water the weather observations, emergency the alerts, observations and nowcasts of weather):
+    on the cluster every stream service was refused at its first poll. Now each user may read exactly what
+    its code subscribes to, under the groups its code joins."""
+    assert {n for n, used in code_consumers.items() if used} == {s.name for s in SERVICES if s.consumes}
+    problems = []
+    for name, used in code_consumers.items():
+        acls = _acls(prod, name)
+        for group, topics in used:
+            if not _allows(acls, "group", group, "Read"):
+                problems.append(f"{name}: group {group} not allowed")
+            problems += [f"{name}: may not read {t}" for t in topics if not _allows(acls, "topic", t, "Read")]
+        readable = {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic" and "Read" in a["operations"]}
+        problems += [f"{name}: may read {t}, which it never reads" for t in readable - {t for _, ts in used for t in ts}]
+    assert problems == []
+
+
+def test_autoscaling_watches_only_groups_and_topics_the_code_consumes(prod, code_consumers):
+    """Before, KEDA watched groups that never exist (`cityops-air`, `cityops-emergency`, ...) and notify's
+    group on the task-updates topic it only writes; with `offsetResetPolicy: earliest` a missing group's lag
+    is the whole topic, so the services sat at their maximum replica count. Now every trigger names a
+    (group, topic) the service's code consumes."""
+    for so in (d for d in prod if d["kind"] == "ScaledObject"):
+        name = so["metadata"]["name"]
+        consumed = {(g, t) for g, topics in code_consumers[name] for t in topics}
+        watched = {(t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in so["spec"]["triggers"]}
+        assert watched <= consumed, (name, watched - consumed)
+        assert watched == consumed, (name, consumed - watched)
+
+
+KEEP_THE_WHOLE_CITY = {"air-quality", "weather", "water", "emergency"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_services_that_keep_the_whole_city_in_memory_run_one_replica(overlay):
+    """Before, air, weather and emergency scaled to 3 replicas and water to 6: each replica saw only its
+    partitions' sensors (the water balance never complete, the grid and the incidents built from part of
+    the city). Now they run one replica, are not autoscaled and are replaced, not rolled (a rolling update
+    would run two pods in the group for a while)."""
+    docs = build(ROOT / "k8s/overlays" / overlay)
+    scaled = {d["metadata"]["name"] for d in docs if d["kind"] == "ScaledObject"}
+    assert not scaled & KEEP_THE_WHOLE_CITY
+    for name in KEEP_THE_WHOLE_CITY:
+        dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}, name
+    assert {s.name for s in SERVICES if s.one_replica} == KEEP_THE_WHOLE_CITY
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_pod_that_uses_the_database_is_let_in_by_its_policy(overlay):
+    """Before, TimescaleDB's NetworkPolicy let in only pods labelled `app.kubernetes.io/part-of: cityops`,
+    and Grafana's pod had no such label (kustomize's `labels` marks the objects, not their pod templates):
+    every dashboard panel failed to connect. Now every pod that talks to the database is let in."""
+    docs = build(ROOT / "k8s/overlays" / overlay)
+    clients = database_clients(docs)
+    assert {"grafana", "cityops-migrate", "timescaledb-backup", *(s.name for s in SERVICES if s.needs_db)} <= clients
+    assert check_database_access(docs) == []
+
+
+def test_a_pod_the_database_policy_shuts_out_is_caught():
+    docs = copy.deepcopy(build(PROD))
+    api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "api")
+    del api["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"]
+    problems = check_database_access(docs)
+    assert len(problems) == 1 and problems[0].startswith("Deployment/api:")
+
+
+def test_gateways_and_field_phones_reach_mosquitto_from_outside(prod):
+    """Before, Mosquitto's Service was ClusterIP although its NetworkPolicy (and the gateways, and field
+    staff's phones) expect them to come in through a load balancer: nothing outside the cluster could
+    connect. Now the Service is a LoadBalancer on the MQTT port the policy opens."""
+    svc = next(d for d in prod if d["kind"] == "Service" and d["metadata"]["name"] == "mosquitto")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    policy = next(d for d in prod if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mosquitto")
+    open_ports = {p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]}
+    assert {p["port"] for p in svc["spec"]["ports"]} == open_ports == {1883}
