@@ -320,3 +320,92 @@ def test_generated_json_matches_checked_in(tmp_path):
         json.loads(provisioning_files()[f"dashboards/json/{d['uid']}.json"]) for d in checked_in_dashboards()
     ] == checked_in_dashboards()
     assert Path(PROVISIONING / "datasources" / "cityops.yaml").exists()
+
+
+# --- what "open" means on the incident and leak tables ---------------------------------------------------------
+
+
+def _panel_rows(conn: psycopg.Connection, uid: str, table: str, start: datetime, end: datetime) -> list[dict]:
+    """The rows the checked-in table panel listing `table` shows for this time range, as Grafana runs it."""
+    dashboard = next(d for d in checked_in_dashboards() if d["uid"] == uid)
+    panel = next(p for p in dashboard["panels"] if p["type"] == "table" and f"FROM {table}" in p["targets"][0]["rawSql"])
+    sql = macros.expand(panel["targets"][0]["rawSql"], start=start, end=end, variables=variable_values(conn))
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    conn.rollback()
+    return rows
+
+
+def test_a_resolved_incident_is_not_listed_as_open(db_url):
+    """Before, the Incidents panel kept every incident ever opened on screen whatever the time range: it left out
+    `status = 'closed'`, a state incidents never take (they end `resolved`, then `reported`). Now an incident
+    opened before the time range is listed only while it is still open."""
+    import asyncio
+
+    from schemas.products import Incident
+    from services.emergency import repository
+
+    assert set(build.INCIDENT_CLOSED) < set(Incident.model_fields["status"].annotation.__args__)
+    now = datetime.now(UTC)
+    days_ago = now - timedelta(days=3)
+
+    async def write() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            for incident_id, status, opened in (("inc-test-old-resolved", "resolved", days_ago),
+                                                ("inc-test-old-reported", "reported", days_ago),
+                                                ("inc-test-old-on-site", "on_site", days_ago),
+                                                ("inc-test-new-resolved", "resolved", now)):
+                inc = Incident(incident_id=incident_id, kind="gas_release", status=status, severity="major",
+                               title_zh="燃气泄漏", title_en="Gas release", opened_at=opened, updated_at=opened)
+                await repository.upsert_incident(conn, inc, [(status, opened, "")])
+            await conn.commit()
+
+    asyncio.run(write())
+    with psycopg.connect(db_url) as conn:
+        rows = _panel_rows(conn, "cityops-emergency", "incidents", now - timedelta(hours=1), now + timedelta(hours=1))
+    listed = {r["incident_id"] for r in rows if r["incident_id"].startswith("inc-test-")}
+    assert listed == {"inc-test-old-on-site", "inc-test-new-resolved"}
+
+
+def test_a_leak_is_open_until_its_alert_is_resolved(db_url):
+    """Before, the "Active leaks" panel left out `leaks.status = 'closed'`, which nothing ever writes: a repaired
+    leak stayed active for ever (within the time range). Now a leak is open until a dispatcher resolves its
+    alert (the rule the water service uses after a restart): open ones are listed whatever the time range,
+    resolved ones only in the range they were detected in, marked resolved."""
+    import asyncio
+
+    from services.water import repository as water
+    from shared.notify import repository as notify
+
+    now = datetime.now(UTC)
+    days_ago = now - timedelta(days=3)
+    leaks = (("leak-test-old-repaired", days_ago, True), ("leak-test-old-open", days_ago, False),
+             ("leak-test-new-repaired", now, True))
+
+    async def write() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            rows = []
+            for leak_id, detected, _ in leaks:
+                await water.upsert_leak(conn, leak_id=leak_id, detected_at=detected, pipe_id="p-1",
+                                        candidates=[{"pipe_id": "p-1", "rank": 1}], flow_m3h=12.0, dma="dma-1",
+                                        kind="burst")
+                rows.append({"alert_id": f"alert-{leak_id}", "domain": "water", "kind": "leak", "severity": "major",
+                             "level": None, "status": "open", "title_zh": "管网漏损", "title_en": "Water leak",
+                             "message_zh": "漏损", "message_en": "Leak", "lat": None, "lon": None, "district": None,
+                             "dedup_key": f"water:leak:{leak_id}", "raised_at": detected,
+                             "evidence": {"leak_id": leak_id}, "repeat_count": 0, "last_seen_at": detected,
+                             "rule": None, "updated_at": detected})
+            async with conn.cursor() as cur:
+                await notify.insert_alerts(cur, rows)
+            await conn.commit()
+            for leak_id, _, repaired in leaks:
+                if repaired:
+                    assert await notify.resolve_alert(conn, f"alert-{leak_id}", "dispatcher-1", "dispatcher", "fixed")
+
+    asyncio.run(write())
+    with psycopg.connect(db_url) as conn:
+        rows = _panel_rows(conn, "cityops-water", "leaks", now - timedelta(hours=1), now + timedelta(hours=1))
+    listed = {r["leak_id"]: r.get("state") for r in rows if r["leak_id"].startswith("leak-test-")}
+    assert listed == {"leak-test-old-open": "open", "leak-test-new-repaired": "resolved"}

@@ -17,6 +17,10 @@ DATASOURCE_NAME = "CityOps PostgreSQL/TimescaleDB"
 FOLDER_UID = "cityops"
 FOLDER_TITLE = "CityOps 城市运行 / City operations"
 SCHEMA_VERSION = 39
+# The states an incident ends in: the crew's work is done (schemas/products.py Incident.status; the order is
+# services/emergency/domain/incidents.py). Any other state is open.
+INCIDENT_CLOSED = ("resolved", "reported")
+_INCIDENT_CLOSED_SQL = ", ".join(f"'{state}'" for state in INCIDENT_CLOSED)
 
 
 @dataclass(frozen=True)
@@ -266,24 +270,35 @@ ORDER BY 1""",
             unit="pressurem",
         ),
         Panel(
-            "当前漏损及候选管段",
-            "Active leaks and candidate pipes",
+            "漏损及候选管段",
+            "Leaks and candidate pipes",
             "table",
             (
                 Query(
-                    """SELECT detected_at AS "time", leak_id, pipe_id, dma, kind, estimated_flow_m3h,
-       jsonb_array_length(candidates)::int AS n_candidates, candidates::text AS candidates
-FROM leaks
-WHERE status <> 'closed' AND $__timeFilter(detected_at)
-ORDER BY detected_at DESC""",
+                    # open until a dispatcher resolves the leak's alert (the rule the water service itself
+                    # uses after a restart); leaks.status is written once, 'open', and never changes
+                    """WITH leak_alerts AS (
+    SELECT evidence->>'leak_id' AS leak_id, bool_and(resolved_at IS NOT NULL) AS resolved
+    FROM alerts
+    WHERE domain = 'water' AND kind = 'leak' AND evidence->>'leak_id' IS NOT NULL
+    GROUP BY 1
+)
+SELECT l.detected_at AS "time", l.leak_id, l.pipe_id, l.dma, l.kind,
+       CASE WHEN a.resolved THEN 'resolved' ELSE 'open' END AS state, l.estimated_flow_m3h,
+       jsonb_array_length(l.candidates)::int AS n_candidates, l.candidates::text AS candidates
+FROM leaks l LEFT JOIN leak_alerts a USING (leak_id)
+WHERE $__timeFilter(l.detected_at) OR a.resolved IS NOT TRUE
+ORDER BY a.resolved IS TRUE, l.detected_at DESC""",
                     TS(
                         "time",
                         ("estimated_flow_m3h", "n_candidates"),
-                        ("leak_id", "pipe_id", "dma", "kind", "candidates"),
+                        ("leak_id", "pipe_id", "dma", "kind", "state", "candidates"),
                     ),
                     "table",
                 ),
             ),
+            description="Every leak still open, and those detected in the time range. A leak is open until "
+            "its alert is resolved in the dispatcher console after the repair.",
         ),
         Panel(
             "各汇水区内涝风险",
@@ -395,10 +410,11 @@ EMERGENCY = Dashboard(
             "table",
             (
                 Query(
-                    """SELECT opened_at AS "time", incident_id, kind, status, severity, title_zh, title_en,
+                    # incidents opened in the time range, and every one still open from before
+                    f"""SELECT opened_at AS "time", incident_id, kind, status, severity, title_zh, title_en,
        jsonb_array_length(related_alert_ids)::int AS n_alerts
 FROM incidents
-WHERE ($__timeFilter(opened_at) OR status <> 'closed')
+WHERE ($__timeFilter(opened_at) OR status NOT IN ({_INCIDENT_CLOSED_SQL}))
 ORDER BY opened_at DESC""",
                     TS(
                         "time",
