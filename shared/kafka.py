@@ -131,18 +131,40 @@ def event_for_topic(topic: str, source: str, payload: BaseModel, *, occurred_at:
     return encode(envelope(t.event_type, source, payload, occurred_at=occurred_at, event_id=event_id))
 
 
+def storable_text(text: str) -> str:
+    """`text` as UTF-8 and PostgreSQL can hold it: a lone surrogate (valid in JSON, "\\ud800") and NUL become
+    visible escapes. Rejected input quotes what the sender wrote; quoting it must not crash whoever stores it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def is_restricted(topic: str) -> bool:
+    """Whether `topic` carries personal data (schemas/topics.py access "restricted")."""
+    t = BY_NAME.get(topic)
+    return t is not None and t.access == "restricted"
+
+
+def redacted_personal(original: bytes, what: str = "record") -> bytes:
+    """What a dead letter keeps of personal data: its digest. The dead-letter topic and table are internal, not
+    restricted; the digest still recognises a redelivery and lets an operator match it against the device's log."""
+    return f"redacted personal {what}, sha256 {hashlib.sha256(original).hexdigest()}".encode()
+
+
 def dead_letter(*, stage: str, reason_code: DeadLetterReason, reason: str, origin: str, original: bytes,
                 gateway_id: str | None = None, sensor_id: str | None = None,
                 received_at: datetime | None = None) -> tuple[bytes, bytes, str]:
     """(key, value, event_id) of a dead letter. The event id depends only on where the bytes came
-    from and what they were, so a redelivered poison message is stored once."""
+    from and what they were, so a redelivered poison message is stored once. Text fields may quote any
+    input (see `storable_text`); the original bytes are kept as they were."""
     from schemas.deadletter import DeadLetter
 
     received_at = received_at or datetime.now(UTC)
+    stage, reason, origin = storable_text(stage), storable_text(reason[:2000]), storable_text(origin)
+    gateway_id = storable_text(gateway_id) if gateway_id is not None else None
+    sensor_id = storable_text(sensor_id) if sensor_id is not None else None
     digest = hashlib.sha256(origin.encode() + b"\0" + original).hexdigest()
     event_id = str(uuid.uuid5(DLQ_NAMESPACE, f"{stage}|{reason_code}|{digest}"))
     dl = DeadLetter(
-        reason_code=reason_code, reason=reason[:2000], stage=stage, origin=origin, gateway_id=gateway_id,
+        reason_code=reason_code, reason=reason, stage=stage, origin=origin, gateway_id=gateway_id,
         sensor_id=sensor_id, original_b64=base64.b64encode(original).decode(), received_at=received_at,
     )
     value = encode(envelope("dead_letter", stage, dl, occurred_at=received_at, event_id=event_id))

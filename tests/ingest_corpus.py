@@ -49,6 +49,11 @@ def cases(A: str, B: str, GA: str, GB: str, now_iso: str, old_iso: str, future_i
         ("naive_time", "schema_violation", ta, j(msg(time="2026-01-01T00:00:00")), GA),
         ("extra_field", "schema_violation", ta, j(msg(firmware="1.2")), GA),
         ("bad_sensor_id_chars", "schema_violation", f"city/{GA}/{A}", j(msg(sensor_id="a b/c")), GA),
+        # valid JSON whose text UTF-8 cannot hold: quoting it in the dead letter crash-looped the gateway
+        ("sensor_id_lone_surrogate", "schema_violation", ta, j(msg(sensor_id="\ud800")), GA),
+        # NUL is valid JSON, but no PostgreSQL text column takes it: the dead letter crash-looped the sink
+        ("sensor_id_with_nul", "schema_violation", ta, j(msg(sensor_id=A + "\u0000")), GA),
+        ("quantity_name_with_nul", "schema_violation", ta, j(msg(values={"pm\u0000": "x"})), GA),
         ("negative_seq", "schema_violation", ta, j(msg(seq=-1)), GA),
         ("wire_value_without_unit", "schema_violation", ta, j(msg(values={"pm25": {"value": 0.02}})), GA),
         ("unknown_sensor", "unknown_sensor", f"city/{GA}/ghost-1", j(msg(sensor_id="ghost-1")), GA),

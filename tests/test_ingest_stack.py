@@ -156,3 +156,55 @@ def _wait_total(db_url: str, ids: list[str], n: int) -> None:
 
     wait_for(lambda: _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = ANY(%s)", ids) >= n,
              timeout=120, what=f"{n} rows")
+
+
+async def test_dead_letter_quoting_a_nul_is_stored_with_its_batch(db_url):
+    """Before: a dead letter whose sensor_id or reason quoted a NUL the sender wrote ({"sensor_id":"abc\\u0000"}
+    is valid JSON) made PostgreSQL refuse the dead_letters insert: the sink's whole batch rolled back, the sink
+    died, restarted on the same batch and died again. Now the text is escaped ("\\x00") where the dead letter is
+    made and again where the sink stores it (for letters already on the topic), and the batch commits."""
+    from types import SimpleNamespace
+
+    from services.ingest import repository
+    from services.ingest.domain.validate import Accepted, Rejected, Validator
+    from services.ingest.sink import ObservationSink
+    from shared import kafka
+    from shared.service import Readiness
+
+    tok = secrets.token_hex(3)
+    A, GA = f"aq-{tok}", f"gw-{tok}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    v = Validator({A: air_sensor(A, GA)})
+    good = v.validate(f"city/{GA}/{A}", json.dumps({"sensor_id": A, "time": now.isoformat(),
+                                                    "values": {"pm25": 12.5}}).encode(), now)
+    bad_payload = json.dumps({"sensor_id": A + "\u0000", "time": now.isoformat(), "values": {"pm\u0000": "x"}}).encode()
+    bad = v.validate(f"city/{GA}/{A}", bad_payload, now)
+    assert isinstance(good, Accepted) and isinstance(bad, Rejected)
+    _, fresh, fresh_id = kafka.dead_letter(stage="ingest", reason_code=bad.reason_code, reason=bad.reason,
+                                           origin=f"mqtt:city/{GA}/{A}", original=bad_payload, gateway_id=GA,
+                                           sensor_id=bad.sensor_id, received_at=now)
+    # as an earlier gateway, or another producer, left it on the topic: NUL (and a lone surrogate) in its text
+    legacy_id = f"legacy-{tok}"
+    legacy = json.dumps({"event_id": legacy_id, "type": "dead_letter", "schema_version": 1, "source": "ingest",
+                         "occurred_at": now.isoformat(), "payload": {
+                             "reason_code": "schema_violation", "reason": "values.pm\u0000: not a number \ud800",
+                             "stage": "ingest", "origin": f"mqtt:city/{GA}/{A}", "gateway_id": GA,
+                             "sensor_id": f"{A}\u0000", "original_b64": base64.b64encode(bad_payload).decode(),
+                             "received_at": now.isoformat()}}).encode()
+    records = [SimpleNamespace(topic=t, partition=0, offset=i, value=val, key=None) for i, (t, val) in enumerate(
+        [(good.topic, good.value), (DEADLETTER, fresh), (DEADLETTER, legacy)])]
+
+    sink = ObservationSink(settings_for(db_url, tok), Readiness("db", "kafka"))
+    rows, worker_rows, dls = sink._rows(records, {})  # noqa: SLF001 - the sink's own path to the database
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        n_obs, _, n_dl = await repository.write_observations(conn, rows, worker_rows, dls)
+    assert (n_obs, n_dl) == (1, 2)
+    with psycopg.connect(db_url) as conn:
+        stored = {r[0]: r[1:] for r in conn.execute(
+            "SELECT event_id, sensor_id, reason, original FROM dead_letters WHERE event_id = ANY(%s)",
+            ([fresh_id, legacy_id],)).fetchall()}
+    assert stored[legacy_id][0] == f"{A}\\x00" and "pm\\x00" in stored[legacy_id][1]
+    assert "\\ud800" in stored[legacy_id][1]
+    assert stored[fresh_id][0] is None and "\\x00" in stored[fresh_id][1]  # no valid sensor id was given
+    assert bytes(stored[fresh_id][2]) == bad_payload == bytes(stored[legacy_id][2])
+    assert _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = %s", A) == 1

@@ -10,8 +10,11 @@ import pytest
 from ingest_corpus import cases
 from ingest_harness import air_sensor
 
+from services.ingest import repository
 from services.ingest.domain.qc import QcConfig, StreamQc
 from services.ingest.domain.validate import Accepted, Rejected, Validator
+from services.ingest.handlers import _shareable
+from shared import kafka
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 A, B, GA, GB = "aq-1", "aq-2", "gw-a", "gw-b"
@@ -35,6 +38,30 @@ def test_bad_input_is_rejected_with_reason(name, reason, topic, payload, gateway
     assert isinstance(res, Rejected), f"{name} was accepted"
     assert res.reason_code == reason, res.reason
     assert res.reason  # words a sensor engineer can act on
+
+
+@pytest.mark.parametrize(("name", "reason", "topic", "payload", "gateway"), CORPUS, ids=[c[0] for c in CORPUS])
+def test_every_rejection_makes_a_dead_letter_the_sink_can_store(name, reason, topic, payload, gateway):
+    """Before: a sensor_id that is a lone surrogate ("\\ud800", valid JSON) went into the dead letter as it was,
+    and encoding it raised UnicodeEncodeError in the gateway loop before the PUBACK: the broker redelivered it and
+    the gateway crash-looped. A NUL in sensor_id or in the reason reached the dead_letters row, which PostgreSQL
+    refuses: the sink crash-looped. Now only a sensor_id matching the schema's pattern is kept, and the text of a
+    dead letter is escaped; the original bytes are kept exactly."""
+    v = validator()
+    res = v.validate(topic, payload, NOW)
+    assert isinstance(res, Rejected)
+    # the gateway's own call (services/ingest/handlers.py)
+    key, value, _ = kafka.dead_letter(stage="ingest", reason_code=res.reason_code, reason=res.reason,
+                                      origin=f"mqtt:{topic}", original=_shareable(v, topic, res.sensor_id, payload),
+                                      gateway_id=gateway, sensor_id=res.sensor_id, received_at=NOW)
+    key.decode("utf-8")
+    env = json.loads(value.decode("utf-8"))
+    row = repository.dead_letter_row(env)
+    text = [f for f in row if isinstance(f, str)]
+    assert not any("\x00" in f or any(0xD800 <= ord(c) <= 0xDFFF for c in f) for f in text), row
+    assert row[-1] == payload
+    if res.sensor_id is not None:
+        assert res.sensor_id in (A, B, "ghost-1")
 
 
 def test_exact_duplicate_is_rejected_once_seen():
@@ -117,3 +144,27 @@ def test_flat_line_matches_ioos_qc(seed):
     # ioos_qc passes the first window, we say "not evaluated" there; compare where both evaluate
     assert ours[4:] == ref[4:]
     assert 4 in ours[30:45] and ours[84] == 3 and 4 not in ours[80:86]
+
+
+def test_a_late_reading_is_not_a_spike():
+    """Before: a reading older than the last one skipped rate-of-change but ran the spike test against a time gap
+    clamped to 1e-9 h, so any difference at all was a spike: flag 4 (FAIL), and downstream drops FAIL. Now the
+    spike test, like rate-of-change, is not evaluated (2) for a reading that is not the newest."""
+    qc, cfg = StreamQc(), QcConfig(valid_min=0, valid_max=100, max_rate_per_h=10.0)
+    for t, v in [(0, 20.0), (600, 20.5), (1200, 21.0), (1800, 21.2)]:
+        qc.check(("s", "temp"), t, v, cfg)
+    agg, tests = qc.check(("s", "temp"), 900, 20.8, cfg)  # delivered late, fits its neighbours
+    assert tests["spike"] == 2 and tests["rate_of_change"] == 2 and agg == 1
+    # the newest reading is still tested against the history: a late one did not enter it
+    _, tests = qc.check(("s", "temp"), 2400, 21.3, cfg)
+    assert tests["spike"] == 1 and tests["rate_of_change"] == 1
+
+
+def test_a_late_reading_is_forwarded_with_a_passing_flag():
+    v = validator()
+    base = NOW - timedelta(hours=1)
+    for minutes, temp in [(0, 20.0), (10, 20.5), (20, 21.0), (30, 21.2), (15, 20.8)]:
+        res = v.validate(f"city/{GA}/{A}", json.dumps({"sensor_id": A, "time": (base + timedelta(minutes=minutes))
+                                                       .isoformat(), "values": {"temp": temp}}).encode(), NOW)
+        assert isinstance(res, Accepted)
+    assert json.loads(res.value)["payload"]["values"]["temp"]["qc"] == 1

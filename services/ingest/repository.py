@@ -7,6 +7,7 @@ import json
 import psycopg
 
 from schemas.registry import SensorSpec
+from shared.kafka import storable_text
 from shared.storage.registry import load_sensors
 
 OBS_COLUMNS = ("time", "sensor_id", "quantity", "value", "unit", "qc", "domain", "district", "ingested_at")
@@ -63,12 +64,19 @@ async def write_observations(conn: psycopg.AsyncConnection, rows: list[tuple], w
 
 
 def dead_letter_row(envelope: dict) -> tuple:
+    """The dead_letters row of a dead-letter event. Its text may quote a NUL the sender wrote, which a text column
+    refuses (and with it the whole batch, again at every restart): escaped here too, for letters that producers
+    wrote before `kafka.dead_letter` escaped it, or that others write."""
     import base64
 
     p = envelope["payload"]
+
+    def text(v):
+        return storable_text(v) if isinstance(v, str) else v
+
     return (
-        envelope["event_id"], p["received_at"], p["stage"], p["reason_code"], p["reason"], p["origin"],
-        p.get("gateway_id"), p.get("sensor_id"), base64.b64decode(p["original_b64"]),
+        text(envelope["event_id"]), p["received_at"], text(p["stage"]), text(p["reason_code"]), text(p["reason"]),
+        text(p["origin"]), text(p.get("gateway_id")), text(p.get("sensor_id")), base64.b64decode(p["original_b64"]),
     )
 
 

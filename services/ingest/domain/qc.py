@@ -56,10 +56,11 @@ class StreamQc:
         else:
             tests["rate_of_change"] = QC_NOT_EVALUATED
 
-        # spike, one-sided for a stream: the newest value against the mean of the two before it
-        if cfg.max_rate_per_h is not None and len(h.values) >= 2:
+        # spike, one-sided for a stream: the newest value against the mean of the two before it. A late reading
+        # is not the newest: against a gap clamped to ~0 any difference would FAIL, and FAIL is dropped downstream
+        if cfg.max_rate_per_h is not None and len(h.values) >= 2 and t_s > h.times[-1]:
             ref = (h.values[-1] + h.values[-2]) / 2.0
-            dt_h = max((t_s - h.times[-1]) / 3600.0, 1e-9)
+            dt_h = (t_s - h.times[-1]) / 3600.0
             spike = abs(value - ref)
             suspect = cfg.max_rate_per_h * dt_h * 2.0
             tests["spike"] = QC_FAIL if spike > 2 * suspect else QC_SUSPECT if spike > suspect else QC_PASS

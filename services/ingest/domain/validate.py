@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from services.ingest.domain.qc import QcConfig, StreamQc
 from shared.units import UnitError, convert
 
 EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3d0e-4c55-9a53-5b0f3c1c2b10")
+# the schema's own sensor_id pattern: a rejected payload's sensor_id is kept (as the dead letter's key and column)
+# only if it is one a sensor could have, not whatever text the sender put there
+SENSOR_ID = re.compile(next(m.pattern for m in SensorMessage.model_fields["sensor_id"].metadata
+                            if getattr(m, "pattern", None)))
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ class Validator:
             return Rejected("malformed_json", "not valid JSON: nested too deeply; send a flat JSON object")
         if not isinstance(obj, dict):
             return Rejected("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-        sid_hint = obj.get("sensor_id") if isinstance(obj.get("sensor_id"), str) else None
+        sid = obj.get("sensor_id")
+        sid_hint = sid if isinstance(sid, str) and SENSOR_ID.fullmatch(sid) else None
         try:
             msg = SensorMessage.model_validate(obj)
         except ValidationError as exc:
