@@ -184,8 +184,11 @@ class StreamProcessor:
         return out
 
     def _dead(self, rec, code: str, reason: str) -> Output:
+        original = rec.value or b""
+        if kafka.is_restricted(rec.topic):  # a worker's data must not leave the restricted topic via the dead letters
+            original = kafka.redacted_personal(original)
         key, value, _ = kafka.dead_letter(stage=self.name, reason_code=code, reason=reason,
                                           origin=f"kafka:{rec.topic}/{rec.partition}@{rec.offset}",
-                                          original=rec.value or b"")
+                                          original=original)
         DEAD_LETTERS.labels(self.name, code).inc()
         return Output(kafka.DEADLETTER_TOPIC, key, value)

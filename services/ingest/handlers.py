@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import threading
 import time
@@ -190,12 +189,11 @@ class Gateway:
 
 
 def _shareable(validator, topic: str, sensor_id: str | None, payload: bytes) -> bytes:
-    """What a dead letter may keep of a rejected payload. The dead-letter topic and table are internal, not
-    restricted: a wearable's payload (a worker's position, heart rate) stays out of them, replaced by its digest so
-    that a redelivery is still recognised and an operator can match it against the device's own log."""
+    """What a dead letter may keep of a rejected payload: a wearable's (a worker's position, heart rate) only as
+    its digest, see `kafka.redacted_personal`."""
     ids = {sensor_id, topic.rsplit("/", 1)[-1]}
     if any(sid and getattr(validator.registry.get(sid), "personal", False) for sid in ids):
-        return b"redacted personal payload, sha256 " + hashlib.sha256(payload).hexdigest().encode()
+        return kafka.redacted_personal(payload, "payload")
     return payload
 
 

@@ -9,7 +9,6 @@ coordinates as its origin) in the same transaction, so it is neither lost nor re
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -67,8 +66,8 @@ class ObservationSink:
                                      p.get("district"), ingested))
             except (ValueError, KeyError, TypeError) as exc:
                 raw = rec.value or b""
-                if rec.topic == RESTRICTED:  # a worker's data stays in the restricted schema, not in dead letters
-                    raw = b"redacted personal record, sha256 " + hashlib.sha256(raw).hexdigest().encode()
+                if kafka.is_restricted(rec.topic):  # a worker's data stays in the restricted schema
+                    raw = kafka.redacted_personal(raw)
                 _, value, _ = kafka.dead_letter(
                     stage=SERVICE, reason_code="schema_violation", reason=f"unreadable record: {exc!r}"[:300],
                     origin=origin, original=raw,
