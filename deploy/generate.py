@@ -19,6 +19,7 @@ from deploy.services import (
     IMAGE_TARGET,
     LOOPBACK_ONLY,
     MQTT_CREDENTIALS_PATH,
+    POD_NAME,
     SECRET_FIELDS,
     SERVICES,
     STATE_DIR,
@@ -224,6 +225,8 @@ def _k8s_env(svc: Service) -> list[dict[str, Any]]:
             if field in svc.optional_secrets:
                 ref["optional"] = True
             env.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+        elif value == POD_NAME:
+            env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         elif field in ("kafka_bootstrap", "mqtt_host", "mqtt_port"):
             env.append({"name": name, "valueFrom": {"configMapKeyRef": {"name": "cityops-platform", "key": name}}})
         else:
@@ -283,13 +286,19 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
                             "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": mounts,
     }
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(svc.name, "service"),
+    if svc.replica_name:
+        # pods named <service>-0, -1, ... for good (deploy/services.py REPLICA_NAME_WHY); started side by side,
+        # they need no order. Updates still go one pod at a time, the old pod gone before its successor starts.
+        how: dict[str, Any] = {"serviceName": pods_service_name(svc), "podManagementPolicy": "Parallel"}
+    else:
+        # one replica, even while a new version rolls out (deploy/services.py ONE_REPLICA_WHY)
+        how = {"strategy": {"type": "Recreate"}} if svc.one_replica else {}
+    workload = {
+        "apiVersion": "apps/v1", "kind": workload_kind(svc), "metadata": _meta(svc.name, "service"),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            # one replica, even while a new version rolls out (deploy/services.py ONE_REPLICA_WHY)
-            **({"strategy": {"type": "Recreate"}} if svc.one_replica else {}),
+            **how,
             "template": {
                 "metadata": {"labels": {**labels, "app.kubernetes.io/part-of": "cityops"},
                              "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(svc.port)}},
@@ -334,10 +343,24 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
             "egress": egress,
         },
     }
-    out = [deployment, service, pdb, netpol]
+    out = [workload, service, pdb, netpol]
+    if svc.replica_name:
+        # the StatefulSet's governing Service: gives each pod its DNS name; the Service above keeps its
+        # cluster IP (a Service's clusterIP cannot be changed in place)
+        out.insert(2, {"apiVersion": "v1", "kind": "Service", "metadata": _meta(pods_service_name(svc), "service"),
+                       "spec": {"clusterIP": "None", "selector": labels,
+                                "ports": [{"name": "http", "port": svc.port, "targetPort": "http"}]}})
     if svc.autoscale and svc.consumes:
         out.append(scaled_object(svc))
     return out
+
+
+def workload_kind(svc: Service) -> str:
+    return "StatefulSet" if svc.replica_name else "Deployment"
+
+
+def pods_service_name(svc: Service) -> str:
+    return f"{svc.name}-pods"
 
 
 def max_replicas(svc: Service) -> int:

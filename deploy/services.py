@@ -48,7 +48,7 @@ class Consumer:
 
 @dataclass(frozen=True)
 class Service:
-    name: str  # compose service, Deployment, Service and KafkaUser name
+    name: str  # compose service, workload (Deployment or StatefulSet), Service and KafkaUser name
     argv: tuple[str, ...]  # `cityops <argv> --port <port>`
     port: int
     module: str  # the service's app module
@@ -59,6 +59,8 @@ class Service:
     needs_db: bool = True
     autoscale: bool = False  # KEDA on consumer lag of `consumes`, capped at the smallest partition count
     one_replica: bool = False  # keeps the whole city in memory: see ONE_REPLICA_WHY
+    # setting given each replica's own lasting name (a StatefulSet's pod name): see REPLICA_NAME_WHY
+    replica_name: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)  # settings field -> value
     optional_secrets: tuple[str, ...] = ()  # SECRET_FIELDS this service may be given
     public: bool = False  # reached from outside the namespace (console, API clients), not only by probes
@@ -73,6 +75,9 @@ class Service:
     def __post_init__(self) -> None:
         if self.autoscale and self.one_replica:
             raise ValueError(f"{self.name}: a one-replica service cannot autoscale ({ONE_REPLICA_WHY})")
+        if self.replica_name and (self.autoscale or self.one_replica):
+            raise ValueError(f"{self.name}: a service whose replicas keep named sessions is scaled by hand, "
+                             f"never autoscaled nor replaced ({REPLICA_NAME_WHY})")
 
 
 # Why air, weather, water and emergency run exactly one replica and never autoscale: each keeps the whole
@@ -82,6 +87,18 @@ class Service:
 # (a water balance that never closes, a grid from half the stations). Their Deployments are also replaced,
 # not rolled: a rolling update would run old and new pod in the group side by side for a while.
 ONE_REPLICA_WHY = "it keeps the whole city's state in memory; a second replica would see only some sensors"
+
+# Why the ingest gateway runs as a StatefulSet: its MQTT client id (`cityops-ingest-<CITYOPS_INGEST_INSTANCE>`)
+# names a persistent session, and Mosquitto goes on queueing a shared-subscription member's share of the
+# readings in that session while the member is away (its unacknowledged ones too). A Deployment's
+# replacement pod has a new name and never takes the old session back: that share expired unread after the
+# session expiry (1 h). A StatefulSet's pod comes back under the same name (`ingest-gateway-0`, `-1`, ...),
+# which the downward API gives to the setting, and no two pods ever have the same name, so two replicas
+# never take one session from each other. Scaling down leaves the removed pods' sessions behind: by hand
+# only, as docs/operations.md says.
+REPLICA_NAME_WHY = "each replica's MQTT session is found again only under the same name"
+# env_fields() value of a setting that Kubernetes fills from the pod's name (downward API)
+POD_NAME = "<the pod's name>"
 
 
 def settings_class(svc: Service) -> type[BaseSettings]:
@@ -149,7 +166,8 @@ LISTEN_ALL = {"http_host": "0.0.0.0"}
 SERVICES: list[Service] = [
     Service("ingest-gateway", ("ingest", "gateway"), 8101, "services.ingest.app",
             "services.ingest.settings",
-            produces=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), mqtt_user="svc-ingest", overrides=LISTEN_ALL),
+            produces=(*OBS, PERSONAL_OBSERVATIONS, DEADLETTER), mqtt_user="svc-ingest",
+            replica_name="ingest_instance", overrides=LISTEN_ALL),
     # rows are written idempotently by key, so replicas may split the partitions
     Service("ingest-sink", ("ingest", "sink"), 8102, "services.ingest.app", "services.ingest.settings",
             consumers=CONSUMERS["ingest-sink"], produces=(DEADLETTER,),
@@ -210,10 +228,11 @@ def required_fields(cls: type[BaseSettings]) -> list[str]:
 
 
 def env_fields(svc: Service, target: str = "compose") -> dict[str, str | None]:
-    """Settings field -> value the deployment gives it; None means 'from the Secret'.
+    """Settings field -> value the deployment gives it; None means 'from the Secret', POD_NAME 'the pod's
+    name'.
 
-    Required fields, platform wiring (MQTT, state dir) and declared overrides. Raises KeyError naming
-    the field when the list asks for a setting the service's class does not read.
+    Required fields, platform wiring (MQTT, state dir), the replica's name and declared overrides. Raises
+    KeyError naming the field when the list asks for a setting the service's class does not read.
     """
     cls = settings_class(svc)
     out: dict[str, str | None] = {}
@@ -224,6 +243,9 @@ def env_fields(svc: Service, target: str = "compose") -> dict[str, str | None]:
         out["mqtt_host"] = "mosquitto"
         out["mqtt_port"] = "1883"
         out["mqtt_credentials"] = MQTT_CREDENTIALS_PATH
+    if svc.replica_name:
+        # compose runs one container of the service, named <project>-<service>-1 (docs/operations.md)
+        out[svc.replica_name] = POD_NAME if target == "k8s" else f"{svc.name}-1"
     out.update(svc.overrides)
     own = cls.__module__ == svc.settings
     for name in (*(REQUIRED_BY_DEPLOYMENT.get(svc.name, ()) if own else ()), *svc.optional_secrets):

@@ -33,6 +33,11 @@ def prod():
     return build(PROD)
 
 
+def _workload(docs, name):
+    """A service's workload: its Deployment, or the StatefulSet of a service whose pods keep their names."""
+    return next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] == name)
+
+
 def test_settings_are_discovered_and_set_everywhere():
     assert {"services.ingest.settings:IngestSettings", "shared.notify.settings:NotifySettings",
             "shared.api.settings:ApiSettings"} <= set(discover_settings())
@@ -121,7 +126,7 @@ def test_autoscaling_never_exceeds_partitions(prod):
         inputs = [t["metadata"]["topic"] for t in so["spec"]["triggers"]]
         assert set(inputs) == set(next(s for s in SERVICES if s.name == name).consumes)
         assert so["spec"]["maxReplicaCount"] <= min(parts[t] for t in inputs)
-        deployment = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        deployment = _workload(prod, name)
         assert deployment["spec"]["replicas"] <= so["spec"]["maxReplicaCount"]
 
 
@@ -129,8 +134,7 @@ def test_every_service_has_probes_limits_policy_and_budget(prod):
     by = {(d["kind"], d["metadata"]["name"]) for d in prod}
     for svc in SERVICES:
         assert {("Service", svc.name), ("PodDisruptionBudget", svc.name), ("NetworkPolicy", svc.name)} <= by
-        dep = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"] == svc.name)
-        pod = dep["spec"]["template"]["spec"]
+        pod = _workload(prod, svc.name)["spec"]["template"]["spec"]
         c = pod["containers"][0]
         if svc.name in LOOPBACK_ONLY:
             assert "/readyz" in " ".join(c["readinessProbe"]["exec"]["command"])
@@ -189,8 +193,7 @@ def test_every_kafka_client_logs_in_as_its_own_kafka_user_over_tls(prod):
     config = next(d for d in prod if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("cityops-platform"))
     assert config["data"]["CITYOPS_KAFKA_BOOTSTRAP"].endswith(f":{listeners['scram']['port']}")
     for svc in (s for s in SERVICES if s.consumes or s.produces):
-        dep = next(d for d in prod if d["kind"] == "Deployment" and d["metadata"]["name"].endswith(svc.name))
-        pod = dep["spec"]["template"]["spec"]
+        pod = _workload(prod, svc.name)["spec"]["template"]["spec"]
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["CITYOPS_KAFKA_USERNAME"]["value"] == svc.name and svc.name in users
         assert env["CITYOPS_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": svc.name, "key": "password"}
@@ -218,16 +221,19 @@ class _Subscribed(Exception):
     """Raised by the recording consumer's start(): the group and topics are known, nothing else is needed."""
 
 
-def _pod_env(docs: list[dict], name: str) -> dict[str, str]:
-    """The environment the manifests give a service's container; Secrets as stand-ins."""
+def _pod_env(docs: list[dict], name: str, pod_name: str | None = None) -> dict[str, str]:
+    """The environment the manifests give a service's container (in the pod `pod_name`); Secrets as stand-ins."""
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cityops-platform")["data"]
-    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
     env: dict[str, str] = {}
-    for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
+    for e in _workload(docs, name)["spec"]["template"]["spec"]["containers"][0]["env"]:
         if "value" in e:
             env[e["name"]] = e["value"]
         elif "configMapKeyRef" in e["valueFrom"]:
             env[e["name"]] = config[e["valueFrom"]["configMapKeyRef"]["key"]]
+        elif "fieldRef" in e["valueFrom"]:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", e
+            assert pod_name, f"{name}: {e['name']} is the pod's name: say which pod"
+            env[e["name"]] = pod_name
         else:
             env[e["name"]] = DB_STAND_IN if e["name"].endswith("DB_URL") else "stand-in-secret"
     return env
@@ -353,7 +359,8 @@ def test_services_that_keep_the_whole_city_in_memory_run_one_replica(overlay):
     scaled = {d["metadata"]["name"] for d in docs if d["kind"] == "ScaledObject"}
     assert not scaled & KEEP_THE_WHOLE_CITY
     for name in KEEP_THE_WHOLE_CITY:
-        dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        dep = _workload(docs, name)
+        assert dep["kind"] == "Deployment", name
         assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}, name
     assert {s.name for s in SERVICES if s.one_replica} == KEEP_THE_WHOLE_CITY
 
@@ -386,3 +393,73 @@ def test_gateways_and_field_phones_reach_mosquitto_from_outside(prod):
     policy = next(d for d in prod if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mosquitto")
     open_ports = {p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]}
     assert {p["port"] for p in svc["spec"]["ports"]} == open_ports == {1883}
+
+
+# --- the gateway's MQTT sessions ----------------------------------------------------------------------------
+
+class _Connecting(Exception):
+    """Raised by the recording MQTT client: the client id is known, no broker is needed."""
+
+
+def _gateway_client_id(docs: list[dict], pod_name: str) -> str:
+    """The MQTT client id the gateway's own code builds in the pod `pod_name`, from the manifests' environment."""
+    import os
+
+    import paho.mqtt.client as mqtt
+
+    from services.ingest.handlers import Gateway
+    from services.ingest.settings import IngestSettings
+    from shared.service import Readiness
+
+    seen: list[str] = []
+
+    def recording_client(*args, client_id="", **kw):
+        seen.append(client_id)
+        raise _Connecting
+
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("CITYOPS_")]:
+            mp.delenv(var)
+        for var, value in _pod_env(docs, "ingest-gateway", pod_name).items():
+            mp.setenv(var, value)
+        mp.setattr(mqtt, "Client", recording_client)
+        with pytest.raises(_Connecting):
+            Gateway(IngestSettings(_env_file=None), Readiness("mqtt"))._connect_mqtt()
+    return seen[0]
+
+
+@pytest.mark.parametrize("overlay, replicas", [("dev", 1), ("prod", 2)])
+def test_each_gateway_pod_keeps_its_own_mqtt_session_under_its_name(overlay, replicas):
+    """Before, the gateway was a Deployment that set no CITYOPS_INGEST_INSTANCE: its MQTT client id came from
+    the pod's random name and its process id, so a pod replaced in a rollout opened a new persistent session,
+    and what Mosquitto went on queueing in the old one (that pod's share of the shared subscription) expired
+    unread after an hour. Now it is a StatefulSet: each pod's CITYOPS_INGEST_INSTANCE is its own name
+    (ingest-gateway-0, -1, ...) from the downward API, the same after a restart; no two pods carry one name
+    at a time, so no two replicas share a client id."""
+    docs = build(ROOT / "k8s/overlays" / overlay)
+    gateway = _workload(docs, "ingest-gateway")
+    assert gateway["kind"] == "StatefulSet", "a Deployment's replacement pod has a new name, so a new session"
+    assert gateway["spec"]["replicas"] == replicas
+    env = {e["name"]: e for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CITYOPS_INGEST_INSTANCE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    governing = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == gateway["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None" and governing["spec"]["selector"].items() <= pod_labels.items()
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        guard = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == "ingest-gateway")
+        selector = guard["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]
+        assert selector["matchLabels"].items() <= pod_labels.items(), kind
+    # a StatefulSet's pods are <name>-0 .. <name>-(replicas - 1)
+    pods = [f"ingest-gateway-{i}" for i in range(replicas)]
+    ids = [_gateway_client_id(docs, pod) for pod in pods]
+    assert len(set(ids)) == replicas and all(cid.endswith(pod) for pod, cid in zip(pods, ids, strict=True)), ids
+
+
+def test_compose_gives_the_gateway_a_lasting_mqtt_session():
+    """Before, compose set no CITYOPS_INGEST_INSTANCE either: the client id came from the container's host name
+    (its id), new whenever `up -d` recreated the container for an upgrade or a changed setting, and the readings
+    queued for the old session expired unread. Now the gateway's one container has a fixed name."""
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ingest-gateway"]
+    instance = service["environment"].get("CITYOPS_INGEST_INSTANCE")
+    assert instance and "${" not in instance
+    assert service.get("deploy", {}).get("replicas", 1) == 1, "two containers would share one MQTT client id"

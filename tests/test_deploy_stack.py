@@ -5,6 +5,7 @@ Kafka and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -102,6 +103,104 @@ def test_generated_mqtt_users_and_acls_on_a_real_broker(broker):
     for c in (ingest, gw, bad):
         c.loop_stop()
         c.disconnect()
+
+
+# --- the gateway's pods on a real broker ----------------------------------------------------------------------
+
+def _new_pod_name(workload: dict, ordinal: int) -> str:
+    """The name a (re)started pod of the workload gets: a StatefulSet's keeps its ordinal, a Deployment's
+    ReplicaSet makes up a new one every time."""
+    name = workload["metadata"]["name"]
+    return f"{name}-{ordinal}" if workload["kind"] == "StatefulSet" else f"{name}-7d4b9c-{secrets.token_hex(3)}"
+
+
+class GatewayPod:
+    """The gateway's MQTT side (its own `_connect_mqtt`) as a pod of the rendered workload would run it, pointed
+    at the test broker; readings are taken off its buffer and acknowledged as the gateway does once Kafka has
+    them."""
+
+    def __init__(self, workload: dict, pod_name: str, port: int, credentials: Path):
+        from services.ingest.handlers import Gateway
+        from services.ingest.settings import IngestSettings
+        from shared.service import Readiness
+
+        env = {}
+        for e in workload["spec"]["template"]["spec"]["containers"][0]["env"]:
+            # the downward API's pod name; Secrets and the platform ConfigMap as stand-ins (replaced below)
+            from_pod = pod_name if "fieldRef" in e.get("valueFrom", {}) else "stand-in"
+            env[e["name"].removeprefix("CITYOPS_").lower()] = e.get("value", from_pod)
+        # what the code's default makes of a pod without the setting: the pod's host name (its name), PID 1
+        env.setdefault("ingest_instance", f"{pod_name}-1")
+        env.update(mqtt_host="127.0.0.1", mqtt_port=port, mqtt_credentials=credentials,
+                   kafka_bootstrap="unused:9092", db_url="postgresql://unused@127.0.0.1:9/none")
+        self.name = pod_name
+        self.gateway = Gateway(IngestSettings(_env_file=None, **{k: v for k, v in env.items()
+                                                                 if k in IngestSettings.model_fields}), Readiness())
+        self.client = self.gateway._connect_mqtt()
+        self.gateway._client = self.client
+        wait_for(self.gateway._connected.is_set, timeout=10, what=f"{pod_name} to connect")
+        time.sleep(0.5)  # the SUBACK of the shared subscription
+        self.got: list[bytes] = []
+
+    def take(self) -> list[bytes]:
+        while self.gateway._buf:
+            _topic, payload, mid, qos, _ = self.gateway._buf.popleft()
+            self.client.ack(mid, qos)
+            self.got.append(payload)
+        return self.got
+
+    def stop(self) -> None:
+        self.take()
+        time.sleep(0.2)  # let the last PUBACKs leave, as the gateway's shutdown does
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_gateway_pods_split_the_readings_and_a_restarted_pod_takes_back_its_queue(broker, tmp_path):
+    """Before, a gateway pod replaced in a rollout came back under a new name, hence a new MQTT client id, while
+    Mosquitto went on queueing the old pod's share of the shared subscription in the old session: those
+    readings expired unread after an hour. Now each pod of the StatefulSet logs in under its own name, the two
+    replicas of prod split the readings, and a restarted pod takes back what was queued for it while it was
+    away: every reading arrives, once."""
+    from deploy.kustomize import build
+
+    port, creds = broker
+    (tmp_path / "credentials.json").write_text(json.dumps(creds))
+    workload = next(d for d in build(ROOT / "k8s/overlays/prod") if d["kind"] in ("Deployment", "StatefulSet")
+                    and d["metadata"]["name"] == "ingest-gateway")
+    pods = [GatewayPod(workload, _new_pod_name(workload, i), port, tmp_path / "credentials.json")
+            for i in range(workload["spec"]["replicas"])]
+    assert len(pods) == 2
+    field, _ = _client(port, "gw-01", creds["gateways"]["gw-01"], "t-field-gw01")
+    sent: list[bytes] = []
+    try:
+        def publish(n: int) -> None:
+            for _ in range(n):
+                sent.append(f"reading-{len(sent)}".encode())
+                field.publish(f"city/gw-01/s{len(sent) % 7}", sent[-1], qos=1).wait_for_publish(5)
+
+        publish(40)
+        wait_for(lambda: sum(len(p.take()) for p in pods) == 40, timeout=10, what="the first 40 readings")
+        assert all(p.got for p in pods), "the replicas must split the readings"
+
+        pods[1].stop()  # a rollout replaces the pod
+        publish(40)
+        wait_for(lambda: len(pods[0].take()) >= 40, timeout=10, what="pod 0's share of the second 40")
+        pods.append(GatewayPod(workload, _new_pod_name(workload, 1), port, tmp_path / "credentials.json"))
+        try:
+            wait_for(lambda: sum(len(p.take()) for p in pods) >= 80, timeout=10, what="the queued readings")
+        except AssertionError:
+            pass  # said below: which readings are missing
+        got = [r for p in pods for r in p.take()]
+        lost = set(sent) - set(got)
+        assert not lost, f"{len(lost)} readings stayed in the session of the replaced pod, for nobody"
+        assert sorted(got) == sorted(sent), "a reading arrived twice"
+    finally:
+        field.loop_stop()
+        field.disconnect()
+        for p in pods:
+            p.client.disconnect()
+            p.client.loop_stop()
 
 
 def _compose():

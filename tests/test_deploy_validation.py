@@ -39,7 +39,8 @@ def test_overlays_patch_what_they_say():
     prod = {(d["kind"], d["metadata"]["name"]): d for d in build(ROOT / "k8s/overlays/prod")}
     assert dev[("KafkaNodePool", "dual-role")]["spec"]["replicas"] == 1
     assert prod[("KafkaNodePool", "dual-role")]["spec"]["replicas"] == 3
-    assert prod[("Deployment", "ingest-gateway")]["spec"]["replicas"] == 2
+    assert prod[("StatefulSet", "ingest-gateway")]["spec"]["replicas"] == 2
+    assert dev[("StatefulSet", "ingest-gateway")]["spec"]["replicas"] == 1
     image = prod[("Deployment", "notify")]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "registry.city.example/cityops:1.0.0"
     # a patch replaces the map it names and keeps the rest of the object
