@@ -393,3 +393,33 @@ async def test_a_task_update_kafka_refused_is_published_later_from_the_outbox(en
 
 async def _async_true(x):
     return x or None
+
+
+async def test_a_task_given_back_to_someone_who_had_it_is_pushed_to_them_again(env):
+    """Every assignment push had the same idempotency key per person (round 0): a task given to t-air, then to
+    someone else, then back to t-air sent t-air's phone nothing the second time; likewise the dispatcher heard
+    nothing the second time a task was left with nobody. Each assignment, and each time a task is left open, is
+    now a round of its own."""
+    task = _task(["air_inspection"])  # t-air is the only one with the skill
+    await _publish(env, task)
+    assert (await _state(env, task.task_id, "assigned"))[1] == "t-air"
+    http = env["http"]
+    disp, air = await _login(env, "t-disp"), await _login(env, "t-air")
+    for _ in range(2):
+        r = await http.post(f"/api/tasks/{task.task_id}/reject", headers=air, json={"reason": "van broken down"})
+        assert r.json()["status"] == "open", r.text  # nobody else qualified: the dispatcher is told
+        r = await http.post(f"/api/tasks/{task.task_id}/assign", headers=disp, json={"person_id": "t-air"})
+        assert r.json()["assignee"] == "t-air", r.text
+    r = await http.post(f"/api/tasks/{task.task_id}/assign", headers=disp, json={"person_id": "t-near"})
+    r = await http.post(f"/api/tasks/{task.task_id}/assign", headers=disp, json={"person_id": "t-air"})
+    assert r.json()["assignee"] == "t-air", r.text
+    pushes = dict(_rows(env["db_url"], "SELECT recipient, count(*) FROM deliveries WHERE subject_id = %s"
+                        " GROUP BY recipient", task.task_id))
+    assert pushes == {"t-air": 4, "t-disp": 2, "t-near": 1}
+
+    async def all_sent():
+        r = _rows(env["db_url"], "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FROM deliveries"
+                  " WHERE subject_id = %s", task.task_id)[0]
+        return r[0] == r[1] or None
+
+    await async_wait_for(all_sent, 30, what="every push of the task sent")

@@ -8,6 +8,7 @@ module, the database is a throwaway one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import secrets
@@ -125,6 +126,12 @@ ROUTING = {
             "tiers": [{"recipients": ["t-fail"], "channels": ["webhook"], "ack_timeout_s": 3600}],
         },
         {
+            "name": "no-phone",  # t-sup has no phone in the roster: the sms delivery has nowhere to go
+            "match": {"domains": ["emergency"]},
+            "repeat_until_ack": False,
+            "tiers": [{"recipients": ["t-sup"], "channels": ["sms", "email"], "ack_timeout_s": 3600}],
+        },
+        {
             "name": "rest",
             "match": {},
             "repeat_until_ack": False,
@@ -132,7 +139,7 @@ ROUTING = {
         },
     ],
     "tasks": {
-        "channels": ["mqtt", "email"],
+        "channels": ["mqtt", "email", "webhook"],
         "unassigned_to": ["t-ben"],
         "deadline_escalate_to": ["t-sup"],
         "deadline_channels": ["email"],
@@ -669,6 +676,178 @@ async def test_a_burst_of_one_group_goes_out_as_one_digest(env, service):
         assert len({r[2] for r in held if r[2]}) == 1
 
 
+def _raw_alert(alert: Alert, event_id: str, **payload) -> bytes:
+    """An alert envelope as json.dumps writes it, with payload fields set to what the schema lets through."""
+    env = json.loads(alert.model_dump_json())
+    env.update(payload)
+    return json.dumps({"event_id": event_id, "type": "alert", "source": "test",
+                       "occurred_at": datetime.now(UTC).isoformat(), "payload": env}).encode()
+
+
+async def test_a_record_postgresql_refuses_is_dead_lettered_and_the_service_keeps_going(env, service):
+    """An alert that passes the schema can still be refused by PostgreSQL: a NUL character in its text, NaN in its
+    evidence (Python's json reads it, jsonb does not), a dedup key too long for its index. The batch's transaction
+    failed, the consumer raised, the service stopped with the offset uncommitted, and every restart failed on the
+    same batch: nothing was notified any more. Now NUL and NaN are dead letters when read (with where they are),
+    any other refusal dead-letters that one record (the batch is applied again record by record), and the alerts
+    around them are notified."""
+    from tests.ingest_harness import collect, kafka_tail
+
+    tail = await kafka_tail(env["bootstrap"], "cityops.deadletter.v1")
+    try:
+        first, last = _alert("platform", f"p:before:{secrets.token_hex(3)}"), _alert("platform", f"p:after:{secrets.token_hex(3)}")
+        nul, nan, long_key = (_alert("platform", f"p:{n}:{secrets.token_hex(3)}") for n in ("nul", "nan", "long"))
+        await _publish(env, first)
+        for value in (
+            _raw_alert(nul, f"ev-{secrets.token_hex(6)}", title_en="Pump station\u0000 7"),
+            _raw_alert(nan, f"ev-{secrets.token_hex(6)}", evidence={"flow_m3h": float("nan")}),
+            _raw_alert(long_key, f"ev-{secrets.token_hex(6)}", dedup_key="p:" + secrets.token_urlsafe(9000)),
+        ):
+            await env["producer"].send_and_wait(env["topics"]["alerts"], value, key=b"poison")
+        await _publish(env, last)
+
+        async def sent():
+            r = _rows(env["db_url"], "SELECT DISTINCT subject_id FROM deliveries WHERE subject_id = ANY(%s) AND "
+                      "status = 'sent'", [first.alert_id, last.alert_id])
+            return r if len(r) == 2 else None
+
+        await async_wait_for(sent, 60, what="the alerts before and after the refused ones notified")
+        assert not service.task.done(), service.task
+        assert not _rows(env["db_url"], "SELECT 1 FROM alerts WHERE alert_id = ANY(%s)",
+                         [nul.alert_id, nan.alert_id, long_key.alert_id])
+        letters = _rows(env["db_url"], "SELECT reason_code, reason, convert_from(original, 'UTF8') FROM dead_letters"
+                        " WHERE stage = 'notify' AND origin LIKE %s", f"kafka:{env['topics']['alerts']}%")
+        by_alert = {a.alert_id: [(c, r) for c, r, o in letters if a.alert_id in o] for a in (nul, nan, long_key)}
+        ((code, reason),) = by_alert[nul.alert_id]
+        assert code == "schema_violation" and "payload.title_en holds a NUL character" in reason
+        ((code, reason),) = by_alert[nan.alert_id]
+        assert code == "non_finite_value" and "payload.evidence.flow_m3h is nan" in reason
+        ((code, reason),) = by_alert[long_key.alert_id]
+        assert code == "processing_error" and "PostgreSQL refused to store this alert" in reason
+        assert all("fix the producer" in r for rs in by_alert.values() for _, r in rs)
+        ours = (nul.alert_id, nan.alert_id, long_key.alert_id)
+        on_topic = await collect(
+            tail, lambda e: any(i in base64.b64decode(e["payload"]["original_b64"]).decode() for i in ours), 3, 30)
+        assert {e["payload"]["reason_code"] for e in on_topic} == {"schema_violation", "non_finite_value",
+                                                                   "processing_error"}
+    finally:
+        await tail.stop()
+
+
+async def test_a_refused_record_leaves_the_rest_of_its_batch_applied_once(env, service):
+    """Within one fetched batch: the record PostgreSQL refuses is rolled back alone; the alert and the field task
+    around it are stored and planned once, and its dead letter names the record to fix."""
+    from types import SimpleNamespace
+
+    from schemas.tasks import FieldTask
+    from shared.notify.testing import encode_event
+
+    good, bad = _alert("platform", f"p:g:{secrets.token_hex(3)}"), _alert("platform", f"p:b:{secrets.token_hex(3)}")
+    task = FieldTask(task_id=f"task-{secrets.token_hex(4)}", kind="inspect_equipment", domain="water", priority="normal",
+                     title_zh="检查水泵", title_en="Inspect pump", description_zh="振动偏高。", description_en="Vibration high.",
+                     location=GeoPoint(lat=30.25, lon=120.15), district="d05", created_at=datetime.now(UTC))
+    bad_event = f"ev-{secrets.token_hex(6)}"
+    records = [SimpleNamespace(topic=topic, partition=0, offset=10**9 + 300 + i, value=v) for i, (topic, v) in enumerate([
+        (env["topics"]["alerts"], encode_event("alert", good, event_id=f"ev-{secrets.token_hex(6)}")),
+        (env["topics"]["alerts"], _raw_alert(bad, bad_event, dedup_key="p:" + secrets.token_urlsafe(9000))),
+        (env["topics"]["tasks"], encode_event("field_task", task, event_id=f"ev-{secrets.token_hex(6)}")),
+    ])]
+    fresh, updates = await service.svc.handle_records(records)
+    assert {r["subject_id"] for r in fresh} == {good.alert_id, task.task_id}
+    assert [(u.task_id, u.status) for u in updates] == [(task.task_id, "assigned")]
+    assert _rows(env["db_url"], "SELECT alert_id FROM alerts WHERE alert_id = ANY(%s)",
+                 [good.alert_id, bad.alert_id]) == [(good.alert_id,)]
+    (reason,) = _rows(env["db_url"], "SELECT reason FROM dead_letters WHERE origin = %s",
+                      f"kafka:{env['topics']['alerts']}/0@{10**9 + 301}")[0]
+    assert bad_event in reason and "ProgramLimitExceeded" in reason
+    again, _ = await service.svc.handle_records(records)  # redelivered: nothing new, nothing twice
+    assert again == []
+    assert _rows(env["db_url"], "SELECT count(*) FROM dead_letters WHERE origin = %s",
+                 f"kafka:{env['topics']['alerts']}/0@{10**9 + 301}") == [(1,)]
+    assert not _rows(env["db_url"], "SELECT 1 FROM notify_inbox WHERE event_id = %s", bad_event)
+
+
+async def test_an_alert_raised_and_refined_in_one_batch_keeps_the_refinement(env, service):
+    """After an outage a leak alarm and its refined version (candidate pipes) arrive in one catch-up batch. The
+    refinement was skipped for an alert inserted by the same batch, so the stored alert kept the first words for
+    good. Now it is folded in as it is when it comes later, and nobody is notified twice."""
+    from types import SimpleNamespace
+
+    from shared.notify.testing import encode_event
+
+    key = f"platform:leak:{secrets.token_hex(3)}"
+    first = _alert("platform", key)
+    update = first.model_copy(update={"status": "updated", "raised_at": first.raised_at + timedelta(hours=2),
+                                      "title_en": "Leak near pipe P-223",
+                                      "evidence": {"candidates": [{"pipe_id": "P-223", "score": 0.7}]}})
+    records = [SimpleNamespace(topic=env["topics"]["alerts"], partition=0, offset=10**9 + 400 + i,
+                               value=encode_event("alert", a, event_id=f"ev-{secrets.token_hex(6)}"))
+               for i, a in enumerate((first, update))]
+    await service.svc.handle_records(records)
+    rows = _rows(env["db_url"], "SELECT alert_id, repeat_count, title_en, evidence FROM alerts WHERE dedup_key = %s",
+                 key)
+    assert len(rows) == 1 and rows[0][:3] == (first.alert_id, 1, "Leak near pipe P-223")
+    assert rows[0][3]["candidates"][0]["pipe_id"] == "P-223"
+    assert _rows(env["db_url"], "SELECT count(*) FROM deliveries WHERE subject_id = %s", first.alert_id) == [(1,)]
+
+
+async def test_a_delivery_with_no_address_is_dead_lettered_with_what_to_set(env, service):
+    """A rule sends SMS to someone with no phone in the roster: the delivery was marked dead (no_address) and left
+    there, though given-up deliveries go to the dead-letter topic and table. Now it is a dead letter too, saying
+    what to set, and the other channel still reaches them."""
+    alert = _alert("emergency", f"emergency:x:{secrets.token_hex(3)}")
+    await _publish(env, alert)
+
+    async def mailed():
+        r = _rows(env["db_url"], "SELECT channel, status, hold_reason, delivery_id FROM deliveries WHERE "
+                  "subject_id = %s ORDER BY channel", alert.alert_id)
+        return r if len(r) == 2 and r[0][1] == "sent" else None
+
+    (email, sms) = await async_wait_for(mailed, 60, what="the alert's e-mail sent")
+    assert email[0] == "email" and sms[:3] == ("sms", "dead", "no_address")
+    ((code, reason, original),) = _rows(env["db_url"], "SELECT reason_code, reason, original FROM dead_letters "
+                                        "WHERE origin = %s", f"delivery:{sms[3]}")
+    assert code == "processing_error"
+    assert "no address for t-sup" in reason and "set phone for t-sup in" in reason and "roster.yaml" in reason
+    assert alert.alert_id in bytes(original).decode()
+
+
+async def test_a_rescue_task_reaches_the_city_webhook_without_the_workers_pseudonym_or_position(env, service):
+    """Field staff have no webhook of their own, so their task pushes went to the city's common webhook whole: a
+    worker rescue task's description (naming the worker's pseudonym) and the worker's last position left the
+    internal topic. The common webhook now gets the task without them; the crew's own e-mail keeps both."""
+    from schemas.tasks import FieldTask
+    from shared.notify.testing import encode_event
+
+    pid = "w-" + secrets.token_hex(6)
+    task = FieldTask(
+        task_id=f"task-{secrets.token_hex(4)}", kind="respond_incident", domain="emergency", priority="urgent",
+        title_zh="人员救援：倒地", title_en="Worker rescue: man down",
+        description_zh=f"人员 {pid} 倒地（严重）。立即前往。", description_en=f"Worker {pid}: man down (severe). Go now.",
+        location=GeoPoint(lat=30.271234, lon=120.161234), district="d05", created_at=datetime.now(UTC),
+        evidence={"worker": pid, "kind": "man_down"},
+    )
+    await env["producer"].send_and_wait(env["topics"]["tasks"], encode_event("field_task", task),
+                                        key=task.task_id.encode())
+
+    async def hooked():
+        return [r for r in env["hook"].requests if r.json().get("subject_id") == task.task_id] or None
+
+    (hook,) = await async_wait_for(hooked, 60, what="the task on the city webhook")
+    assert pid not in hook.body.decode() and "30.27123" not in hook.body.decode() and "120.16123" not in hook.body.decode()
+    body = hook.json()
+    assert body["data"]["lat"] is None and body["data"]["description_en"] is None
+    assert body["data"]["district"] == "d05" and body["data"]["assignee"] == "t-ana"
+    assert "此任务涉及人员" in body["body"]  # t-ana reads Chinese
+
+    async def mailed():
+        return [m for rcpt, m in env["mailbox"].messages if rcpt == ["ana@test.example"]
+                and task.task_id in m.get_content()] or None
+
+    (mail,) = await async_wait_for(mailed, 60, what="the task e-mailed to the crew")
+    assert pid in mail.get_content() and "30.27123" in mail.get_content()
+
+
 async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
     from shared.notify.handlers import NotifyService
     from shared.notify.testing import ServiceRunner
@@ -761,4 +940,3 @@ async def test_unacknowledged_alert_escalates_across_a_restart(env, service):
         assert by_channel["webhook"]["dead"] >= 1  # the failing receiver's delivery
     finally:
         await restarted.stop()
-

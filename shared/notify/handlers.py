@@ -17,13 +17,14 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -94,6 +95,14 @@ class Planner:
         self.svc, self.counts, self.groups, self.now = svc, counts, groups, now
         self.rows: list[dict] = []
 
+    def mark(self) -> tuple[int, dict, dict]:
+        return len(self.rows), dict(self.counts), dict(self.groups)
+
+    def undo(self, mark: tuple[int, dict, dict]) -> None:
+        """Forget what was planned since `mark` (a record rolled back to its savepoint)."""
+        n, self.counts, self.groups = mark
+        del self.rows[n:]
+
     def add(
         self,
         *,
@@ -109,13 +118,18 @@ class Planner:
         data: dict,
         source_event_id: str | None,
         group_key: str | None = None,
+        shared_render_for=None,
+        shared_data: dict | None = None,
     ) -> None:
+        """`shared_render_for` and `shared_data`, if given, are what the city's common webhook receives instead (a
+        person without a webhook of their own is reached through it)."""
         svc, now, routing = self.svc, self.now, self.svc.routing
         for pid in people:
             person = svc.people[pid]
             message = render_for(person.language)
             for ch in channels:
                 key = idempotency_key(purpose, subject_id, pid, ch, tier, round_)
+                shared = shared_render_for is not None and ch == "webhook" and not person.webhook_url
                 row = {
                     "delivery_id": "d-" + key[:24],
                     "idempotency_key": key,
@@ -129,7 +143,8 @@ class Planner:
                     "address": None,
                     "severity": severity,
                     "group_key": None,
-                    "message": {**message, "data": data},
+                    "message": ({**shared_render_for(person.language), "data": shared_data} if shared
+                                else {**message, "data": data}),
                     "source_event_id": source_event_id,
                     "hold_reason": None,
                     "created_at": now,
@@ -141,15 +156,17 @@ class Planner:
                 address = channel.address(person) if channel is not None else None
                 if address is None:
                     row.update(status="dead", next_attempt_at=None, hold_reason="no_address")
+                    field = {"email": "email", "sms": "phone", "webhook": "webhook_url"}.get(ch, "an address")
+                    also = " (or CITYOPS_NOTIFY_WEBHOOK_URL, the city's receiver)" if ch == "webhook" else ""
                     row["error"] = (
-                        f"{ch}: no address for {pid} in the roster; add it to "
-                        f"{svc.s.notify_roster} or remove {ch} from the rule"
+                        f"{ch}: no address for {pid} in the roster; set {field} for {pid} in "
+                        f"{svc.s.notify_roster}{also}, or remove {ch} from the rule"
                     )
                     self.rows.append(row)
                     continue
                 row["address"] = address
                 critical = severity == "critical"
-                q = None if critical else quiet_until(routing, severity, now)
+                q = svc.held_until(severity, now)
                 gk = (pid, ch, group_key)
                 if q is not None:
                     row.update(
@@ -177,7 +194,55 @@ class Planner:
                 self.rows.append(row)
 
 
-def _first_copies(items: list[tuple[str, object]], claimed: set[str]) -> list[tuple[str, object]]:
+_Event = TypeVar("_Event", Alert, FieldTask)
+
+
+class _Unstorable(ValueError):
+    """A record that reads as JSON and may pass the schema but holds what PostgreSQL cannot store."""
+
+    def __init__(self, code: DeadLetterReason, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+def _unstorable(value: Any, where: str) -> tuple[DeadLetterReason, str] | None:
+    """The first value PostgreSQL would refuse, with where it is: NaN or Infinity (Python's json reads them, and
+    1e400 as infinity; jsonb and numeric columns do not), a NUL character or a lone surrogate in text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "non_finite_value", f"{where} is {value}, which JSON does not allow; send null or leave it out"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "schema_violation", f"{where} holds a NUL character (\\u0000), which text cannot hold; remove it"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "bad_encoding", f"{where} holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (found := _unstorable(k, f"a key of {where}")) is not None:
+                return found
+            if (found := _unstorable(v, f"{where}.{k}")) is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if (found := _unstorable(v, f"{where}[{i}]")) is not None:
+                return found
+    return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """A refusal one record's data can cause: a value PostgreSQL (or psycopg before it, e.g. a NUL in text)
+    cannot store, a constraint, a limit such as an over-long index key (class 54). Anything else (the database
+    away, a bug) stops the consumer, and the batch is read again after the restart."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
+    if isinstance(exc, psycopg.Error):
+        return (exc.sqlstate or "")[:2] == "54"
+    return isinstance(exc, UnicodeError)
+
+
+def _first_copies(items: list[tuple[str, _Event]], claimed: set[str]) -> list[tuple[str, _Event]]:
     """The events claimed just now, each once: a redelivered copy may sit in the same fetched batch as the
     original (both pass the claim, which returns the id once), and must not count as a second report."""
     seen: set[str] = set()
@@ -312,22 +377,24 @@ class NotifyService:
             await consumer.stop()
 
     async def handle_records(self, records) -> tuple[list[dict], list[FieldTaskUpdate]]:
-        """Parse, dead-letter the unreadable, and apply the rest in one transaction."""
-        alerts: list[tuple[str, Alert]] = []
-        tasks: list[tuple[str, FieldTask]] = []
+        """Parse, dead-letter the unreadable, and apply the rest in one transaction. A record PostgreSQL refuses
+        all the same is dead-lettered on its own: the batch is applied again record by record (see _apply_singly)."""
+        parsed: list[tuple[Any, str, Alert | FieldTask]] = []
         dead: list[dict] = []
         for rec in records:
             origin = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
             try:
                 env = json.loads(rec.value)
+                if (problem := _unstorable(env, "record")) is not None:
+                    raise _Unstorable(*problem)
                 event_id = env["event_id"]
                 if not isinstance(event_id, str) or not event_id:
                     raise ValueError("event_id must be a non-empty string")
                 if rec.topic == self.s.notify_alerts_topic:
-                    alerts.append((event_id, Alert.model_validate(env["payload"])))
+                    parsed.append((rec, event_id, Alert.model_validate(env["payload"])))
                 else:
-                    tasks.append((event_id, FieldTask.model_validate(env["payload"])))
-            except (ValueError, KeyError, TypeError) as exc:
+                    parsed.append((rec, event_id, FieldTask.model_validate(env["payload"])))
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 code: DeadLetterReason = (
                     "schema_violation" if isinstance(exc, ValidationError | KeyError) else "malformed_json"
                 )
@@ -335,6 +402,11 @@ class NotifyService:
                     f"{rec.topic} record is not a valid envelope with an {'Alert' if 'alert' in rec.topic else 'FieldTask'}"
                     f" payload: {exc}; fix the producer, the record is kept here"
                 )
+                if isinstance(exc, _Unstorable):
+                    code = exc.code
+                    reason = f"{rec.topic} record cannot be stored: {exc}; fix the producer, the record is kept here"
+                elif isinstance(exc, RecursionError):
+                    reason = f"{rec.topic} record is nested too deeply to read; fix the producer, the record is kept here"
                 _, value, _ = kafka.dead_letter(
                     stage=SERVICE, reason_code=code, reason=reason, origin=origin, original=rec.value or b""
                 )
@@ -342,34 +414,104 @@ class NotifyService:
                 dead.append(json.loads(value))
                 DEAD_LETTERS.labels(SERVICE, code).inc()
         now = _now()
-        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for env in dead:
-                await repository.insert_dead_letter(cur, env)
-            new_alert_events = await repository.claim_events(
-                cur, self.s.notify_alerts_topic, [e for e, _ in alerts]
-            )
-            new_task_events = await repository.claim_events(
-                cur, self.s.notify_tasks_topic, [e for e, _ in tasks]
-            )
-            alerts = _first_copies(alerts, new_alert_events)
-            tasks = _first_copies(tasks, new_task_events)
-            recipients = list(self.people)
-            counts = await repository.recent_sends(cur, recipients, 60)
-            groups = await repository.recent_groups(cur, recipients, self.routing.group_window_s)
-            planner = Planner(self, counts, groups, now)
-            await self._apply_alerts(cur, alerts, planner, now)
-            updates: list[FieldTaskUpdate] = []
-            for event_id, task in tasks:
-                updates += await self._apply_task(cur, event_id, task, planner)
-            inserted = await repository.insert_deliveries(cur, planner.rows)
-            await repository.add_to_outbox(cur, self._outbox_rows(updates))
-        MESSAGES.labels(SERVICE, "consume", "alerts").inc(len(alerts))
-        MESSAGES.labels(SERVICE, "consume", "tasks").inc(len(tasks))
+        async with self.db.connection() as conn:
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    for env in dead:
+                        await repository.insert_dead_letter(cur, env)
+                    planner = await self._planner(cur, now)
+                    inserted, updates, applied, letters = await self._apply_events(cur, parsed, planner, now)
+                refused: list[tuple[str, bytes]] = []
+            except Exception as exc:
+                if not _refused(exc):
+                    raise
+                log(logger, logging.WARNING, "PostgreSQL refused a record of the batch; applying it record by record",
+                    error=f"{type(exc).__name__}: {exc}", records=len(parsed))
+                planner, inserted, updates, applied, letters, refused = await self._apply_singly(
+                    conn, dead, parsed, now
+                )
+        await self._send_letters(refused + letters)
+        MESSAGES.labels(SERVICE, "consume", "alerts").inc(applied["alerts"])
+        MESSAGES.labels(SERVICE, "consume", "tasks").inc(applied["tasks"])
         MESSAGES.labels(SERVICE, "consume", "duplicates").inc(
-            len(records) - len(dead) - len(alerts) - len(tasks)
+            len(parsed) - len(refused) - applied["alerts"] - applied["tasks"]
         )
         # only rows this batch inserted: one the idempotency key dropped was planned, and sent, before
         return [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted], updates
+
+    async def _planner(self, cur, now: datetime) -> Planner:
+        recipients = list(self.people)
+        counts = await repository.recent_sends(cur, recipients, 60)
+        groups = await repository.recent_groups(cur, recipients, self.routing.group_window_s)
+        return Planner(self, counts, groups, now)
+
+    async def _apply_events(
+        self, cur, parsed: list[tuple[Any, str, Alert | FieldTask]], planner: Planner, now: datetime
+    ) -> tuple[set[str], list[FieldTaskUpdate], dict[str, int], list[tuple[str, bytes]]]:
+        """Claim the events, apply them and plan their deliveries. Returns the idempotency keys inserted, the task
+        updates, how many alerts and tasks were new, and the dead letters (key, value) still to go to Kafka."""
+        alerts = [(e, o) for r, e, o in parsed if isinstance(o, Alert)]
+        tasks = [(e, o) for r, e, o in parsed if isinstance(o, FieldTask)]
+        start = len(planner.rows)
+        new_alert_events = await repository.claim_events(cur, self.s.notify_alerts_topic, [e for e, _ in alerts])
+        new_task_events = await repository.claim_events(cur, self.s.notify_tasks_topic, [e for e, _ in tasks])
+        alerts = _first_copies(alerts, new_alert_events)
+        tasks = _first_copies(tasks, new_task_events)
+        await self._apply_alerts(cur, alerts, planner, now)
+        updates: list[FieldTaskUpdate] = []
+        for event_id, task in tasks:
+            updates += await self._apply_task(cur, event_id, task, planner)
+        rows = planner.rows[start:]
+        inserted = await repository.insert_deliveries(cur, rows)
+        await repository.add_to_outbox(cur, self._outbox_rows(updates))
+        letters = await self._no_address_letters(cur, rows, inserted)
+        return inserted, updates, {"alerts": len(alerts), "tasks": len(tasks)}, letters
+
+    async def _apply_singly(self, conn, dead: list[dict], parsed: list[tuple[Any, str, Alert | FieldTask]],
+                            now: datetime):
+        """The batch again, each record in a savepoint of one transaction: a record PostgreSQL refuses (a value
+        that passed the schema but is no storable text or number, a constraint) is rolled back alone and
+        dead-lettered; the others are applied in their order, and the offsets are committed after all of them.
+        Without this, the one record failed the batch, the service stopped, and after each restart it failed on
+        the same uncommitted batch again."""
+        inserted: set[str] = set()
+        updates: list[FieldTaskUpdate] = []
+        applied = {"alerts": 0, "tasks": 0}
+        letters: list[tuple[str, bytes]] = []
+        refused: list[tuple[str, bytes]] = []
+        async with conn.transaction(), conn.cursor() as cur:
+            for env in dead:
+                await repository.insert_dead_letter(cur, env)
+            planner = await self._planner(cur, now)
+            for rec, event_id, item in parsed:
+                mark = planner.mark()
+                try:
+                    async with conn.transaction():
+                        ins, ups, n, lets = await self._apply_events(cur, [(rec, event_id, item)], planner, now)
+                except Exception as exc:
+                    if not _refused(exc):
+                        raise
+                    planner.undo(mark)
+                    origin = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
+                    what = "alert" if isinstance(item, Alert) else "field task"
+                    error = f"{type(exc).__name__}: {exc}".replace("\x00", "")
+                    _, value, _ = kafka.dead_letter(
+                        stage=SERVICE, reason_code="processing_error", origin=origin, original=rec.value or b"",
+                        reason=f"{rec.topic} record {event_id}: PostgreSQL refused to store this {what} ({error}); "
+                        "fix the producer, the record is kept here",
+                    )
+                    await repository.insert_dead_letter(cur, json.loads(value))
+                    refused.append((origin, value))
+                    DEAD_LETTERS.labels(SERVICE, "refused_by_database").inc()
+                    log(logger, logging.WARNING, "record refused by PostgreSQL, dead-lettered", origin=origin,
+                        event_id=event_id, error=error)
+                    continue
+                inserted |= ins
+                updates += ups
+                applied["alerts"] += n["alerts"]
+                applied["tasks"] += n["tasks"]
+                letters += lets
+        return planner, inserted, updates, applied, letters, refused
 
     async def _apply_alerts(
         self, cur, alerts: list[tuple[str, Alert]], planner: Planner, now: datetime
@@ -463,14 +605,14 @@ class NotifyService:
                 )
                 continue
             self._plan_alert(planner, row, rule, 0, 0, event_id)
-            due = self._next_due(rule, 0, now)
+            due = self._next_due(rule, 0, self.held_until(a.severity, now) or now)
             escalations.append((a.alert_id, rule.name, due))
         await repository.insert_alerts(cur, new_rows)
         if upgraded:
             await self._apply_upgrades(cur, upgraded, planner, now)
         await repository.count_repeats(cur, [(aid, n, seen) for aid, (n, seen) in repeats.items()])
-        await repository.refresh_alerts(cur, [(aid, a) for aid, a in refreshed.items() if aid not in
-                                              {r["alert_id"] for r in new_rows}])
+        # alerts this batch inserted too: a leak alarm and its refined candidate pipes in one catch-up batch
+        await repository.refresh_alerts(cur, list(refreshed.items()))
         await repository.start_escalations(cur, escalations)
         if cleared_last:
             await repository.clear_alerts(cur, cleared_last, "source")
@@ -499,13 +641,19 @@ class NotifyService:
                 continue
             # its own purpose: the first version's notifications (same tier and round) must not swallow these
             self._plan_alert(planner, row, rule, 0, 0, event_id, purpose=f"alert-upgrade-{a.severity}-{a.level or '-'}")
-            restarts.append((aid, rule.name, self._next_due(rule, 0, now)))
+            restarts.append((aid, rule.name, self._next_due(rule, 0, self.held_until(a.severity, now) or now)))
         await repository.restart_escalations(cur, restarts)
 
-    def _next_due(self, rule: Rule, tier: int, now: datetime) -> datetime | None:
+    def _next_due(self, rule: Rule, tier: int, since: datetime) -> datetime | None:
+        """When the tier notified at `since` has had its time to acknowledge (None: the escalation ends)."""
         if tier + 1 >= len(rule.tiers) and not rule.repeat_until_ack:
             return None
-        return now + timedelta(seconds=rule.tiers[tier].ack_timeout_s * self.s.notify_escalation_scale)
+        return since + timedelta(seconds=rule.tiers[tier].ack_timeout_s * self.s.notify_escalation_scale)
+
+    def held_until(self, severity: str, at: datetime) -> datetime | None:
+        """When quiet hours release notifications of this severity, or None if they go now (critical always does).
+        The escalation clock starts there too: nobody can acknowledge what they have not been told."""
+        return None if severity == "critical" else quiet_until(self.routing, severity, at)
 
     def _plan_alert(
         self, planner: Planner, row: dict, rule: Rule, tier: int, round_: int, source_event_id: str | None,
@@ -612,6 +760,13 @@ class NotifyService:
             )
             person_id = ranked[0][0] if ranked else None
         tz = self.routing.tz
+        # the n-th assignment (or the n-th time it is left open) is news to its recipient even if they heard of an
+        # earlier one: a round of its own, or the idempotency key took it for that earlier push and dropped it
+        # (assigned to A, to B, back to A: A was told nothing)
+        if person_id is not None:
+            round_ = await repository.times_in_state(cur, task["task_id"], "assigned")
+        else:  # less the task's arrival, an "open" event too
+            round_ = max(0, await repository.times_in_state(cur, task["task_id"], "open") - 1)
         if person_id is None:
             await repository.set_task_state(
                 cur,
@@ -632,10 +787,9 @@ class NotifyService:
                 people=people,
                 channels=self.routing.tasks.deadline_channels,
                 tier=0,
-                round_=len(exclude),
-                data=_task_data(view),
-                render_for=lambda lang: render.task_message(view, lang, tz=tz),
+                round_=round_,
                 source_event_id=None,
+                **_task_push(view, tz),
             )
             return [
                 FieldTaskUpdate(task_id=task["task_id"], status="open", note="unassigned", at=planner.now)
@@ -652,10 +806,9 @@ class NotifyService:
             people=[person_id],
             channels=self.routing.tasks.channels,
             tier=0,
-            round_=0,
-            data=_task_data(view),
-            render_for=lambda lang: render.task_message(view, lang, tz=tz),
+            round_=round_,
             source_event_id=None,
+            **_task_push(view, tz),
         )
         return [
             FieldTaskUpdate(task_id=task["task_id"], status="assigned", assignee=person_id, at=planner.now)
@@ -742,6 +895,7 @@ class NotifyService:
                         )
                     )
                 inserted = await repository.insert_deliveries(cur, planner.rows)
+                letters = await self._no_address_letters(cur, planner.rows, inserted)
                 await repository.add_to_outbox(cur, self._outbox_rows(updates))
                 if role in ("dispatcher", "admin") and new in ("assigned", "cancelled", "done"):
                     await repository.audit(
@@ -754,6 +908,7 @@ class NotifyService:
                     )
                 elif role == "field_staff":
                     await repository.audit(cur, actor, role, f"task_{new}", f"task:{task_id}", {"note": note})
+            await self._send_letters(letters)
             fresh = [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted]
             if fresh:
                 self.queue.put_nowait(fresh)
@@ -910,28 +1065,54 @@ class NotifyService:
             logger.info("deliveries re-leased by the retry loop are left to it", extra={"fields": {"n": len(lost)}})
         return [r for r in group if r["delivery_id"] not in lost]
 
-    async def _dead_letter(self, row: dict, reason: str) -> None:
-        """A delivery given up: to the dead-letter topic and table (the deliveries row keeps it too)."""
+    def _delivery_letter(self, row: dict, reason: str) -> tuple[dict, bytes]:
+        """The dead letter (envelope, encoded) of a delivery given up, without the recipient's address."""
         # the dead-letter topic and table are internal, not restricted: a person's phone number or e-mail address
         # stays in the deliveries row only (a channel's error text may quote it too)
         address = str(row.get("address") or "")
         shareable = {k: (v.replace(address, "<address>") if address and isinstance(v, str) else v)
                      for k, v in row.items() if k != "address"}
         reason = reason.replace(address, "<address>") if address else reason
+        _, value, _ = kafka.dead_letter(
+            stage=SERVICE,
+            reason_code="processing_error",
+            reason=reason,
+            origin=f"delivery:{row['delivery_id']}",
+            original=json.dumps(shareable, default=str, ensure_ascii=False).encode(),
+        )
+        return json.loads(value), value
+
+    async def _dead_letter(self, row: dict, reason: str) -> None:
+        """A delivery given up: to the dead-letter topic and table (the deliveries row keeps it too)."""
         try:
-            _, value, _ = kafka.dead_letter(
-                stage=SERVICE,
-                reason_code="processing_error",
-                reason=f"delivery failed: {reason}",
-                origin=f"delivery:{row['delivery_id']}",
-                original=json.dumps(shareable, default=str, ensure_ascii=False).encode(),
-            )
+            env, value = self._delivery_letter(row, f"delivery failed: {reason}")
             async with self.db.connection() as conn, conn.cursor() as cur:
-                await repository.insert_dead_letter(cur, json.loads(value))
+                await repository.insert_dead_letter(cur, env)
             await self.producer.send_and_wait(DEADLETTER, value, key=row["delivery_id"].encode())
         except Exception:  # noqa: BLE001 - the deliveries row keeps the reason whatever Kafka does
             logger.exception("dead letter for %s not recorded", row["delivery_id"])
         DEAD_LETTERS.labels(SERVICE, "delivery_failed").inc()
+
+    async def _no_address_letters(self, cur, rows: list[dict], inserted: set[str]) -> list[tuple[str, bytes]]:
+        """Dead letters, in the caller's transaction, for the deliveries just planned that have nowhere to go (no
+        address in the roster): given up at once, like any delivery given up, they were only marked dead before and
+        never reached the dead-letter topic or table. Returns (key, value) to send to Kafka after the commit."""
+        out = []
+        for r in rows:
+            if r["hold_reason"] == "no_address" and r["idempotency_key"] in inserted:
+                env, value = self._delivery_letter(r, f"delivery not possible: {r['error']}")
+                await repository.insert_dead_letter(cur, env)
+                out.append((r["delivery_id"], value))
+                DEAD_LETTERS.labels(SERVICE, "no_address").inc()
+        return out
+
+    async def _send_letters(self, letters: list[tuple[str, bytes]]) -> None:
+        """Dead letters already committed to the table, to the dead-letter topic."""
+        for key, value in letters:
+            try:
+                await self.producer.send_and_wait(DEADLETTER, value, key=key.encode())
+            except Exception:  # noqa: BLE001 - the dead_letters table keeps it whatever Kafka does
+                logger.exception("dead letter %s not published to %s", key, DEADLETTER)
 
     async def flush(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -988,6 +1169,14 @@ class NotifyService:
                             )
                         await repository.advance_escalation(cur, e["alert_id"], e["tier"], e["round"], None)
                         continue
+                    if (release := self.held_until(e["severity"], now)) is not None:
+                        # quiet hours for this severity: each escalation would only be held until morning too, and
+                        # the supervisor woke to one "not acknowledged" per ack_timeout of the night. The clock
+                        # starts again when the notifications go out
+                        await repository.advance_escalation(
+                            cur, e["alert_id"], e["tier"], e["round"], self._next_due(rule, e["tier"], release)
+                        )
+                        continue
                     tier, round_ = e["tier"] + 1, e["round"]
                     if tier >= len(rule.tiers):
                         tier, round_ = len(rule.tiers) - 1, round_ + 1
@@ -1019,13 +1208,14 @@ class NotifyService:
                         channels=self.routing.tasks.deadline_channels,
                         tier=1,
                         round_=0,
-                        data=_task_data(view),
                         source_event_id=None,
-                        render_for=lambda lang, v=view: render.task_message(v, lang, tz=tz, deadline=True),
+                        **_task_push(view, tz, deadline=True),
                     )
                     await repository.mark_deadline_escalated(cur, t["task_id"])
                     MESSAGES.labels(SERVICE, "escalate", "task_deadline").inc()
                 inserted = await repository.insert_deliveries(cur, planner.rows)
+                letters = await self._no_address_letters(cur, planner.rows, inserted)
+        await self._send_letters(letters)
         fresh = [r for r in planner.rows if r["status"] == "sending" and r["idempotency_key"] in inserted]
         if fresh:
             self.queue.put_nowait(fresh)
@@ -1036,6 +1226,27 @@ def _task_severity(task: dict) -> str:
     return {"low": "minor", "normal": "major", "high": "major", "urgent": "critical"}.get(
         task["priority"], "major"
     )
+
+
+def _task_push(view: dict, tz, *, deadline: bool = False) -> dict:
+    """Planner.add's render_for and data of a task push; for a task about a person (a worker's rescue: its
+    evidence names the worker) also what the city's common webhook receives: no pseudonym, no position, no
+    description (it names the worker). The task on the internal topic, the assignee's phone and e-mail keep them:
+    the crew must find the person."""
+    out: dict[str, Any] = {
+        "data": _task_data(view),
+        "render_for": lambda lang: render.task_message(view, lang, tz=tz, deadline=deadline),
+    }
+    evidence = view.get("evidence")
+    worker = evidence.get("worker") if isinstance(evidence, dict) else None
+    if isinstance(worker, str) and worker:
+        public = dict(view, evidence=None, description_zh=None, description_en=None, lat=None, lon=None,
+                      title_zh=str(view["title_zh"]).replace(worker, "***"),
+                      title_en=str(view["title_en"]).replace(worker, "***"))
+        out["shared_data"] = _task_data(public)
+        out["shared_render_for"] = lambda lang: render.task_message(public, lang, tz=tz, deadline=deadline,
+                                                                    shared=True)
+    return out
 
 
 def _task_data(task: dict) -> dict:

@@ -50,7 +50,9 @@ def alert_message(alert: dict, lang: str, *, tier: int, round: int, tz: ZoneInfo
     return {"subject": subject, "body": body}
 
 
-def task_message(task: dict, lang: str, *, tz: ZoneInfo, deadline: bool = False) -> dict:
+def task_message(task: dict, lang: str, *, tz: ZoneInfo, deadline: bool = False, shared: bool = False) -> dict:
+    """{'subject', 'body'} of a task push; `shared`: for the city's common receiver, without the description and
+    the position (a task about a person)."""
     t = dict(task, due_local=_local(task.get("due_at"), tz))
     text = (
         _env()
@@ -58,6 +60,7 @@ def task_message(task: dict, lang: str, *, tz: ZoneInfo, deadline: bool = False)
         .render(
             t=t,
             deadline=deadline,
+            shared=shared,
             priority_zh=PRIORITY_ZH.get(task["priority"], task["priority"]),
         )
         .strip()

@@ -589,6 +589,15 @@ async def set_task_state(
     )
 
 
+async def times_in_state(cur: psycopg.AsyncCursor, task_id: str, status: str) -> int:
+    """How often the task has entered `status` so far (its events)."""
+    await cur.execute(
+        "SELECT count(*) FROM field_task_events WHERE task_id = %s AND status = %s", (task_id, status)
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def due_task_deadlines(cur: psycopg.AsyncCursor, limit: int = 100) -> list[dict]:
     await cur.execute(
         "SELECT * FROM field_tasks WHERE due_at <= now() AND deadline_escalated_at IS NULL"
