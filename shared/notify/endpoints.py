@@ -98,7 +98,27 @@ def current_user(request: Request) -> User:
             "send the token as 'Authorization: Bearer <token>'",
         )
     p = svc.people[claims["sub"]]
+    # a token lives 12 h and survives a restart; an account demoted in the roster since must not keep
+    # the role it was issued with
+    if claims.get("role") not in p.roles:
+        raise NotifyError(
+            401,
+            "role_withdrawn",
+            f"角色已变更，请重新登录 · this token's role {claims.get('role')!r} is no longer yours: "
+            "log in again (POST /api/login) for a token with your current role",
+        )
     return User(id=p.id, name=p.name, role=claims["role"], language=p.language)
+
+
+def _without_addresses(deliveries: list[dict]) -> list[dict]:
+    """Delivery rows with the recipients' phone numbers and e-mail addresses taken out, for viewers."""
+    for d in deliveries:
+        address = d.get("address")
+        d["address"] = None
+        # a channel's error text quotes the address it was refused for ("SMS provider refused +86...")
+        if address and isinstance(d.get("error"), str):
+            d["error"] = d["error"].replace(address, "<address>")
+    return deliveries
 
 
 def need(min_role: str):
@@ -169,7 +189,11 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
             a = await repository.get_alert(conn, alert_id)
             if a is None:
                 raise NotifyError(404, "alert_not_found", f"no alert {alert_id!r}")
-            a["deliveries"] = await repository.deliveries_for(conn, alert_id)
+            deliveries = await repository.deliveries_for(conn, alert_id)
+        # where a person is reached is personal data: only those who dispatch need it
+        if user.role != "admin" and RANK[user.role] < RANK["dispatcher"]:
+            deliveries = _without_addresses(deliveries)
+        a["deliveries"] = deliveries
         return _j(a)
 
     @api.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge: stops the escalation (audited)")

@@ -1,0 +1,217 @@
+"""Who sees what through the console's API: recipients' addresses, and roles withdrawn in the roster."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import pytest_asyncio
+import yaml
+
+from schemas.alerts import Alert, GeoPoint
+from shared.notify.domain.auth import hash_password
+
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="module")]
+
+PW = "console-access-pw"
+PHONE = "+8613900000007"
+H = hash_password(PW)
+
+
+def _roster(duty_roles: list[str]) -> dict:
+    return {
+        "people": [
+            {"id": "c-disp", "name": "调度员甲", "roles": ["dispatcher"], "phone": PHONE, "password_hash": H},
+            {"id": "c-view", "name": "Viewer", "language": "en", "roles": ["viewer"], "password_hash": H},
+            {"id": "c-admin", "name": "管理员", "roles": ["admin"], "password_hash": H},
+            {"id": "c-duty", "name": "值班员丙", "roles": duty_roles, "password_hash": H},
+        ]
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _serve(svc):
+    """The console's HTTP side of `svc` on a free port: (url, server task, server)."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from shared.notify import endpoints
+    from shared.service import health_app
+
+    app = endpoints.build(svc, health_app("notify", svc.readiness, FastAPI()))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    return f"http://127.0.0.1:{port}", task, server
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def console(db_url, stack_env, tmp_path_factory):
+    from aiokafka import AIOKafkaProducer
+
+    from shared.notify.handlers import NotifyService
+    from shared.notify.settings import NotifySettings
+    from shared.notify.testing import HttpReceiver, ServiceRunner, create_topics, delete_topics
+    from shared.service import Readiness
+
+    # the SMS provider refuses the number, so the delivery row keeps the address and an error quoting it
+    sms = await HttpReceiver(status=400).start()
+    routing = {
+        "timezone": "UTC",
+        "group_window_s": 0,
+        "rules": [
+            {"name": "all", "tiers": [{"recipients": ["c-disp"], "channels": ["sms"], "ack_timeout_s": 600}]}
+        ],
+        "tasks": {"channels": ["sms"], "deadline_channels": ["sms"]},
+    }
+    d = tmp_path_factory.mktemp("console-access")
+    (d / "roster.yaml").write_text(yaml.safe_dump(_roster(["dispatcher"]), allow_unicode=True))
+    (d / "routing.yaml").write_text(yaml.safe_dump(routing))
+    tag = secrets.token_hex(4)
+    topics = {k: f"test.notify.{tag}.{k}" for k in ("alerts", "tasks", "updates")}
+    bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
+    await create_topics(bootstrap, list(topics.values()))
+    s = NotifySettings(
+        db_url=db_url,
+        notify_routing=d / "routing.yaml",
+        notify_roster=d / "roster.yaml",
+        notify_group=f"test-notify-{tag}",
+        notify_alerts_topic=topics["alerts"],
+        notify_tasks_topic=topics["tasks"],
+        notify_task_updates_topic=topics["updates"],
+        notify_poll_s=0.2,
+        notify_sms_url=sms.url,
+        notify_session_secret="console-access-" + tag,
+    )
+    svc = NotifyService(s, Readiness("db", "kafka", "channels"))
+    runner = await ServiceRunner(svc).start()
+    url, http_task, server = await _serve(svc)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    yield {"url": url, "producer": producer, "topics": topics, "settings": s, "dir": d}
+    await producer.stop()
+    server.should_exit = True
+    await http_task
+    await runner.stop()
+    await sms.close()
+    await delete_topics(bootstrap, list(topics.values()))
+
+
+async def _raise_alert(c) -> str:
+    from shared.notify.testing import encode_event
+
+    alert = Alert(
+        alert_id=f"al-{secrets.token_hex(4)}",
+        domain="water",
+        kind="flood_risk",
+        severity="major",
+        title_zh="低洼地区内涝风险",
+        title_en="Flood risk in low-lying streets",
+        message_zh="请派员巡查。",
+        message_en="Send a patrol.",
+        location=GeoPoint(lat=30.25, lon=120.16),
+        district="d08",
+        dedup_key=f"water:flood:{secrets.token_hex(3)}",
+        raised_at=datetime.now(UTC),
+    )
+    await c["producer"].send_and_wait(c["topics"]["alerts"], encode_event("alert", alert))
+    return alert.alert_id
+
+
+async def _login(http: httpx.AsyncClient, user: str) -> tuple[str, str]:
+    r = await http.post("/api/login", json={"username": user, "password": PW})
+    assert r.status_code == 200, r.text
+    return r.json()["token"], r.json()["user"]["role"]
+
+
+def _bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_viewer_sees_who_was_notified_but_not_their_phone_number(console):
+    """Before, the alert detail gave a viewer every delivery row as stored, with the recipient's phone number
+    (and the provider's refusal quoting it). Now a viewer gets the deliveries without the address, in the
+    error text too; dispatchers and admins, who need to reach people, still see it."""
+    alert_id = await _raise_alert(console)
+    async with httpx.AsyncClient(base_url=console["url"], timeout=30) as http:
+        view, _ = await _login(http, "c-view")
+        disp, _ = await _login(http, "c-disp")
+        admin, _ = await _login(http, "c-admin")
+        deadline = time.monotonic() + 60
+        while True:
+            r = await http.get(f"/api/alerts/{alert_id}", headers=_bearer(disp))
+            if r.status_code == 200 and any(d["status"] == "dead" for d in r.json()["deliveries"]):
+                break
+            assert time.monotonic() < deadline, f"the alert's sms delivery never failed: {r.text}"
+            await asyncio.sleep(0.2)
+        (sent,) = r.json()["deliveries"]
+        assert (sent["recipient"], sent["channel"], sent["address"]) == ("c-disp", "sms", PHONE)
+        assert PHONE in sent["error"]
+        r = await http.get(f"/api/alerts/{alert_id}", headers=_bearer(admin))
+        assert r.json()["deliveries"][0]["address"] == PHONE
+
+        r = await http.get(f"/api/alerts/{alert_id}", headers=_bearer(view))
+        assert r.status_code == 200
+        (seen,) = r.json()["deliveries"]
+        assert (seen["recipient"], seen["channel"], seen["status"]) == ("c-disp", "sms", "dead")
+        assert seen["address"] is None
+        assert PHONE not in r.text
+        assert "<address>" in seen["error"]
+
+
+async def test_a_token_outlives_no_demotion_in_the_roster(console):
+    """Before, the console believed the role written in the token: an operator demoted to viewer in the
+    roster kept acknowledging alerts with the old token for its 12 h (the session secret survives a
+    restart). Now that token is refused with 401 role_withdrawn, saying to log in again, and a fresh
+    login gets the lower role, which may not acknowledge."""
+    from shared.notify.handlers import NotifyService
+    from shared.service import Readiness
+
+    alert_id = await _raise_alert(console)
+    async with httpx.AsyncClient(base_url=console["url"], timeout=30) as http:
+        old, role = await _login(http, "c-duty")
+        assert role == "dispatcher"
+        deadline = time.monotonic() + 60
+        while (await http.get(f"/api/alerts/{alert_id}", headers=_bearer(old))).status_code != 200:
+            assert time.monotonic() < deadline, "the alert never reached the console"
+            await asyncio.sleep(0.2)
+
+    # the roster is edited and the service restarted with it, same session secret
+    roster = console["dir"] / "roster-demoted.yaml"
+    roster.write_text(yaml.safe_dump(_roster(["viewer"]), allow_unicode=True))
+    svc = NotifyService(
+        console["settings"].model_copy(update={"notify_roster": roster}), Readiness("db", "kafka", "channels")
+    )
+    await svc.start()
+    url, http_task, server = await _serve(svc)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            r = await http.post(f"/api/alerts/{alert_id}/acknowledge", headers=_bearer(old))
+            assert r.status_code == 401, r.text
+            assert r.json()["error"] == "role_withdrawn" and "log in again" in r.json()["message"]
+            r = await http.get("/api/me", headers=_bearer(old))
+            assert r.status_code == 401
+
+            fresh, role = await _login(http, "c-duty")
+            assert role == "viewer"
+            assert (await http.get("/api/me", headers=_bearer(fresh))).json()["role"] == "viewer"
+            r = await http.post(f"/api/alerts/{alert_id}/acknowledge", headers=_bearer(fresh))
+            assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+            assert (await http.get(f"/api/alerts/{alert_id}", headers=_bearer(fresh))).json()["status"] == "open"
+    finally:
+        server.should_exit = True
+        await http_task
+        await svc.close()
