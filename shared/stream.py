@@ -45,17 +45,21 @@ class PoisonRecord(Exception):
     """Raised by a handler for one record it cannot process; the record is dead-lettered."""
 
 
-async def open_alerts(pool, domain: str, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+async def open_alerts(pool, domain: str, kinds: tuple[str, ...] | None = None, *,
+                      newest_per_key: bool = True) -> list[dict[str, Any]]:
     """The alerts of `domain` (of `kinds`) still open in the alerts table the notification service keeps, the newest
-    per dedup key: what a service restarting takes up, since its alert state lives in memory and its stream resumes
-    after the committed offsets. Keys: dedup_key, alert_id, kind, level, raised_at, evidence. Empty without a pool."""
+    per dedup key (or all, oldest first, with `newest_per_key=False`: several leaks can be open under one key): what a
+    service restarting takes up, since its alert state lives in memory and its stream resumes after the committed
+    offsets. Keys: dedup_key, alert_id, kind, level, raised_at, evidence. Empty without a pool."""
     if pool is None:
         return []
+    one = "DISTINCT ON (dedup_key) " if newest_per_key else ""
+    order = "dedup_key, raised_at DESC" if newest_per_key else "raised_at, alert_id"
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT DISTINCT ON (dedup_key) dedup_key, alert_id, kind, level, raised_at, evidence FROM alerts "
+            f"SELECT {one}dedup_key, alert_id, kind, level, raised_at, evidence FROM alerts "
             "WHERE domain = %s AND (%s::text[] IS NULL OR kind = ANY(%s)) AND resolved_at IS NULL "
-            "AND status <> 'cleared' ORDER BY dedup_key, raised_at DESC",
+            f"AND status <> 'cleared' ORDER BY {order}",
             (domain, list(kinds) if kinds else None, list(kinds) if kinds else None))
         cols = [d.name for d in cur.description or []]
         return [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]

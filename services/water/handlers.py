@@ -584,8 +584,14 @@ class WaterService:
         dedup = self._leak_dedup(ev)
         if known is None:
             # a leak open at a restart that the refitted monitor found again: its update, not a second leak and crew
-            known = next((lid for lid in sorted(self.restored_leaks) if self.leaks[lid].dedup_key == dedup), None)
-            self.restored_leaks.discard(known)
+            restored_ids = {self.leaks[lid].alert_id for lid in self.restored_leaks}
+            known = self._restored_match(ev, dedup)
+            if known is not None:
+                self.restored_leaks.discard(known)
+            elif announced and announced[1] in restored_ids:
+                # its alarm was taken for a restored leak, but it lies elsewhere: a leak of its own, alarmed now
+                announced = None
+                self.announced[_ts(ev.detected_at)] = (dedup, stable_id(dedup, _ts(ev.detected_at).isoformat()))
         leak_id = known or f"leak-{ev.dma}-{_ts(ev.detected_at):%Y%m%dT%H%M}"
         alert_id = self.leaks[known].alert_id if known else self._alarm_id(ev, dedup)
         self.leak_by_monitor_id[ev.leak_id] = leak_id
@@ -659,10 +665,26 @@ class WaterService:
             n += 1
         return n
 
+    def _restored_match(self, ev: detection.LeakEvent, dedup: str) -> str | None:
+        """The restored leak (see restore_open_alerts) this localised leak is, if any: of its key and, where both have
+        pipes, within the monitor's merge distance of one of its first candidates (the key is a whole DMA, often the
+        whole network: a new leak kilometres away is not the old one)."""
+        limit = self.monitor.merge_distance_m if self.monitor else 1000.0
+        for lid in sorted(self.restored_leaks):
+            rec = self.leaks[lid]
+            if rec.dedup_key != dedup:
+                continue
+            pipes = [c.get("pipe_id") for c in rec.candidates[:3] if c.get("pipe_id") in self.net.link_nodes]
+            if not ev.pipe_id or not pipes or min(self.net.pipe_distance_m(ev.pipe_id, p) for p in pipes) <= limit:
+                return lid
+        return None
+
     def _expire_restored_alarms(self, now: pd.Timestamp) -> list[Output]:
-        """An alarm open at a restart that the refitted monitor has not alarmed on again within a localisation window
-        of stream time is withdrawn (its window closed unseen, and the leak statistic has not crossed again since)."""
-        if not self.restored_alarms:
+        """What was taken up at a restart waits one localisation window of stream time for the refitted monitor. Then
+        a confirmed leak no longer takes new alarms of its key as its own (it stays open until a dispatcher resolves
+        it), and an alarm not alarmed on again is withdrawn (its window closed unseen, and the leak statistic has not
+        crossed again since) - unless a confirmed leak is open under its key, whose alert a "cleared" would end."""
+        if not self.restored_alarms and not self.restored_leaks:
             return []
         if self.restored_since is None:
             self.restored_since = now
@@ -671,7 +693,12 @@ class WaterService:
         if now - self.restored_since < window:
             return []
         out: list[Output] = []
+        self.restored_leaks.clear()
         for dedup, (alert_id, detected) in sorted(self.restored_alarms.items()):
+            if any(rec.dedup_key == dedup for rec in self.leaks.values()):
+                logger.info("leak alarm open at the restart left to the confirmed leak it shares a key with",
+                            extra={"fields": {"alert_id": alert_id}})
+                continue
             dma = dedup.rsplit(":", 1)[-1]
             hours = window / pd.Timedelta(hours=1)
             alert = Alert(alert_id=alert_id, domain="water", kind="leak", severity="info", status="cleared",
@@ -698,7 +725,7 @@ class WaterService:
         orange or red sent its drain crew a second task; one that had fallen back was never lifted. Likewise a
         leak open at the crash was alarmed again by the refitted monitor under a new id, with a second crew.
         The open alerts are read from the alerts table the notification service keeps. Returns how many."""
-        n = self._take_up_leaks(await open_alerts(self.pool, "water", ("leak",)))
+        n = self._take_up_leaks(await open_alerts(self.pool, "water", ("leak",), newest_per_key=False))
         if n:
             logger.info("took up %d open leak alert(s) after a restart", n)
         if not self.catchments:
@@ -710,7 +737,10 @@ class WaterService:
             st = self.catchments.get(str(ev.get("catchment_id")))
             if st is None or st.alert_id is not None or level not in flood.GRADES:
                 continue
-            st.alert_id, st.grade = alert_id, level
+            # the warning's current grade is in its evidence: the stored level is the episode's highest (a lowering
+            # does not lower it), and taking red for a catchment back at yellow hid a new rise to red
+            grade = ev.get("grade") if ev.get("grade") in flood.GRADES else level
+            st.alert_id, st.grade = alert_id, grade
             st.episode_start = _ts(ev["episode_start"]) if ev.get("episode_start") else None
             # the crew task goes out when a warning first reaches orange (see _flood_alert)
             st.task_sent = flood.GRADES.index(level) >= flood.GRADES.index("orange")
