@@ -74,7 +74,8 @@ def forecast(obs_path: str, horizons: str, train_until: str, out_path: str, poll
     """`cityops air forecast` (CONTRACTS.md §2)."""
     from services.air_quality.domain.forecast import forecast_stations
 
-    hs = parse_horizons(horizons)
+    # '1,1' asks for horizon 1 once: one row per issue time, station and horizon
+    hs = list(dict.fromkeys(parse_horizons(horizons)))
     t = parse_time_arg(train_until)
     obs = read_observations(obs_path, pollutant)
     if not (obs["time"] > t).any():

@@ -170,6 +170,7 @@ class _LowCost:
     task_id: str | None = None
     fit_tried: bool = False  # calibration attempted (a sensor first heard after the others is fitted later)
     fit_failures: int = 0  # fits without enough pairs (its reference had not reported yet): retried up to 3 times
+    recovered: bool = False  # its readings of the calibration period were looked for in the database
 
 
 @dataclass
@@ -242,6 +243,7 @@ class AirService:
         self._bg: dict[str, asyncio.Task] = {}
         self.calibrated = False
         self.calibrated_until: pd.Timestamp | None = None
+        self.recovered_stations: set[str] = set()  # stations whose calibration-period hours were read back
 
     async def restore_open_alerts(self) -> int:
         """After a restart: take up the AQI and forecast alerts this service raised that are still open.
@@ -287,6 +289,7 @@ class AirService:
             elif "pm25" in vals:
                 self._lowcost_reading(o, t, vals)
         out += await self._run_traces()
+        await self._recover_calibration_period()
         self._start_fits()
         if time.monotonic() - self.last_heavy >= self.s.air_heavy_every_s:
             self.last_heavy = time.monotonic()
@@ -802,8 +805,61 @@ class AirService:
                 not s.fit_tried and s.readings and s.readings[-1][0] > self.calibrated_until
                 for s in self.lowcost.values())
         if self.calibration_until is not None:
-            return self._reported_until(self.calibration_until)
+            return self._reported_until(self.calibration_until) and self._references_heard()
         return self.first_seen is not None and self.clock - self.first_seen >= pd.Timedelta(hours=12)
+
+    def _references_heard(self) -> bool:
+        """Has every configured reference station reported since the start? After a restart they come one by one,
+        and a sensor fitted before its own reference was heard would be calibrated against a farther one; a
+        station still silent after TRACE_WAIT_H is not waited for."""
+        missing = self.reference_ids - set(self.stations)
+        return not missing or (self.first_seen is not None and self.clock is not None
+                               and self.clock - self.first_seen >= pd.Timedelta(hours=TRACE_WAIT_H))
+
+    async def _recover_calibration_period(self) -> None:
+        """After a restart past `calibration_until`: the period's readings, from the database.
+
+        The calibration is fitted on the readings up to `calibration_until`, kept only in memory; a service
+        restarted after it had none, marked every sensor tried, fitted nothing, and the low-cost sensors dropped
+        out of the grid, the tracing and the drift check for good. The sink stored those readings: the sensors'
+        (pm25, rh, temp) and the reference stations' PM2.5 of the last `air_history_h` hours up to the period's
+        end are read back (as the weather service's `_recover` does), once per sensor, just before the fit."""
+        if self.pool is None or not self._calibration_due():
+            return
+        until = self.calibrated_until or self.calibration_until
+        if until is None:
+            return
+        sensors = [s for s in self.lowcost.values() if not s.fit_tried and not s.recovered
+                   and (not s.readings or s.readings[0][0] > until)]
+        # a reference first heard after its sensors were read back is read back on its own
+        stations = [st for st in self.stations.values() if st.station_id not in self.recovered_stations
+                    and not any(h <= until for h in st.hours)]
+        if not sensors and not stations:
+            return
+        since = until - pd.Timedelta(hours=self.s.air_history_h)
+        async with self.pool.connection() as conn:
+            rows = await repository.calibration_readings(
+                conn, [s.sensor_id for s in sensors] + [st.station_id for st in stations],
+                since.to_pydatetime(), until.to_pydatetime())
+        by_key: dict[tuple[str, pd.Timestamp], dict[str, float]] = {}
+        for sid, t, q, v in rows:
+            if v is not None and math.isfinite(v):
+                by_key.setdefault((sid, _ts(t)), {})[q] = float(v)
+        for s in sensors:
+            s.recovered = True
+            old = [(t, v["pm25"], v.get("rh", np.nan), v.get("temp", np.nan))
+                   for (sid, t), v in by_key.items() if sid == s.sensor_id and "pm25" in v]
+            if old:
+                # the deque keeps its newest readings: what is read back goes before them
+                s.readings = deque(sorted(old + list(s.readings), key=lambda r: r[0]), maxlen=s.readings.maxlen)
+        for st in stations:
+            self.recovered_stations.add(st.station_id)
+            for (sid, t), v in by_key.items():
+                if sid == st.station_id and "pm25" in v:
+                    st.hours.setdefault(t, {"pm25": v["pm25"]})
+        logger.info("calibration period read back from the database",
+                    extra={"fields": {"until": until.isoformat(), "sensors": len(sensors), "stations": len(stations),
+                                      "readings": len(by_key)}})
 
     def _reported_until(self, t: pd.Timestamp) -> bool:
         """Has every known sensor reported past `t`? Partitions of a backlog progress unevenly, and a fit on
@@ -826,9 +882,11 @@ class AirService:
             if s.fit_tried or st is None or st.last_hour is None or st.last_hour + pd.Timedelta(hours=1) <= until \
                     or not s.readings or s.readings[-1][0] <= until:
                 continue
-            s.fit_tried = True
             s.reference = st.station_id if st else None
             p = self._pairs(s, until=until, exclude=disturbed)
+            if p is None and self.pool is not None and not s.recovered:
+                continue  # nothing in memory up to `until` (a restart after it): read back from the database first
+            s.fit_tried = True
             if p is not None:
                 pairs[s.sensor_id] = p[1:]
                 raw, rh, temp, ref = p[1:]
@@ -916,19 +974,13 @@ class AirService:
 
     @staticmethod
     def _network(obs: pd.DataFrame):
-        from services.air_quality.domain.spatial import build_network
+        """The station hours on whole hours, as the batch forecast has them (`forecast.hourly_network`): stations
+        stamped at different minutes (:00 and :30) used to leave one of them out of the axis altogether."""
+        from services.air_quality.domain.forecast import hourly_network
 
         if obs.empty or "pm25" not in obs:
             return None
-        net = build_network(obs, "pm25")
-        full = pd.date_range(net.times.min(), net.times.max(), freq="h")
-        if len(full) != len(net.times):
-            from services.air_quality.domain.spatial import Network
-
-            v = pd.DataFrame(net.values, index=net.times).reindex(full).to_numpy()
-            met = net.met.reindex(full).interpolate(limit_direction="both")
-            net = Network(full, net.station_ids, net.x_m, net.y_m, v, met, net.lat0, net.lon0)
-        return net
+        return hourly_network(obs, "pm25")
 
     def _fit_forecaster(self, obs: pd.DataFrame, until: pd.Timestamp):
         from services.air_quality.domain.forecast import StationForecaster
@@ -936,7 +988,8 @@ class AirService:
         net = self._network(obs)
         if net is None:
             return None
-        return StationForecaster(list(self.s.air_forecast_horizons), n_jobs=1).fit(net, until)
+        # the frame ends at `until`, so the hour it falls in holds nothing later
+        return StationForecaster(list(self.s.air_forecast_horizons), n_jobs=1).fit(net, until.ceil("h"))
 
     async def _issue_forecasts(self) -> list[Output]:
         """Forecasts of every station from its newest complete hour (older hours are skipped when behind)."""
@@ -951,7 +1004,8 @@ class AirService:
         model = self.forecaster
         frame = self._station_frame(issue - pd.Timedelta(hours=self.s.air_history_h), issue)
         net = await asyncio.to_thread(self._network, frame)
-        if net is None or net.times[-1] != issue:
+        # the network's rows are whole hours: the issue hour's report is in the row of the hour it falls in
+        if net is None or net.times[-1] != issue.ceil("h"):
             return []
         mask = np.zeros(len(net.times), dtype=bool)
         mask[-1] = True
@@ -1022,6 +1076,7 @@ class AirService:
     async def heavy(self) -> list[Output]:
         """Grid of the latest complete window, forecasts of the latest hour, the drift check."""
         out: list[Output] = []
+        await self._recover_calibration_period()
         self._start_fits()  # also when no record arrives any more (the end of a backlog)
         if self.clock is None:
             return out

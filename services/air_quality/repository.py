@@ -51,6 +51,17 @@ async def write_attribution(conn: psycopg.AsyncConnection, a: SourceAttribution)
     return len(rows)
 
 
+async def calibration_readings(conn: psycopg.AsyncConnection, sensor_ids: list[str], since: datetime,
+                               until: datetime) -> list[tuple]:
+    """Stored readings (sensor_id, time, quantity, value) of pm25, rh and temp of the given sensors with
+    since < time <= until that passed the gateway's QC (flag 1 or 2, as the stream handler takes them)."""
+    cur = await conn.execute(
+        "SELECT sensor_id, time, quantity, value FROM observations WHERE domain = 'air' AND sensor_id = ANY(%s) "
+        "AND quantity IN ('pm25', 'rh', 'temp') AND qc IN (1, 2) AND time > %s AND time <= %s ORDER BY time",
+        (sensor_ids, since, until))
+    return await cur.fetchall()
+
+
 async def latest_grid(conn: psycopg.AsyncConnection, pollutant: str) -> list[dict[str, Any]]:
     """The cells of the newest grid of `pollutant` (empty when none yet)."""
     cur = await conn.execute(

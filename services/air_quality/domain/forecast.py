@@ -214,13 +214,7 @@ def autoreg_forecast(net: Network, train_until: pd.Timestamp, issue_mask: np.nda
 def forecast_stations(obs: pd.DataFrame, horizons: list[int], train_until: pd.Timestamp,
                       pollutant: str = "pm25") -> pd.DataFrame:
     """issue_time, station_id, horizon_h, <pollutant> for every hourly issue time after train_until."""
-    from services.air_quality.domain.spatial import build_network
-
-    net = build_network(obs, pollutant)
-    # an hourly axis so lags are hours even where a whole hour is missing from the file
-    full = pd.date_range(net.times.min(), net.times.max(), freq="h")
-    if len(full) != len(net.times):
-        net = _reindex(net, full)
+    net = hourly_network(obs, pollutant)
     issue = np.asarray(net.times > train_until)
     model = StationForecaster(horizons).fit(net, train_until)
     preds = model.predict(net, issue)
@@ -241,7 +235,25 @@ def forecast_stations(obs: pd.DataFrame, horizons: list[int], train_until: pd.Ti
     return out
 
 
+def hourly_network(obs: pd.DataFrame, pollutant: str = "pm25") -> Network:
+    """The stations on an axis of whole hours, as the forecasts need it (lags are hours, even where an hour is
+    missing from the data).
+
+    Each reading goes to the hour it is first known at (10:30 -> 11:00; 11:00 stays), several of one station and
+    hour averaged: the axis used to run from the first reading's minute, so one reading at 23:10 put it on :10 and
+    left out every reading on the hour, and a station reporting at :30 lost all its data. Weather gaps are carried
+    forward, never filled from later hours."""
+    from services.air_quality.domain.spatial import build_network
+
+    on_hour = obs.assign(time=pd.to_datetime(obs["time"], utc=True).dt.ceil("h"))
+    net = build_network(on_hour, pollutant, causal=True)
+    full = pd.date_range(net.times.min(), net.times.max(), freq="h")
+    if len(full) != len(net.times):
+        net = _reindex(net, full)
+    return net
+
+
 def _reindex(net: Network, times: pd.DatetimeIndex) -> Network:
     v = pd.DataFrame(net.values, index=net.times).reindex(times).to_numpy()
-    met = net.met.reindex(times).interpolate(limit_direction="both")
+    met = net.met.reindex(times).ffill()
     return Network(times, net.station_ids, net.x_m, net.y_m, v, met, net.lat0, net.lon0)

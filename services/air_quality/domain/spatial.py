@@ -51,20 +51,24 @@ class Network:
         return to_local_xy_m(lat, lon, self.lat0, self.lon0)
 
 
-def build_network(obs: pd.DataFrame, pollutant: str) -> Network:
-    """Pivot long observations (time, station_id, lat, lon, pollutant, met…) to a Network."""
+def build_network(obs: pd.DataFrame, pollutant: str, causal: bool = False) -> Network:
+    """Pivot long observations (time, station_id, lat, lon, pollutant, met…) to a Network; several values of a
+    station and time are averaged. `causal`: weather gaps carried forward only (see `network_met`)."""
     times = pd.DatetimeIndex(np.sort(obs["time"].unique()))
     st = obs.groupby("station_id", sort=True)[["lat", "lon"]].median()
     lat0, lon0 = float(st["lat"].mean()), float(st["lon"].mean())
     x, y = to_local_xy_m(st["lat"].to_numpy(), st["lon"].to_numpy(), lat0, lon0)
     wide = obs.pivot_table(index="time", columns="station_id", values=pollutant, aggfunc="mean", dropna=False)
     wide = wide.reindex(index=times, columns=st.index)
-    met = network_met(obs, times)
+    met = network_met(obs, times, causal=causal)
     return Network(times, list(st.index), x, y, wide.to_numpy(dtype=float), met, lat0, lon0)
 
 
-def network_met(obs: pd.DataFrame, times: pd.DatetimeIndex) -> pd.DataFrame:
-    """Network-mean meteorology per hour (wind averaged as a vector), gaps filled in time."""
+def network_met(obs: pd.DataFrame, times: pd.DatetimeIndex, causal: bool = False) -> pd.DataFrame:
+    """Network-mean meteorology per hour (wind averaged as a vector), gaps filled in time.
+
+    Estimating a past hour (以算代测) may interpolate across a gap; a forecast (`causal`) may not: its
+    gaps are carried forward from the last hour reported, never filled from hours after the issue time."""
     g = obs.groupby("time")
     out = pd.DataFrame(index=times)
     if "wind_dir" in obs and "wind_speed" in obs:
@@ -79,8 +83,8 @@ def network_met(obs: pd.DataFrame, times: pd.DatetimeIndex) -> pd.DataFrame:
     for c in ("temp", "dewp", "pres", "rain"):
         out[c] = g[c].mean().reindex(times) if c in obs else np.nan
     out["spread"] = out["temp"] - out["dewp"]
-    out = out.interpolate(limit_direction="both").astype(float)
-    return out
+    out = out.ffill() if causal else out.interpolate(limit_direction="both")
+    return out.astype(float)
 
 
 def _log(v: np.ndarray) -> np.ndarray:
