@@ -47,7 +47,8 @@ def nowcast(obs_path: str, variable: str, horizons: str, train_until: str, out_p
     from services.weather.domain.nowcast import nowcast as run_nowcast
     from services.weather.domain.qc import passed_values, qc_grid
 
-    hs = parse_horizons(horizons)
+    # '1,1' asks for horizon 1 once: one row per issue time, station and horizon
+    hs = list(dict.fromkeys(parse_horizons(horizons)))
     t_until = parse_time_arg(train_until)
     if variable not in VARIABLES:
         raise BadInput("--variable", f"unknown variable {variable!r} (expected one of {', '.join(VARIABLES)})")
@@ -75,10 +76,17 @@ def nowcast(obs_path: str, variable: str, horizons: str, train_until: str, out_p
 
 def qc(obs_path: str, out_path: str) -> None:
     """CONTRACTS §5: the input rows and columns plus `<variable>_qc` (QARTOD flags) per variable present."""
-    from ioos_qc import qartod
-
     from services.weather.domain.grid import grid_index, to_grid
-    from services.weather.domain.qc import DEFAULT_QC_CONFIG, FAIL, MISSING, NOT_EVALUATED, SUSPECT, qc_grid
+    from services.weather.domain.qc import (
+        DEFAULT_QC_CONFIG,
+        FAIL,
+        MISSING,
+        NOT_EVALUATED,
+        SUSPECT,
+        gross_range,
+        qc_grid,
+        station_level,
+    )
 
     obs = read_observations(obs_path)
     present = [v for v in VARIABLES if v in obs.columns]
@@ -86,8 +94,8 @@ def qc(obs_path: str, out_path: str) -> None:
     _log(f"{grid.n_stations} stations, {grid.n_times} hours, variables {', '.join(present)}")
     res = qc_grid(grid)
     ti, si = grid_index(grid, obs)
-    raw = pd.read_csv(obs_path, dtype=str, keep_default_na=False, compression="infer")
-    raw.columns = [str(c).strip() for c in raw.columns]
+    # the cells as written, read as `obs` was (same rows: a line of empty cells is dropped from both)
+    raw = read_table(obs_path)
     for v in present:
         f = res.flags[v][ti, si].astype(int)
         # a duplicate (station, hour) row keeps its own missing flag if its own cell is empty
@@ -99,8 +107,8 @@ def qc(obs_path: str, out_path: str) -> None:
         other = ~np.isnan(own) & ~np.isclose(own, grid.values[v][ti, si])
         if other.any() and "fail_span" in DEFAULT_QC_CONFIG.get(v, {}):
             cfg = DEFAULT_QC_CONFIG[v]
-            gr = np.ma.filled(qartod.gross_range_test(np.ma.masked_invalid(own), fail_span=cfg["fail_span"],
-                                                      suspect_span=cfg.get("suspect_span")), MISSING).astype(int)
+            level = station_level(grid.values[v], cfg)
+            gr = gross_range(own, cfg, None if level is None else level[si]).astype(int)
             f = np.where(other, np.where(np.isin(gr, (SUSPECT, FAIL)), gr, NOT_EVALUATED), f)
         raw[f"{v}_qc"] = f
     cols = list(raw.columns)

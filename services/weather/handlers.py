@@ -113,6 +113,8 @@ class SignalMonitor:
         # (district, hour) -> (station, observed_at) -> {quantity: value}: a redelivered record counts once
         self.open: dict[tuple[str, pd.Timestamp], dict[tuple[str, pd.Timestamp], dict[str, float]]] = defaultdict(dict)
         self.rain: dict[str, dict[pd.Timestamp, float]] = defaultdict(dict)
+        # district -> hour -> mean temperature: the high-temperature signal goes by the day's maximum
+        self.temp: dict[str, dict[pd.Timestamp, float]] = defaultdict(dict)
         self.station_hour: dict[str, pd.Timestamp] = {}
         self.station_seen: dict[str, float] = {}  # wall clock of the station's last record (silence only)
         self.episode: dict[tuple[str, str], pd.Timestamp] = {}
@@ -155,12 +157,16 @@ class SignalMonitor:
         wm = self.watermark()
         return sorted({h for (_, h) in self.open if wm is not None and h < wm})
 
-    def close_hour(self, h: pd.Timestamp, expected_rain: dict[str, list[float]] | None = None) -> list[Output]:
+    def close_hour(self, h: pd.Timestamp, expected_rain: dict[str, list[float]] | None = None,
+                   expected_temp: dict[str, list[float]] | None = None) -> list[Output]:
         """Signals of hour h from its district aggregates; the board moves to the end of the hour.
 
         expected_rain: per district, the rain nowcast for the coming hours (mm per hour). As in the CMA
         definitions ("will reach or has reached"), the rainstorm metric takes the wettest 3/6/12-hour
-        window that ends now or later over observed plus expected rain.
+        window that ends now or later over observed plus expected rain. expected_temp: per district, the
+        temperature nowcast for the coming hours; the high-temperature metric is the largest of the last
+        24 hours' district means and these (as `signal_metrics`), so a hot spell's warning stands through
+        its nights instead of being lifted every evening and raised again every afternoon.
         """
         out: list[Output] = []
         metrics: dict[str, dict[str, float]] = {"rainstorm": {}, "gale": {}, "high_temperature": {}}
@@ -186,10 +192,17 @@ class SignalMonitor:
             if by_q.get("wind_speed"):
                 metrics["gale"][d] = float(np.mean(by_q["wind_speed"]))
             if by_q.get("temp"):
-                metrics["high_temperature"][d] = float(np.mean(by_q["temp"]))
+                self.temp[d][h] = float(np.mean(by_q["temp"]))
+            for k in [k for k in self.temp[d] if k <= h - pd.Timedelta(hours=24)]:
+                del self.temp[d][k]
+            if self.temp[d]:
+                hot = max([*self.temp[d].values(), *(float(x) for x in (expected_temp or {}).get(d, []))])
+                metrics["high_temperature"][d] = hot
             evidence[d] = {"rain_3h_mm": round(sum(seen[-3:]), 1), "rain_6h_mm": round(sum(seen[-6:]), 1),
                            "rain_12h_mm": round(sum(seen), 1), "rain_expected_mm": [round(x, 1) for x in fut],
                            "rain_3h_mm_with_nowcast": round(acc[3], 1)}
+            if d in metrics["high_temperature"]:
+                evidence[d]["temp_max_24h_c_with_nowcast"] = round(metrics["high_temperature"][d], 1)
         for ch in self.board.update(h + pd.Timedelta(hours=1), metrics):
             out.append(alert_output(self._alert(ch, evidence.get(ch.area, {})), source=SOURCE))
         self.last_closed = h if self.last_closed is None else max(self.last_closed, h)
@@ -201,6 +214,10 @@ class SignalMonitor:
             self.episode[key] = ch.time
         start = self.episode.get(key, ch.time)
         zh, en = ch.text()
+        if ch.action == "lift":  # nothing left to prepare for
+            msg_zh, msg_en = zh + " 相应防御措施可以解除。", en + " The response measures for it can be stood down."
+        else:
+            msg_zh, msg_en = zh + " 请按预警级别做好防御准备。", en + " Follow the response plan for this level."
         dedup = f"weather:{ch.signal}:{ch.area}"
         lat, lon = self.loc.get(ch.area, (None, None))
         raised_at: datetime = ch.time.to_pydatetime()
@@ -211,7 +228,7 @@ class SignalMonitor:
             level=ch.level or ch.previous, status="cleared" if ch.action == "lift" else
             ("raised" if ch.action == "raise" else "updated"),
             title_zh=zh, title_en=en,
-            message_zh=zh + " 请按预警级别做好防御准备。", message_en=en + " Follow the response plan for this level.",
+            message_zh=msg_zh, message_en=msg_en,
             location={"lat": lat, "lon": lon} if lat is not None else None, district=ch.area, dedup_key=dedup,
             raised_at=raised_at,
             evidence={"observed_at": raised_at.isoformat(), "metric": round(ch.metric, 4), "action": ch.action,
@@ -340,7 +357,7 @@ class WeatherService:
         out: list[Output] = []
         for i, h in enumerate(hours):
             out += await self.close_hour(h)
-            out += self.monitor.close_hour(h, self.expected_rain())
+            out += self.monitor.close_hour(h, self.expected_rain(), self.expected_temp())
             if i == len(hours) - 1:
                 out += await self._bulletins(h, self.grid(passed_only=True))
         return out
@@ -352,13 +369,24 @@ class WeatherService:
         already committed: the stream resumes after them. The sink stored them, so they are read back
         here (the first two hours of the first batch); readings that also come again from the stream
         count once (keyed by station and time). A store flag of 3/4 on zero rain or calm wind is taken as
-        the gateway's flat line (see `Reading.passed`).
+        the gateway's flat line (see `Reading.passed`). The day before is read too, for the districts'
+        hourly temperatures: a high-temperature warning goes by the last 24 hours' maximum, and one in
+        force at a night-time restart would otherwise be lifted for want of the afternoon.
         """
         from services.weather import repository
 
         self._recovered = True
+        day = h0 - pd.Timedelta(hours=24)
         async with self.pool.connection() as conn:
             rows = await repository.weather_readings(conn, h0.to_pydatetime(), (h0 + pd.Timedelta(hours=2)).to_pydatetime())
+            before = await repository.weather_readings(conn, day.to_pydatetime(), h0.to_pydatetime(), quantity="temp")
+        temps: dict[tuple[str, pd.Timestamp], list[float]] = defaultdict(list)
+        for sid, t, _, v, qc, d in before:
+            district = d or (self.meta[sid][2] if sid in self.meta else None)
+            if district and qc in (PASS, NOT_EVALUATED) and np.isfinite(v):
+                temps[(district, pd.Timestamp(t).tz_convert("UTC").floor("h"))].append(float(v))
+        for (district, hour), vs in temps.items():
+            self.monitor.temp[district].setdefault(hour, float(np.mean(vs)))
         by_key: dict[tuple[str, pd.Timestamp], dict] = defaultdict(dict)
         district: dict[str, str] = {}
         for sid, t, q, v, qc, d in rows:
@@ -380,6 +408,14 @@ class WeatherService:
         per: dict[str, list[list[float]]] = defaultdict(list)
         for c in self.latest_casts:
             if c.forecast.variable == "rain" and c.forecast.horizons_h == list(range(1, len(c.forecast.values) + 1)):
+                per[self.meta[c.forecast.station_id][2]].append(c.forecast.values)
+        return {d: [float(x) for x in np.mean(v, axis=0)] for d, v in per.items()}
+
+    def expected_temp(self) -> dict[str, list[float]]:
+        """Per district, the mean of its stations' newest temperature nowcasts per horizon (°C)."""
+        per: dict[str, list[list[float]]] = defaultdict(list)
+        for c in self.latest_casts:
+            if c.forecast.variable == "temp":
                 per[self.meta[c.forecast.station_id][2]].append(c.forecast.values)
         return {d: [float(x) for x in np.mean(v, axis=0)] for d, v in per.items()}
 

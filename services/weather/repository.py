@@ -76,9 +76,12 @@ async def latest_nowcasts(conn: psycopg.AsyncConnection, *, station_id: str | No
     return [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
 
 
-async def weather_readings(conn: psycopg.AsyncConnection, since: datetime, until: datetime) -> list[tuple]:
-    """Stored weather readings (sensor_id, time, quantity, value, qc, district) with since <= time < until."""
+async def weather_readings(conn: psycopg.AsyncConnection, since: datetime, until: datetime,
+                           quantity: str | None = None) -> list[tuple]:
+    """Stored weather readings (sensor_id, time, quantity, value, qc, district) with since <= time < until,
+    of one quantity or all."""
     cur = await conn.execute(
         "SELECT sensor_id, time, quantity, value, qc, district FROM observations "
-        "WHERE domain = 'weather' AND time >= %s AND time < %s ORDER BY time", (since, until))
+        "WHERE domain = 'weather' AND time >= %s AND time < %s AND (%s::text IS NULL OR quantity = %s) ORDER BY time",
+        (since, until, quantity, quantity))
     return await cur.fetchall()

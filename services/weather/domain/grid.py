@@ -32,12 +32,14 @@ class StationGrid:
 def to_grid(obs: pd.DataFrame, variables: list[str] | None = None) -> StationGrid:
     """Long observations (time, station_id, lat, lon, variables…) -> StationGrid.
 
-    Times are floored to the hour; duplicate (hour, station) rows keep, per variable, the last value given (a row
-    with the temperature and another with the pressure of the same hour make one complete hour).
+    Times are put on the hour they are first known at (ceiled: 05:30 is row 06:00, 05:00 stays 05:00), so a row, and
+    a nowcast issued at it, holds nothing observed later (the stream likewise issues hour h at h + 1); duplicate
+    (hour, station) rows keep, per variable, the last value given (a row with the temperature and another with the
+    pressure of the same hour make one complete hour).
     """
     variables = [v for v in (variables or VARIABLES) if v in obs.columns]
     df = obs.copy()
-    df["time"] = pd.to_datetime(df["time"], utc=True).dt.floor("h")
+    df["time"] = pd.to_datetime(df["time"], utc=True).dt.ceil("h")
     if df.duplicated(["time", "station_id"]).any():
         df = df.groupby(["time", "station_id"], sort=False, as_index=False).last()  # last non-missing per column
     stations = df.groupby("station_id", sort=True)[["lat", "lon"]].first()
@@ -55,7 +57,7 @@ def to_grid(obs: pd.DataFrame, variables: list[str] | None = None) -> StationGri
 
 def grid_index(grid: StationGrid, obs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Row/column of each observation row in the grid (to map results back to the input rows)."""
-    t = pd.to_datetime(obs["time"], utc=True).dt.floor("h")
+    t = pd.to_datetime(obs["time"], utc=True).dt.ceil("h")
     return grid.times.get_indexer(t), pd.Index(grid.station_ids).get_indexer(obs["station_id"])
 
 

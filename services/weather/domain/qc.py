@@ -33,7 +33,11 @@ DEFAULT_QC_CONFIG: dict[str, dict[str, Any]] = {
     # sigmas): on the bench, swapped-station recall 0.14 -> 0.67 (pressure) and 0.56 -> 0.63 (wind). Temperature
     # and dew point keep to the single-hour test: cold pools and sea-breeze fronts hold such deviations for
     # hours, and the test doubled their false flags for little recall
-    "pres": {"fail_span": (850.0, 1090.0), "suspect_span": (960.0, 1060.0), "spike": (7.0, 12.0),
+    # station pressure falls about 12 hPa per 100 m of height: a sea-level range (850/960 hPa) failed every station
+    # above ~1500 m and held those above ~450 m suspect. Fail is what no inhabited station reads (Tibetan stations
+    # ~550-650 hPa, records near 1085); suspect is more than 60 hPa from the station's own median (beyond what
+    # weather moves it outside a typhoon's eye), so every station is judged against its own height
+    "pres": {"fail_span": (500.0, 1090.0), "suspect_dev": 60.0, "spike": (7.0, 12.0),
              "rate_per_h": 10.0, "flat_h": (5, 10), "flat_tol": 0.05,
              "buddy": {"floor": 1.5, "sustained": {"hours": 4, "z": 3.0, "z_each": 2.0}}},
     "wind_speed": {"fail_span": (0.0, 75.0), "suspect_span": (0.0, 40.0), "spike": (10.0, 20.0),
@@ -64,6 +68,40 @@ def _combine(into: np.ndarray, flags: np.ndarray) -> None:
     np.maximum(into, np.where(bad, f, 0).astype(np.uint8), out=into)
 
 
+def gross_range(values: np.ndarray, cfg: dict[str, Any], level: np.ndarray | float | None = None) -> np.ndarray:
+    """Gross-range flags (as ioos_qc's): 4 outside `fail_span`, 3 outside `suspect_span` or farther than
+    `suspect_dev` from `level` (the station's own median, see `station_level`), 1 else; 9 where missing."""
+    x = np.asarray(values, dtype=float)
+    lo, hi = cfg["fail_span"]
+    with np.errstate(invalid="ignore"):
+        out = np.where((x < lo) | (x > hi), FAIL, PASS)
+        if cfg.get("suspect_span") is not None:
+            slo, shi = cfg["suspect_span"]
+            out = np.where((out == PASS) & ((x < slo) | (x > shi)), SUSPECT, out)
+        if cfg.get("suspect_dev") is not None and level is not None:
+            out = np.where((out == PASS) & (np.abs(x - level) > cfg["suspect_dev"]), SUSPECT, out)
+    return np.where(np.isfinite(x), out, MISSING).astype(np.uint8)
+
+
+def within_fail_span(arr: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
+    """`arr` with the values outside the gross range's fail span as NaN."""
+    lo, hi = cfg["fail_span"]
+    with np.errstate(invalid="ignore"):
+        return np.where((arr >= lo) & (arr <= hi), arr, np.nan)
+
+
+def station_level(arr: np.ndarray, cfg: dict[str, Any], causal: bool = False) -> np.ndarray | None:
+    """Each station's own median (over the rows of a time × station array, or of one series) of its plausible
+    values, for the `suspect_dev` test; `causal`: the median up to each row. None when the test is not configured."""
+    if cfg.get("suspect_dev") is None:
+        return None
+    ok = within_fail_span(np.asarray(arr, dtype=float), cfg)
+    if causal:
+        return pd.DataFrame(ok.reshape(len(ok), -1)).expanding().median().to_numpy().reshape(ok.shape)
+    with np.errstate(all="ignore"), _quiet():
+        return np.nanmedian(ok, axis=0)
+
+
 def qc_series_tests(values: np.ndarray, times_s: np.ndarray, cfg: dict[str, Any],
                     causal: bool = False) -> dict[str, np.ndarray]:
     """QARTOD tests of one station's hourly series (`times_s` in seconds). Returns flags per test.
@@ -75,8 +113,7 @@ def qc_series_tests(values: np.ndarray, times_s: np.ndarray, cfg: dict[str, Any]
 
     out: dict[str, np.ndarray] = {}
     x = np.ma.masked_invalid(values)
-    out["gross_range"] = np.ma.filled(
-        qartod.gross_range_test(x, fail_span=cfg["fail_span"], suspect_span=cfg.get("suspect_span")), MISSING)
+    out["gross_range"] = gross_range(values, cfg, station_level(values, cfg, causal=causal))
     if "spike" in cfg and not causal:
         sp = np.ma.filled(qartod.spike_test(x, suspect_threshold=cfg["spike"][0],
                                             fail_threshold=cfg["spike"][1]), MISSING)
@@ -276,14 +313,24 @@ def _regression_resid(work: np.ndarray, full: np.ndarray, d: np.ndarray, c: dict
                 continue
             xm, ym = x[rows].mean(axis=0), y[rows].mean()
             xf, yf = x[rows] - xm, y[rows] - ym
+            beta = None
             for _ in range(2):
                 a = xf.T @ xf
-                beta = np.linalg.solve(a + 1e-3 * np.trace(a) / len(mates) * np.eye(len(mates)), xf.T @ yf)
+                tr = float(np.trace(a))
+                if not tr > 0.0:
+                    # every neighbour held one value through the window (calm anemometers, a sentinel): nothing
+                    # to regress on, the median check judges these hours; a second pass keeps the first fit
+                    break
+                try:
+                    beta = np.linalg.solve(a + 1e-3 * tr / len(mates) * np.eye(len(mates)), xf.T @ yf)
+                except np.linalg.LinAlgError:
+                    break
                 r = yf - xf @ beta
                 sig = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-9
                 keep = np.abs(r) < 4 * sig
                 xf, yf = xf[keep], yf[keep]
-            pred[b:b + step, s] = ym + (x[b:b + step] - xm) @ beta
+            if beta is not None:
+                pred[b:b + step, s] = ym + (x[b:b + step] - xm) @ beta
     return full - pred
 
 
@@ -326,7 +373,10 @@ def qc_grid(grid: StationGrid, config: dict[str, dict[str, Any]] | None = None,
             for name, f in res.items():
                 per_test.setdefault(name, np.full(arr.shape, MISSING, dtype=np.uint8))[:, s] = f
         if "buddy" in cfg:
-            per_test["buddy"] = buddy_check(arr, grid.lat, grid.lon, {**cfg["buddy"], "causal": causal})
+            # impossible values (a -9999 sentinel, a wrong unit) are failed already; among the buddies they would
+            # accuse the one station that still reads right, and make the regression's neighbours constant
+            judged = np.where(per_test["gross_range"] == FAIL, np.nan, arr)
+            per_test["buddy"] = buddy_check(judged, grid.lat, grid.lon, {**cfg["buddy"], "causal": causal})
             # a step, spike or flat stretch the neighbours agree with (e.g. the step back to normal
             # after a bad stretch, a calm night) is weather: only a fail verdict stands there
             agreed = per_test["buddy"] == PASS
@@ -362,12 +412,8 @@ def newest_series_tests(arr: np.ndarray, cfg: dict[str, Any]) -> dict[str, np.nd
     x = arr[-1]
     present = np.isfinite(x)
     out: dict[str, np.ndarray] = {}
-    lo, hi = cfg["fail_span"]
-    gr = np.where((x < lo) | (x > hi), FAIL, PASS)
-    if cfg.get("suspect_span") is not None:
-        slo, shi = cfg["suspect_span"]
-        gr = np.where((gr == PASS) & ((x < slo) | (x > shi)), SUSPECT, gr)
-    out["gross_range"] = gr
+    # the level is the median of the buffer, which ends at this hour: causal
+    out["gross_range"] = gross_range(x, cfg, station_level(arr, cfg))
     if "rate_per_h" in cfg and arr.shape[0] >= 2:
         step = np.abs(x - arr[-2])
         out["rate_of_change"] = np.where(np.isfinite(step) & (step > cfg["rate_per_h"]), SUSPECT, PASS)
@@ -411,7 +457,8 @@ def qc_newest_hour(grid: StationGrid, config: dict[str, dict[str, Any]] | None =
             continue
         per_test = {name: f[None, :] for name, f in newest_series_tests(arr, cfg).items()}
         if "buddy" in cfg and present.any():
-            per_test["buddy"] = buddy_check(arr, grid.lat, grid.lon, {**cfg["buddy"], **over, "causal": True})[-1:]
+            per_test["buddy"] = buddy_check(within_fail_span(arr, cfg), grid.lat, grid.lon,
+                                            {**cfg["buddy"], **over, "causal": True})[-1:]
             agreed = per_test["buddy"] == PASS
             for name in cfg["buddy"].get("overrides", ("spike", "rate_of_change")):
                 if name in per_test:

@@ -105,7 +105,7 @@ STEP_MIN = 10
 QUANTITIES = {
     "temp": ("degC", -60.0, 60.0, 10.0),
     "dewp": ("degC", -70.0, 40.0, 10.0),
-    "pres": ("hPa", 850.0, 1090.0, 6.0),
+    "pres": ("hPa", 500.0, 1090.0, 6.0),  # station pressure: as the weather QC's fail span, for stations at height
     "rain": ("mm", 0.0, 100.0, None),
     "wind_dir": ("deg", 0.0, 360.0, None),
     "wind_speed": ("m/s", 0.0, 75.0, 20.0),
