@@ -191,6 +191,10 @@ def parse_times(values: pd.Series, path: str | Path, column: str) -> pd.Series:
     return parsed
 
 
+# what spreadsheets and other tools write for a missing value, which CONTRACTS.md writes as an empty cell
+MISSING_WORDS = frozenset({"NA", "NAN", "N/A", "NULL", "NONE", "-", "--"})
+
+
 def parse_numbers(values: pd.Series, path: str | Path, column: str) -> pd.Series:
     """Numbers or empty cells (NaN); anything else, or ±inf, is bad input."""
     raw = values.astype("string").str.strip()
@@ -198,7 +202,8 @@ def parse_numbers(values: pd.Series, path: str | Path, column: str) -> pd.Series
     bad = (out.isna() & raw.notna() & (raw != "")) | np.isinf(out.astype(float).fillna(0.0))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise BadInput(path, f"not a finite number: {raw.iloc[i]!r}", row=file_row(values, i), column=column)
+        hint = "; write a missing value as an empty cell" if str(raw.iloc[i]).upper() in MISSING_WORDS else ""
+        raise BadInput(path, f"not a finite number: {raw.iloc[i]!r}{hint}", row=file_row(values, i), column=column)
     return out.astype(float)
 
 

@@ -83,3 +83,23 @@ def test_empty_cells_in_a_row_with_data_are_still_refused(tmp_path):
 def test_only_blank_lines_after_the_header_is_no_data(tmp_path):
     with pytest.raises(BadInput, match="no data rows"):
         _read(_write(tmp_path, "obs.csv", f"{HEADER}\n\n\n"))
+
+
+@pytest.mark.parametrize("command", ["air", "weather"])
+def test_the_commands_own_checks_name_the_file_line_after_a_blank_line(tmp_path, command):
+    """The air and weather commands' own checks (a latitude out of range) counted rows as `i + 2`: after a blank
+    line they named the line above the bad one."""
+    from services.air_quality.batch import read_observations as air_obs
+    from services.weather.batch import read_observations as weather_obs
+
+    p = _write(tmp_path, "obs.csv", f"{HEADER}\n2026-01-01T00:00Z,A,30,120,10\n\n2026-01-01T01:00Z,A,95,120,11\n")
+    with pytest.raises(BadInput) as e:
+        air_obs(str(p), "pm25") if command == "air" else weather_obs(p)
+    assert e.value.row == 4 and e.value.column == "lat", str(e.value)
+
+
+def test_a_missing_value_written_as_a_word_is_told_to_be_an_empty_cell(tmp_path):
+    p = _write(tmp_path, "obs.csv", f"{HEADER}\n2026-01-01T00:00Z,A,30,120,NA\n")
+    with pytest.raises(BadInput) as e:
+        _read(p)
+    assert e.value.row == 2 and "empty cell" in str(e.value)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from shared.batch_io import BadInput, parse_horizons, parse_time_arg, read_table, write_table
+from shared.batch_io import BadInput, file_row, parse_horizons, parse_time_arg, read_table, write_table
 
 POLLUTANTS = ("pm25", "pm10", "so2", "no2", "co", "o3")
 MET = ("temp", "pres", "dewp", "rain", "wind_dir", "wind_speed")
@@ -34,11 +34,11 @@ def read_observations(path: str, pollutant: str, *, need_wind: bool = False) -> 
         bad = df[col].isna() | (df[col] < lo) | (df[col] > hi)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise BadInput(path, f"{col} missing or outside [{lo}, {hi}]", row=i + 2, column=col)
+            raise BadInput(path, f"{col} missing or outside [{lo}, {hi}]", row=file_row(df, i), column=col)
     neg = df[pollutant] < 0
     if neg.any():
         i = int(np.flatnonzero(neg.to_numpy())[0])
-        raise BadInput(path, "negative concentration", row=i + 2, column=pollutant)
+        raise BadInput(path, "negative concentration", row=file_row(df, i), column=pollutant)
     if df[pollutant].notna().sum() == 0:
         raise BadInput(path, f"no {pollutant} values at all", column=pollutant)
     if need_wind:
@@ -48,7 +48,7 @@ def read_observations(path: str, pollutant: str, *, need_wind: bool = False) -> 
     dup = df.duplicated(["time", "station_id"])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise BadInput(path, "duplicate (time, station_id)", row=i + 2, column="station_id")
+        raise BadInput(path, "duplicate (time, station_id)", row=file_row(df, i), column="station_id")
     return df
 
 
@@ -62,7 +62,7 @@ def estimate(obs_path: str, targets_path: str, out_path: str, pollutant: str = "
     for col in ("lat", "lon"):
         bad = targets[col].isna()
         if bad.any():
-            raise BadInput(targets_path, "empty value", row=int(np.flatnonzero(bad.to_numpy())[0]) + 2, column=col)
+            raise BadInput(targets_path, "empty value", row=file_row(targets, int(np.flatnonzero(bad.to_numpy())[0])), column=col)
     _say(f"air estimate: {obs['station_id'].nunique()} stations, {obs['time'].nunique()} hours, "
          f"{len(targets)} targets")
     out = estimate_at(obs, targets, pollutant)
@@ -102,16 +102,16 @@ def attribute(obs_path: str, sources_path: str, out_path: str, pollutant: str = 
     for col in ("lat", "lon"):
         bad = src[col].isna()
         if bad.any():
-            raise BadInput(sources_path, "empty value", row=int(np.flatnonzero(bad.to_numpy())[0]) + 2, column=col)
+            raise BadInput(sources_path, "empty value", row=file_row(src, int(np.flatnonzero(bad.to_numpy())[0])), column=col)
     kinds = src["kind"].str.lower()
     bad = ~kinds.isin(SOURCE_KINDS)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise BadInput(sources_path, f"unknown kind {src['kind'].iloc[i]!r} (one of {', '.join(sorted(SOURCE_KINDS))})",
-                       row=i + 2, column="kind")
+                       row=file_row(src, i), column="kind")
     if "height_m" in src and (src["height_m"] < 0).any():
         i = int(np.flatnonzero((src["height_m"] < 0).to_numpy())[0])
-        raise BadInput(sources_path, "negative height", row=i + 2, column="height_m")
+        raise BadInput(sources_path, "negative height", row=file_row(src, i), column="height_m")
     thr = DEFAULT_THRESHOLDS[pollutant] if threshold is None else float(threshold)
     _say(f"air attribute: {len(src)} sources, threshold {thr:g}")
     out = attribute_table(obs, src, pollutant, thr)

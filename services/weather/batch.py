@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.batch_io import BadInput, parse_horizons, parse_time_arg, read_table, write_table
+from shared.batch_io import BadInput, file_row, parse_horizons, parse_time_arg, read_table, write_table
 
 VARIABLES = ("temp", "pres", "dewp", "rain", "wind_dir", "wind_speed")
 
@@ -28,13 +28,13 @@ def read_observations(path: str | Path) -> pd.DataFrame:
     for col in ("lat", "lon"):
         bad = df[col].isna()
         if bad.any():
-            raise BadInput(path, "empty value", row=int(np.flatnonzero(bad.to_numpy())[0]) + 2, column=col)
+            raise BadInput(path, "empty value", row=file_row(df, int(np.flatnonzero(bad.to_numpy())[0])), column=col)
     lim = {"lat": 90.0, "lon": 180.0}
     for col, m in lim.items():
         bad = df[col].abs() > m
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise BadInput(path, f"out of range: {df[col].iloc[i]}", row=i + 2, column=col)
+            raise BadInput(path, f"out of range: {df[col].iloc[i]}", row=file_row(df, i), column=col)
     if not any(v in df.columns for v in VARIABLES):
         raise BadInput(path, f"no weather variable column (expected any of {', '.join(VARIABLES)})")
     return df
