@@ -119,9 +119,10 @@ def batch_files(tmp_path_factory, net3, net3_sensors):
     return d, path, pipe
 
 
-def _run(*args, env_dir: Path) -> subprocess.CompletedProcess:
+def _run(*args, env_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, CITYOPS_CACHE_DIR=str(env_dir))
-    return subprocess.run([str(CITYOPS), "water", "detect", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([str(CITYOPS), "water", "detect", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 def test_batch_detect_writes_contract_rows(batch_files):
@@ -297,3 +298,111 @@ def test_a_sensor_without_training_data_is_left_out_not_trusted(batch_files, net
 
     base = found(absent)
     assert base and found(late) == base
+
+
+def test_a_smart_meter_new_after_training_does_not_mask_a_leak(batch_files, net3, cache):
+    """A smart meter installed after the training end used to enter the summed-demand input with 0 in training and its
+    whole consumption after it: the expected water balance rose by that much and the leak went unseen. The meter is
+    now left out of the inputs until a refit sees it, and the leak is found on the same pipe as with its history."""
+    from services.water.domain.detection import BATCH_OPTIONS
+
+    _, path, _ = batch_files
+    scada = pd.read_csv(path, dtype={"sensor_id": str, "kind": str})
+    scada["time"] = pd.to_datetime(scada["time"], utc=True)
+    until = START + pd.Timedelta(days=TRAIN_DAYS)
+    meters = scada[scada["kind"] == "demand"].groupby("sensor_id")["value"].mean().sort_values(ascending=False)
+    new = meters.index[1]  # a large customer, about a tenth of the network's consumption
+    assert meters[new] > 0.05 * meters.sum()
+    late = scada[~((scada["sensor_id"] == new) & (scada["kind"] == "demand") & (scada["time"] <= until))]
+
+    def found(frame):
+        return [ev.pipe_id for ev in detect_leaks(net3, frame, until, cache_dir=cache, **BATCH_OPTIONS)]
+
+    base = found(scada)
+    assert base and found(late) == base
+
+
+@pytest.mark.parametrize("jitter", ["up_to_a_minute_late", "sub_second_either_way"])
+def test_batch_readings_stamped_off_their_step_give_the_clean_detections(batch_files, tmp_path, jitter):
+    """The step was the median gap between all distinct timestamps: readings stamped 0-59 s late made it 1 s (a grid of
+    millions of rows, still running after 10 minutes) and sub-second jitter asked for millions of training steps and
+    exited 2. The step now comes from each sensor's own gaps, in whole minutes, and readings are snapped to its grid:
+    the jittered file gives exactly the clean file's rows, in about the clean run's time."""
+    d, path, _ = batch_files
+    scada = pd.read_csv(path, dtype={"sensor_id": str, "kind": str})
+    t = pd.to_datetime(scada["time"], utc=True)
+    rng = np.random.default_rng(3)
+    if jitter == "up_to_a_minute_late":
+        shift = pd.to_timedelta(rng.integers(0, 60, len(t)), unit="s")
+    else:
+        shift = pd.to_timedelta(rng.uniform(-0.5, 0.5, len(t)) * 1e6, unit="us").round("ms")
+    scada["time"] = (t + shift).dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    jittered = tmp_path / "jittered.csv.gz"
+    scada.sample(frac=1.0, random_state=1).to_csv(jittered, index=False)
+    until = (START + pd.Timedelta(days=TRAIN_DAYS)).isoformat()
+    out = {}
+    for name, src in (("clean", path), ("jittered", jittered)):
+        out[name] = tmp_path / f"{name}.csv"
+        r = _run("--network", str(_lib("Net3.inp")), "--scada", str(src), "--train-until", until,
+                 "--out", str(out[name]), env_dir=d, timeout=180)
+        assert r.returncode == 0, r.stderr[-2000:]
+    clean = out["clean"].read_text()
+    assert len(clean.splitlines()) >= 2 and out["jittered"].read_text() == clean
+
+
+def _gis_export_flaw(tmp_path: Path, flaw: str) -> Path:
+    """Net3 with a flaw wntr reads but EPANET rejects, as GIS exports often have."""
+    lines = _lib("Net3.inp").read_text().splitlines()
+    if flaw == "unconnected_junction":
+        at = lines.index("[JUNCTIONS]") + 2  # after the column header comment
+        lines.insert(at, " ORPHAN          \t10          \t0           \t                \t;")
+    else:  # pipe 20 (tank 3 to junction 20) given zero length
+        at = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["20", "3", "20"])
+        f = lines[at].split()
+        lines[at] = " " + "\t".join([*f[:3], "0", *f[4:]])
+    path = tmp_path / f"{flaw}.inp"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["detect", "place-loggers"])
+@pytest.mark.parametrize("flaw, expect", [("unconnected_junction", "Error 233: unconnected node ORPHAN"),
+                                          ("zero_length_pipe", "Error 211: illegal link property value 0")])
+def test_batch_network_epanet_rejects_exits_2_with_its_error(batch_files, tmp_path, flaw, expect, command):
+    """An .inp that wntr reads but EPANET rejects passed the network check and crashed in the first EPANET run with a
+    traceback and exit 1 ("Error 200: one or more errors in input file"). It is now bad input: exit 2, one line that
+    quotes EPANET's own error."""
+    d, scada, _ = batch_files
+    net = str(_gis_export_flaw(tmp_path, flaw))
+    out = tmp_path / "o.csv"
+    if command == "detect":
+        until = (START + pd.Timedelta(days=TRAIN_DAYS)).isoformat()
+        args = ["--network", net, "--scada", str(scada), "--train-until", until, "--out", str(out)]
+    else:
+        args = ["--network", net, "--loggers", "5", "--out", str(out)]
+    env = dict(os.environ, CITYOPS_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([str(CITYOPS), "water", command, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"{flaw}.inp" in lines[0] and expect in lines[0]
+    assert not out.exists()
+
+
+def test_batch_without_a_leak_statistic_says_what_to_add(batch_files, tmp_path):
+    """No pressure logger and the River supply unmetered: no water balance and no DMA pressure, so nothing could raise
+    an alarm, and the command exited 2 with numpy's "matmul: Input operand 1 has a mismatch". It now says what to add."""
+    d, path, _ = batch_files
+    scada = pd.read_csv(path, dtype={"sensor_id": str, "kind": str})
+    keep = (scada["kind"] != "pressure") & ~((scada["kind"] == "flow") & (scada["sensor_id"] == "60"))
+    src = tmp_path / "no_statistic.csv"
+    scada[keep].to_csv(src, index=False)
+    until = (START + pd.Timedelta(days=TRAIN_DAYS)).isoformat()
+    r = _run("--network", str(_lib("Net3.inp")), "--scada", str(src), "--train-until", until,
+             "--out", str(tmp_path / "o.csv"), env_dir=d)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "no_statistic.csv" in lines[0]
+    assert "no leak statistic: add pressure loggers, or flow meters" in lines[0] and "(missing: 60)" in lines[0]
+    assert not (tmp_path / "o.csv").exists()

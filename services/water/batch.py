@@ -15,7 +15,13 @@ _NODE_KINDS = {"pressure", "demand", "level"}
 
 def detect(network_path: str, scada_path: str, train_until: str, out_path: str) -> None:
     """Read the network and SCADA, detect leaks after `train_until`, write one row per leak."""
-    from services.water.domain.detection import BATCH_OPTIONS, KINDS, detect_leaks, min_training_steps
+    from services.water.domain.detection import (
+        BATCH_OPTIONS,
+        KINDS,
+        align_to_grid,
+        detect_leaks,
+        min_training_steps,
+    )
     from services.water.domain.network import NetworkError, load_network
 
     t_train = parse_time_arg(train_until)
@@ -31,20 +37,22 @@ def detect(network_path: str, scada_path: str, train_until: str, out_path: str) 
     scada = scada.dropna(subset=["value"])
     if scada.empty:
         raise BadInput(scada_path, "no values (every value cell is empty)", column="value")
-    n_train = int((scada["time"] <= t_train).sum())
-    gaps = pd.Series(scada["time"].drop_duplicates().sort_values()).diff().dropna()
-    step = gaps.median() if len(gaps) else pd.Timedelta(minutes=15)
+    # on the step's grid as the model sees it: readings stamped a few seconds off their step are that step's
+    scada, step = align_to_grid(scada)
+    train = scada.loc[scada["time"] <= t_train, "time"]
     need = max(48, min_training_steps(step))
-    if scada.loc[scada["time"] <= t_train, "time"].nunique() < need:
+    if train.nunique() < need:
         raise BadInput(scada_path, f"need at least {need} time steps at or before --train-until {t_train.isoformat()} "
-                       f"to learn normal operation (found {n_train} rows); move --train-until later", column="time")
-    print(f"water detect: {len(scada)} readings, {scada['sensor_id'].nunique()} sensors, "
-          f"network {net.path.name} ({len(net.junctions)} junctions, {len(net.pipes)} pipes)", file=sys.stderr)
+                       f"to learn normal operation (found {train.nunique()} steps of {step / pd.Timedelta(minutes=1):g} "
+                       f"min in {len(train)} rows); move --train-until later", column="time")
     try:
         leaks = detect_leaks(net, scada, t_train, **BATCH_OPTIONS)
     except ValueError as exc:
         raise BadInput(scada_path, str(exc)) from None
-    print(f"water detect: {len(leaks)} leak(s) after {t_train.isoformat()}", file=sys.stderr)
+    # one line, after the fact: a bad input found while learning stays the only line on stderr
+    print(f"water detect: {len(scada)} readings, {scada['sensor_id'].nunique()} sensors every "
+          f"{step / pd.Timedelta(minutes=1):g} min, network {net.path.name} ({len(net.junctions)} junctions, "
+          f"{len(net.pipes)} pipes): {len(leaks)} leak(s) after {t_train.isoformat()}", file=sys.stderr)
     rows = [{
         "leak_id": ev.leak_id,
         "detected_at": ev.detected_at,

@@ -31,6 +31,7 @@ as explicit suppression windows when they come from config (`suppress`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -126,19 +127,27 @@ def fit_expectation(
     if len(values) < 48:
         raise ValueError("need at least 48 leak-free time steps to learn sensor expectations")
     kinds = {s.sensor_id: s for s in sensors}
-    # a sensor with no reading in the history has no expectation to learn (its NaN fit, kept, dominated the
-    # whitened localisation with a near-zero variance); it is left out until a refit sees it
-    targets = [s.sensor_id for s in sensors if s.kind in ("pressure", "flow", "balance")
-               and s.sensor_id in values and np.isfinite(values[s.sensor_id].to_numpy(dtype=float)).any()]
+    # a sensor with no reading in the history has nothing to learn from: as a target its NaN fit, kept, dominated
+    # the whitened localisation with a near-zero variance; as an input (a smart meter or tank level installed after
+    # the training end) it read as its fill, 0, in training, and then its whole consumption entered the summed
+    # demand, raised every expectation and masked real leaks. It is left out either way until a refit sees it
+    trained = {s.sensor_id for s in sensors
+               if s.sensor_id in values and np.isfinite(values[s.sensor_id].to_numpy(dtype=float)).any()}
+    untrained = sorted(f"{s.element} ({s.kind})" for s in sensors if s.sensor_id not in trained)
+    if untrained:
+        logging.getLogger(__name__).warning(
+            "%d sensor(s) without readings before the training end are not used until a refit sees them: %s%s",
+            len(untrained), ", ".join(untrained[:10]), " …" if len(untrained) > 10 else "")
+    targets = [s.sensor_id for s in sensors if s.kind in ("pressure", "flow", "balance") and s.sensor_id in trained]
     if not targets:
         raise ValueError("no pressure or flow sensors to watch")
     active_links = set()
     if net is not None:
         active_links = set(net.wn.pump_name_list) | set(net.wn.valve_name_list)
-    status = [s.sensor_id for s in sensors if s.kind == "flow" and s.element in active_links]
+    status = [s.sensor_id for s in sensors if s.kind == "flow" and s.element in active_links and s.sensor_id in trained]
     sources = {
-        "demand": [s.sensor_id for s in sensors if s.kind == "demand"],
-        "level": [s.sensor_id for s in sensors if s.kind == "level"],
+        "demand": [s.sensor_id for s in sensors if s.kind == "demand" and s.sensor_id in trained],
+        "level": [s.sensor_id for s in sensors if s.kind == "level" and s.sensor_id in trained],
         "status": status,
     }
     thr = {sid: 0.02 * float(np.nanmax(np.abs(values[sid].to_numpy(dtype=float))) or 1.0) for sid in status}
@@ -258,6 +267,8 @@ class LeakMonitor:
         self._balance = next((i for i, s in enumerate(self.target_sensors) if s.kind == "balance"), None)
         self.orientation = self._orientation()
         self.stats = self._statistics()
+        if not self.stats:
+            raise ValueError(self._no_statistic())
         # calibrate each statistic's scale and CUSUM threshold on held-out leak-free residuals
         # the first day of a history often holds start-up transients (tanks settling)
         skip = min(len(calibration_residuals) // 4, int(pd.Timedelta(days=1) / step))
@@ -368,6 +379,19 @@ class LeakMonitor:
             w[pressure] = 1.0 / len(pressure)
             stats.append(("network", "all", w))
         return stats
+
+    def _no_statistic(self) -> str:
+        """What to add when nothing can raise an alarm: no pressure logger, and the water balance incomplete."""
+        res = set(self.net.reservoirs)
+        metered = {s.element for s in self.target_sensors if s.kind == "flow"}
+        missing = [link for link, (a, b) in self.net.link_nodes.items() if (a in res or b in res) and link not in metered]
+        if not res:
+            return "no leak statistic: add pressure loggers (the network has no reservoir, so no water balance)"
+        if not missing:  # every supply metered, but the balance had no complete reading in the history
+            return ("no leak statistic: add pressure loggers, or readings before the training end from every "
+                    "reservoir link's flow meter and every tank level at the same times (the water balance needs all)")
+        return ("no leak statistic: add pressure loggers, or flow meters with readings before the training end on "
+                f"every reservoir link (missing: {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''})")
 
     def _is_supply_link(self, link: str) -> bool:
         if not self.net.has_link(link):
@@ -668,19 +692,53 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 KINDS = ("pressure", "flow", "level", "demand")
 
 
+def align_to_grid(scada: pd.DataFrame) -> tuple[pd.DataFrame, pd.Timedelta]:
+    """The SCADA step and the readings on its grid (long SCADA: time, sensor_id, kind, value).
+
+    The step is the median gap between a sensor's own successive readings, in whole minutes. Readings already on
+    one grid are returned as they are; otherwise each is moved to the nearest step of a grid on whole minutes.
+    """
+    default = pd.Timedelta(minutes=15)
+    if len(scada) < 2:
+        return scada, default
+    times = scada["time"]
+    ns = pd.DatetimeIndex(times).as_unit("ns").asi8
+    key = pd.factorize(scada["kind"].astype(str) + ":" + scada["sensor_id"].astype(str))[0]
+    order = np.lexsort((ns, key))
+    gap = np.diff(ns[order])
+    gap = gap[(key[order][1:] == key[order][:-1]) & (gap > 0)]
+    # the gaps between all distinct timestamps made a readings-a-few-seconds-apart step out of jitter (a reading
+    # stamped up to a minute late: a 1-second grid of 1.8 million rows); a sensor's own gaps do not
+    minute = pd.Timedelta(minutes=1).value
+    step_ns = max(1, round(float(np.median(gap)) / minute)) * minute if len(gap) else default.value
+    step = pd.Timedelta(step_ns, unit="ns")
+    offset = ns % step_ns
+    if (offset == offset[0]).all():
+        return scada, step
+    # the grid's phase: a quarter into the readings' spread around their circular mean, so readings stamped up to a
+    # minute late and readings a little early or late either way both land on the minute they were due
+    angle = 2 * np.pi * offset / step_ns
+    centre = np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi) * step_ns
+    spread = (offset - centre + step_ns / 2) % step_ns - step_ns / 2
+    phase = int(round((centre + np.quantile(spread, 0.25)) / minute)) * minute % step_ns
+    snapped = phase + (ns - phase + step_ns // 2) // step_ns * step_ns
+    out = scada.copy()
+    t = pd.to_datetime(snapped, unit="ns", utc=True)
+    tz = getattr(times.dtype, "tz", None)
+    out["time"] = t.tz_convert(tz) if tz is not None else t.tz_localize(None)
+    return out, step
+
+
 def scada_to_wide(scada: pd.DataFrame) -> tuple[pd.DataFrame, list[Sensor], pd.Timedelta]:
     """Long SCADA (time, sensor_id, kind, value) to a regular grid, one column per `kind:sensor_id`.
 
-    The step is the median spacing of the timestamps; gaps of up to an hour are interpolated.
+    The step and the grid are :func:`align_to_grid`'s; gaps of up to an hour are interpolated.
     """
+    scada, step = align_to_grid(scada)
     df = scada[["time", "sensor_id", "kind", "value"]].copy()
     df["key"] = df["kind"] + ":" + df["sensor_id"]
     wide = df.pivot_table(index="time", columns="key", values="value", aggfunc="mean").sort_index()
     times = wide.index
-    step = pd.Series(times).diff().median() if len(times) > 1 else pd.Timedelta(minutes=15)
-    if pd.isna(step) or step <= pd.Timedelta(0):
-        step = pd.Timedelta(minutes=15)
-    step = pd.Timedelta(step).round("1s")
     grid = pd.date_range(times[0], times[-1], freq=step)
     wide = wide.reindex(wide.index.union(grid)).interpolate(method="time", limit=max(1, int(pd.Timedelta(hours=1) / step)),
                                                              limit_area="inside").reindex(grid)

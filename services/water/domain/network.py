@@ -12,6 +12,8 @@ import hashlib
 import logging
 import math
 import os
+import re
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -181,6 +183,7 @@ def load_network(path: str | Path, *, dma_of_node: dict[str, str] | None = None,
         raise NetworkError("not a valid EPANET network (no junctions or no links)")
     if wn.num_reservoirs + wn.num_tanks == 0:
         raise NetworkError("not a valid EPANET network (no reservoir or tank supplies it)")
+    _check_epanet_opens(p)
 
     node_xy = {}
     for name, node in wn.nodes():
@@ -209,6 +212,57 @@ def load_network(path: str | Path, *, dma_of_node: dict[str, str] | None = None,
             nbrs = list(g.neighbors(n))
             dma_of_node[n] = next((dma_of_node[m] for m in nbrs if m in dma_of_node), "dma-1")
     return WaterNetwork(p, file_hash(p), wn, g, node_xy, pipe_length_m, link_nodes, dict(dma_of_node))
+
+
+def _check_epanet_opens(p: Path) -> None:
+    """Raise NetworkError quoting EPANET's own errors if the EPANET toolkit rejects the file.
+
+    wntr reads files that EPANET refuses (an unconnected junction, a zero-length pipe: common in GIS exports); every
+    leak signature and placement is an EPANET run, which then failed deep inside with a bare "Error 200"."""
+    from wntr.epanet.exceptions import EpanetException
+    from wntr.epanet.toolkit import ENepanet
+
+    with _EPANET_CWD, tempfile.TemporaryDirectory(prefix="cityops-epanet-") as tmp:
+        # a copy under a plain name: the toolkit takes Latin-1 paths, and writes its scratch files where it runs
+        inp, rpt = os.path.join(tmp, "net.inp"), os.path.join(tmp, "net.rpt")
+        shutil.copyfile(p, inp)
+        back = os.getcwd()
+        os.chdir(tmp)
+        en = ENepanet()
+        try:
+            en.ENopen(inp, rpt, "")
+            en.ENclose()
+        except EpanetException as exc:
+            reasons = _epanet_errors(rpt, en) or [" ".join(str(exc).replace("%s", "").split())]
+            more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+            raise NetworkError(f"EPANET rejects it: {'; '.join(reasons[:3])}{more}; correct the .inp "
+                               "(e.g. in the EPANET editor) and run again") from None
+        finally:
+            os.chdir(back)
+
+
+def _epanet_errors(rpt: str, en) -> list[str]:
+    """The input errors EPANET wrote to its report, one line each, without its closing "Error 200"."""
+    try:
+        en.ENclose()  # the report is complete once the project is closed
+    except Exception:
+        pass
+    try:
+        lines = Path(rpt).read_text(encoding="latin-1").splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*(Error \d+):\s*(?:Error \d+:\s*)?(.*)", line)
+        if not m or m.group(1) == "Error 200":
+            continue
+        text = f"{m.group(1)}: {' '.join(m.group(2).split())}"
+        # EPANET quotes the offending input line on the next one
+        nxt = lines[i + 1].strip().rstrip(";").strip() if i + 1 < len(lines) else ""
+        if text.endswith(":") and nxt and not nxt.startswith("Error"):
+            text = f"{text} {' '.join(nxt.split())}"
+        out.append(text[:160])
+    return out
 
 
 def partition_dmas(junctions: list[str], node_xy: dict[str, tuple[float, float]], n_dmas: int | None) -> dict[str, str]:
