@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from shared.storage import queries
 from shared.storage.queries import TIME_BUCKET_ORIGIN
 
 BUCKET_SQL = {
@@ -169,12 +170,11 @@ async def source_attributions(
 async def leaks(
     conn, *, status: str | None, dma: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
+    """Leaks newest first; `status` 'open' (its alert not yet resolved, or no alert) or 'resolved'."""
     return await _all(
         conn,
-        """
-        SELECT leak_id, detected_at, pipe_id, candidates, estimated_flow_m3h, dma, kind, status
-        FROM leaks
-        WHERE (%(status)s::text IS NULL OR status = %(status)s) AND (%(dma)s::text IS NULL OR dma = %(dma)s)
+        queries.LEAKS_WITH_STATE
+        + """WHERE (%(status)s::text IS NULL OR status = %(status)s) AND (%(dma)s::text IS NULL OR dma = %(dma)s)
         ORDER BY detected_at DESC, leak_id
         LIMIT %(limit)s OFFSET %(offset)s""",
         {"status": status, "dma": dma, "limit": limit, "offset": offset},

@@ -54,3 +54,18 @@ ORDER BY 1
 # TimescaleDB only: materialise the hourly aggregate over [start, end) now rather than when the
 # refresh policy next runs. CALL cannot run inside a transaction block: use autocommit.
 REFRESH_HOURLY = "CALL refresh_continuous_aggregate('observations_hourly', %(start)s, %(end)s)"
+
+# A leak is open until a dispatcher resolves its alert after the repair: the rule of the dashboards' "Leaks and
+# candidate pipes" panel (shared/dashboards/build.py) and of the service after a restart. leaks.status is written
+# once, 'open', and nothing updates it, so listing by it called repaired leaks open.
+LEAKS_WITH_STATE = """WITH leak_alerts AS (
+    SELECT evidence->>'leak_id' AS leak_id, bool_and(resolved_at IS NOT NULL) AS resolved
+    FROM alerts
+    WHERE domain = 'water' AND kind = 'leak' AND evidence->>'leak_id' IS NOT NULL
+    GROUP BY 1
+), state AS (
+    SELECT l.leak_id, l.detected_at, l.pipe_id, l.candidates, l.estimated_flow_m3h, l.dma, l.kind,
+           CASE WHEN a.resolved THEN 'resolved' ELSE 'open' END AS status
+    FROM leaks l LEFT JOIN leak_alerts a USING (leak_id)
+)
+SELECT leak_id, detected_at, pipe_id, candidates, estimated_flow_m3h, dma, kind, status FROM state """

@@ -86,9 +86,13 @@ async def leaks(
     request: Request,
     _: OpenData,
     page: Paging,
-    status: Annotated[str | None, Query(pattern=_obs.ID, examples=["open"])] = None,
+    status: Annotated[
+        Literal["open", "resolved"] | None,
+        Query(description="open: its alert not yet resolved after the repair; resolved", examples=["open"]),
+    ] = None,
     dma: Annotated[str | None, Query(pattern=_obs.ID)] = None,
 ) -> JSONResponse:
+    # a leak's state comes from its alert (the dashboards' rule, queries.LEAKS_WITH_STATE), not leaks.status
     async with request.app.state.pool.connection() as conn:
         rows = await repository.leaks(conn, status=status, dma=dma, limit=page.limit, offset=page.offset)
     feats = [
