@@ -111,6 +111,8 @@ def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(s
     bad = json.dumps({"event_id": f"{TAG}-{stage}", "type": record_type,
                       "payload": {"sensor_id": f"gas-{TAG}", "values": "nonsense"}}).encode()
     since = int(time.time() * 1000) - 1000
+    # a restricted topic's record keeps only its digest in the dead letter (the topic and table are not restricted)
+    kept = kafka.redacted_personal(bad) if kafka.is_restricted(topic) else bad
 
     async def go():
         p = kafka.producer(bootstrap)
@@ -132,7 +134,7 @@ def test_bad_record_is_dead_lettered_with_the_reason_and_service_keeps_running(s
                 for recs in (await c.getmany(timeout_ms=1000)).values():
                     for r in recs:
                         p = json.loads(r.value)["payload"]
-                        if base64.b64decode(p["original_b64"]) == bad:
+                        if base64.b64decode(p["original_b64"]) == kept:
                             return p
             return None
         finally:
