@@ -884,7 +884,8 @@ class AirService:
                 continue
             s.reference = st.station_id if st else None
             p = self._pairs(s, until=until, exclude=disturbed)
-            if p is None and self.pool is not None and not s.recovered:
+            if p is None and self.pool is not None and not s.recovered and (not s.readings
+                                                                             or s.readings[0][0] > until):
                 continue  # nothing in memory up to `until` (a restart after it): read back from the database first
             s.fit_tried = True
             if p is not None:
