@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -243,10 +244,12 @@ def _check_epanet_opens(p: Path) -> None:
 
 def _epanet_errors(rpt: str, en) -> list[str]:
     """The input errors EPANET wrote to its report, one line each, without its closing "Error 200"."""
-    try:
-        en.ENclose()  # the report is complete once the project is closed
-    except Exception:
-        pass
+    from wntr.epanet.exceptions import EpanetException
+
+    # the report is complete once the project is closed; closing a project whose open failed may itself fail, and
+    # what matters then is what the report already holds
+    with contextlib.suppress(EpanetException):
+        en.ENclose()
     try:
         lines = Path(rpt).read_text(encoding="latin-1").splitlines()
     except OSError:
