@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import socket
 from datetime import UTC, datetime
 
+import notify_console_harness as harness
 import psycopg
 import pytest
 import pytest_asyncio
@@ -29,23 +28,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def console(db_url, stack_env, tmp_path_factory):
-    import uvicorn
     from aiokafka import AIOKafkaProducer
-    from fastapi import FastAPI
 
-    from shared.notify import endpoints
     from shared.notify.handlers import NotifyService
-    from shared.notify.settings import NotifySettings
     from shared.notify.testing import ServiceRunner, create_topics, delete_topics
-    from shared.service import Readiness, health_app
+    from shared.service import Readiness
 
     h = hash_password(PW)
     roster = {
@@ -78,31 +67,13 @@ async def console(db_url, stack_env, tmp_path_factory):
     topics = {k: f"test.notify.{tag}.{k}" for k in ("alerts", "tasks", "updates")}
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     await create_topics(bootstrap, list(topics.values()))
-    s = NotifySettings(
-        db_url=db_url,
-        notify_routing=d / "routing.yaml",
-        notify_roster=d / "roster.yaml",
-        notify_group=f"test-notify-{tag}",
-        notify_alerts_topic=topics["alerts"],
-        notify_tasks_topic=topics["tasks"],
-        notify_task_updates_topic=topics["updates"],
-        notify_poll_s=0.2,
-        notify_session_secret="console-" + tag,
-    )
+    s = harness.settings(db_url, d, tag, topics, notify_session_secret="console-" + tag)
     svc = NotifyService(s, Readiness("db", "kafka", "channels"))
-    app = endpoints.build(svc, health_app("notify", svc.readiness, FastAPI()))
     runner = await ServiceRunner(svc).start()
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    server.install_signal_handlers = lambda: None
-    http_task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
+    url, http_task, server = await harness.serve(svc)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
-    yield {"url": f"http://127.0.0.1:{port}", "producer": producer, "topics": topics, "db_url": db_url}
+    yield {"url": url, "producer": producer, "topics": topics, "db_url": db_url}
     await producer.stop()
     server.should_exit = True
     await http_task

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 from datetime import UTC, datetime
 
 import httpx
+import notify_console_harness as harness
 import pytest
 import pytest_asyncio
 import yaml
@@ -34,36 +34,11 @@ def _roster(duty_roles: list[str]) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _serve(svc):
-    """The console's HTTP side of `svc` on a free port: (url, server task, server)."""
-    import uvicorn
-    from fastapi import FastAPI
-
-    from shared.notify import endpoints
-    from shared.service import health_app
-
-    app = endpoints.build(svc, health_app("notify", svc.readiness, FastAPI()))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    return f"http://127.0.0.1:{port}", task, server
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def console(db_url, stack_env, tmp_path_factory):
     from aiokafka import AIOKafkaProducer
 
     from shared.notify.handlers import NotifyService
-    from shared.notify.settings import NotifySettings
     from shared.notify.testing import HttpReceiver, ServiceRunner, create_topics, delete_topics
     from shared.service import Readiness
 
@@ -84,21 +59,11 @@ async def console(db_url, stack_env, tmp_path_factory):
     topics = {k: f"test.notify.{tag}.{k}" for k in ("alerts", "tasks", "updates")}
     bootstrap = stack_env["CITYOPS_KAFKA_BOOTSTRAP"]
     await create_topics(bootstrap, list(topics.values()))
-    s = NotifySettings(
-        db_url=db_url,
-        notify_routing=d / "routing.yaml",
-        notify_roster=d / "roster.yaml",
-        notify_group=f"test-notify-{tag}",
-        notify_alerts_topic=topics["alerts"],
-        notify_tasks_topic=topics["tasks"],
-        notify_task_updates_topic=topics["updates"],
-        notify_poll_s=0.2,
-        notify_sms_url=sms.url,
-        notify_session_secret="console-access-" + tag,
-    )
+    s = harness.settings(db_url, d, tag, topics, notify_sms_url=sms.url,
+                         notify_session_secret="console-access-" + tag)
     svc = NotifyService(s, Readiness("db", "kafka", "channels"))
     runner = await ServiceRunner(svc).start()
-    url, http_task, server = await _serve(svc)
+    url, http_task, server = await harness.serve(svc)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     yield {"url": url, "producer": producer, "topics": topics, "settings": s, "dir": d}
@@ -196,7 +161,7 @@ async def test_a_token_outlives_no_demotion_in_the_roster(console):
         console["settings"].model_copy(update={"notify_roster": roster}), Readiness("db", "kafka", "channels")
     )
     await svc.start()
-    url, http_task, server = await _serve(svc)
+    url, http_task, server = await harness.serve(svc)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             r = await http.post(f"/api/alerts/{alert_id}/acknowledge", headers=_bearer(old))
