@@ -40,6 +40,19 @@ KAFKA_IMAGE = "apache/kafka:4.1.0"
 MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.22"
 GRAFANA_IMAGE = "grafana/grafana-oss:12.2.0"
 LABEL = "app.kubernetes.io/name"
+# Who may log in is a file (roster, API consumers). The image ships demo ones, marked `demo: true` (their
+# passwords are published), which the services refuse unless CITYOPS_ALLOW_DEMO_ACCOUNTS=1. The compose file
+# is the demo and allows them; Kubernetes never does: it mounts the city's own files from this Secret
+# (docs/operations.md says how to make it).
+ACCOUNTS_SECRET = "cityops-accounts"
+ACCOUNTS_DIR = "/etc/cityops/accounts"
+# settings field naming an accounts file -> its key in the Secret (and file name in ACCOUNTS_DIR)
+ACCOUNT_FILES = {"notify_roster": "roster.yaml", "api_roster": "roster.yaml", "api_consumers": "consumers.yaml"}
+DEMO_ACCOUNTS_ENV = "CITYOPS_ALLOW_DEMO_ACCOUNTS"  # read by every loader of an accounts file
+COMPOSE_COMMENTS = {
+    DEMO_ACCOUNTS_ENV: "the demo: runs the image's demo accounts, passwords published "
+                                   "(own roster: docs/operations.md)",
+}
 
 
 def _dump(docs: list[dict[str, Any]] | dict[str, Any]) -> str:
@@ -50,6 +63,23 @@ def _dump(docs: list[dict[str, Any]] | dict[str, Any]) -> str:
 
 def _secret_key(field: str) -> str:
     return field.replace("_", "-")
+
+
+def _annotate(text: str, comments: dict[str, str]) -> str:
+    """`text` with a comment line above every mapping key named in `comments` (YAML dumps carry none)."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        key = line.strip().split(":", 1)[0]
+        if key in comments and ":" in line:
+            out.append(f"{line[:len(line) - len(line.lstrip())]}# {comments[key]}\n")
+        out.append(line)
+    return "".join(out)
+
+
+def _account_files(svc: Service) -> dict[str, str]:
+    """The service's settings that name an accounts file -> the file's key in ACCOUNTS_SECRET."""
+    fields = settings_class(svc).model_fields
+    return {f: key for f, key in ACCOUNT_FILES.items() if f in fields}
 
 
 # --- compose --------------------------------------------------------------------------------------------
@@ -191,6 +221,8 @@ def compose() -> dict[str, Any]:
             "tmpfs": ["/tmp"],
             "restart": "unless-stopped",
         }
+        if _account_files(svc):
+            spec["environment"][DEMO_ACCOUNTS_ENV] = "1"
         if svc.name == SERVICES[0].name:
             spec["build"] = {"context": ".", "target": IMAGE_TARGET}
         if svc.mqtt_user:
@@ -261,6 +293,15 @@ def service_manifests(svc: Service) -> list[dict[str, Any]]:
                                                    "items": [{"key": "credentials.json", "path": "credentials.json"}]}})
         mounts.append({"name": "mqtt", "mountPath": str(Path(MQTT_CREDENTIALS_PATH).parent), "readOnly": True})
     env = _k8s_env(svc)
+    accounts = _account_files(svc)
+    if accounts:
+        # the city's own accounts; the image's demo ones are refused here (no CITYOPS_ALLOW_DEMO_ACCOUNTS)
+        keys = sorted(set(accounts.values()))
+        volumes.append({"name": "accounts", "secret": {"secretName": ACCOUNTS_SECRET, "defaultMode": 0o440,
+                                                       "items": [{"key": k, "path": k} for k in keys]}})
+        mounts.append({"name": "accounts", "mountPath": ACCOUNTS_DIR, "readOnly": True})
+        cls = settings_class(svc)
+        env += [{"name": env_name(cls, f), "value": f"{ACCOUNTS_DIR}/{key}"} for f, key in accounts.items()]
     if svc.consumes or svc.produces:
         # SCRAM over TLS as the service's own KafkaUser (Strimzi writes its password to a Secret of that name)
         volumes.append({"name": "kafka-ca", "secret": {"secretName": f"{KAFKA_CLUSTER}-cluster-ca-cert",
@@ -501,7 +542,7 @@ def base_files() -> dict[str, str]:
 
 
 def outputs(root: Path = ROOT) -> dict[Path, str]:
-    out = {root / "docker-compose.yml": _dump(compose())}
+    out = {root / "docker-compose.yml": _annotate(_dump(compose()), COMPOSE_COMMENTS)}
     out.update({root / "k8s/base" / rel: text for rel, text in base_files().items()})
     return out
 

@@ -16,6 +16,10 @@ import pandas as pd
 import psycopg
 import pytest
 
+# The suite runs the shipped demo rosters (marked `demo: true`, refused without this); a test about the
+# refusal sets or removes it itself.
+os.environ.setdefault("CITYOPS_ALLOW_DEMO_ACCOUNTS", "1")
+
 
 @pytest.fixture(scope="session")
 def stack_env() -> dict[str, str]:

@@ -286,6 +286,16 @@ def code_consumers(prod, tmp_path_factory):
         seen.append((group, tuple(topics)))
         return RecordingConsumer()
 
+    from deploy.generate import ACCOUNTS_DIR
+
+    # the cityops-accounts Secret the pods mount: the shipped files without their demo mark, as a city's own are
+    # (the pods are not given CITYOPS_ALLOW_DEMO_ACCOUNTS; a demo file would be refused)
+    accounts = tmp_path_factory.mktemp("accounts")
+    for src in (ROOT / "config/notify/roster.yaml", ROOT / "shared/api/consumers.yaml"):
+        data = yaml.safe_load(src.read_text(encoding="utf-8"))
+        data.pop("demo")
+        (accounts / src.name).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+
     out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(StreamProcessor, "__init__", recording_init)
@@ -296,7 +306,7 @@ def code_consumers(prod, tmp_path_factory):
             for var in [v for v in os.environ if v.startswith("CITYOPS_")]:
                 mp.delenv(var)
             for var, value in _pod_env(prod, svc.name).items():
-                mp.setenv(var, value)
+                mp.setenv(var, value.replace(ACCOUNTS_DIR, str(accounts)))
             mp.setenv("CITYOPS_STATE_DIR", str(tmp_path_factory.mktemp(svc.name)))
             seen.clear()
             _start_consumers(svc, settings_class(svc)(_env_file=None))

@@ -180,3 +180,75 @@ async def test_a_token_outlives_no_demotion_in_the_roster(console):
         server.should_exit = True
         await http_task
         await svc.close()
+
+
+async def test_a_viewer_sees_a_rescue_task_without_the_worker_s_position(console):
+    """Before, a viewer reading the field tasks (list, detail, live stream) got a worker's rescue task as stored:
+    the injured worker's last position, their pseudonym and the incident map. Now a viewer gets that task
+    without position, pseudonym, map or description; dispatchers, who send the crew, still get all of it.
+    Other tasks are unchanged for viewers."""
+    import json
+
+    from schemas.tasks import FieldTask
+    from shared.notify.testing import encode_event
+
+    worker = f"w-{secrets.token_hex(4)}"
+    lat, lon = 30.27123, 120.15517
+    rescue = FieldTask(
+        task_id=f"task-rescue-{secrets.token_hex(4)}", kind="respond_incident", domain="emergency",
+        priority="urgent", title_zh=f"人员救援：跌倒 {worker}", title_en=f"Worker rescue: fall {worker}",
+        description_zh=f"人员 {worker} 跌倒（警报）。立即前往。", description_en=f"Worker {worker}: fall (alarm). Go now.",
+        location=GeoPoint(lat=lat, lon=lon), district="d04", required_skills=["incident_response"],
+        created_at=datetime.now(UTC),
+        evidence={"worker": worker, "kind": "fall", "zone_ids": ["pump-pit-3"], "position_known": True,
+                  "map_png": "reports/maps/inc-fall.png"},
+    )
+    plain = FieldTask(
+        task_id=f"task-drain-{secrets.token_hex(4)}", kind="inspect_drain", domain="water", priority="normal",
+        title_zh="检查排水口", title_en="Inspect the drain", description_zh="清理堵塞。",
+        description_en="Clear the blockage.", location=GeoPoint(lat=30.24, lon=120.15),
+        required_skills=["drain"], created_at=datetime.now(UTC),
+    )
+    for t in (rescue, plain):
+        await console["producer"].send_and_wait(console["topics"]["tasks"], encode_event("field_task", t))
+
+    def hidden(text: str) -> bool:
+        return worker not in text and str(lat) not in text and str(lon) not in text and "inc-fall" not in text
+
+    async with httpx.AsyncClient(base_url=console["url"], timeout=30) as http:
+        view, _ = await _login(http, "c-view")
+        disp, _ = await _login(http, "c-disp")
+        deadline = time.monotonic() + 60
+        for t in (rescue, plain):
+            while (await http.get(f"/api/tasks/{t.task_id}", headers=_bearer(disp))).status_code != 200:
+                assert time.monotonic() < deadline, f"task {t.task_id} never reached the console"
+                await asyncio.sleep(0.2)
+
+        full = (await http.get(f"/api/tasks/{rescue.task_id}", headers=_bearer(disp))).json()
+        assert (full["lat"], full["lon"]) == (lat, lon) and full["evidence"]["worker"] == worker
+        rows = {r["task_id"]: r for r in (await http.get("/api/tasks", headers=_bearer(disp))).json()}
+        assert rows[rescue.task_id]["lat"] == lat
+
+        rows = {r["task_id"]: r for r in (await http.get("/api/tasks", headers=_bearer(view))).json()}
+        seen = rows[rescue.task_id]
+        assert (seen["lat"], seen["lon"], seen["evidence"]) == (None, None, {})
+        assert seen["title_en"] == "Worker rescue: fall ***" and seen["priority"] == "urgent"
+        assert hidden(json.dumps(seen, ensure_ascii=False))
+        assert (rows[plain.task_id]["lat"], rows[plain.task_id]["description_en"]) == (30.24, "Clear the blockage.")
+
+        r = await http.get(f"/api/tasks/{rescue.task_id}", headers=_bearer(view))
+        assert r.status_code == 200 and r.json()["lat"] is None and hidden(r.text)
+
+        async def streamed_tasks() -> str:
+            async with http.stream("GET", "/api/stream", headers=_bearer(view)) as s:
+                event = None
+                async for line in s.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "tasks" and rescue.task_id in line:
+                        return line[6:]
+            raise AssertionError("the stream ended")
+
+        data = await asyncio.wait_for(streamed_tasks(), timeout=30)
+        (streamed,) = [t for t in json.loads(data) if t["task_id"] == rescue.task_id]
+        assert streamed["lat"] is None and hidden(data)

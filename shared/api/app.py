@@ -12,6 +12,7 @@ from shared.api import problems, repository
 from shared.api.deps import RateLimiter, load_accounts
 from shared.api.routers import air, common, emergency, water, weather
 from shared.api.settings import ApiSettings
+from shared.notify.domain.auth import LoginGuard
 from shared.service import Readiness, health_app
 
 logger = logging.getLogger("cityops.api")
@@ -20,6 +21,8 @@ DESCRIPTION = """Read access to CityOps data for dashboards and other city syste
 
 * Log in with `POST /api/v1/token`, then send `Authorization: Bearer <token>`. Accounts and roles are
   the notification service's (viewer, dispatcher, admin) plus read-only `open_data` consumers.
+  Five failed logins for an account (twenty from one address) within 15 minutes lock its logins for the
+  rest of that window: `429` with `Retry-After`.
 * History is aggregated in buckets (`time_bucket` under TimescaleDB, `date_bin` otherwise).
 * Lists page with `limit` and `offset`; follow `next_offset` until it is null.
 * Errors are RFC 7807 problem details (`application/problem+json`) that say what to do.
@@ -53,11 +56,15 @@ def build(settings: ApiSettings) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="CityOps query API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
-    app.state.accounts = load_accounts(settings.api_roster, settings.api_consumers)
+    app.state.accounts = load_accounts(
+        settings.api_roster, settings.api_consumers, allow_demo=settings.allow_demo_accounts
+    )
     app.state.secret = (
         settings.api_session_secret or settings.notify_session_secret or secrets.token_urlsafe(32)
     )
     app.state.limiter = RateLimiter(settings.api_rate_per_min)
+    # logins: failures counted per account and address, unknown users cost the same scrypt
+    app.state.login_guard = LoginGuard()
     problems.install(app)
 
     @app.middleware("http")

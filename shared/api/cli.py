@@ -31,4 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"error: bad or missing settings {missing}: run `cityops stack up` first, or export them"
         ) from None
-    return asyncio.run(serve("api", build(s), [], port=args.port or s.api_port, host=args.host or s.api_host))
+    from shared.notify.domain.config import ConfigError
+
+    try:
+        app = build(s)
+    except ConfigError as exc:  # a roster or consumers file refused (e.g. the demo accounts): one line, what to do
+        raise SystemExit(f"error: {exc}") from None
+    return asyncio.run(serve("api", app, [], port=args.port or s.api_port, host=args.host or s.api_host))

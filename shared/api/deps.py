@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from shared.api.problems import ApiError
 from shared.notify.domain.auth import read_token
+from shared.notify.domain.config import ConfigError, check_not_demo
 
 RANK = {"field_staff": 0, "open_data": 1, "viewer": 2, "dispatcher": 3, "admin": 4}
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,13 +32,19 @@ class Account(BaseModel):
     password_hash: str | None = None
 
 
-def load_accounts(*paths) -> dict[str, Account]:
-    """People of the roster and API consumers, by id. A role the API does not know is an error."""
+def load_accounts(*paths, allow_demo: bool | None = None) -> dict[str, Account]:
+    """People of the roster and API consumers, by id. A role the API does not know is an error; so is a
+    file marked `demo: true` (the shipped ones, whose passwords are published) unless demo accounts are
+    allowed (None: as CITYOPS_ALLOW_DEMO_ACCOUNTS says)."""
     out: dict[str, Account] = {}
     for path in paths:
         if path is None or not path.exists():
             continue
-        for p in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("people", []):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping with `people:` at the top level")
+        check_not_demo(path, data, allow_demo)
+        for p in data.get("people", []):
             a = Account(**{k: p[k] for k in ("id", "name", "roles", "password_hash") if k in p})
             bad = [r for r in a.roles if r not in RANK]
             if bad:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
+from shared.notify.domain.config import DemoFlag
 from shared.settings import PROJECT_ROOT, PlatformSettings, stack_env_file
 
 
@@ -18,6 +19,8 @@ class ApiSettings(PlatformSettings):
     # who may log in: the notification service's roster (same people, same roles) plus API-only consumers
     api_roster: Path = PROJECT_ROOT / "config" / "notify" / "roster.yaml"
     api_consumers: Path = Path(__file__).parent / "consumers.yaml"
+    # both shipped files are marked `demo: true` (published passwords): refused unless this is 1
+    allow_demo_accounts: DemoFlag = False
     # tokens are the notification service's (same format); one secret lets a console login use the API
     api_session_secret: str | None = None
     notify_session_secret: str | None = None

@@ -107,8 +107,13 @@ def _hash(a: argparse.Namespace) -> int:
 
 def _provision(a: argparse.Namespace) -> int:
     from shared.notify.app import provision_mqtt_users
+    from shared.notify.domain.config import ConfigError
 
-    roster, *_ = _configs()
+    try:
+        roster, *_ = _configs()
+    except ConfigError as exc:
+        print(f"error: {exc}")
+        return 2
     people = provision_mqtt_users(roster)
     print(
         f"MQTT logins for {len(people)} field staff: {', '.join(people)} (passwords in CITYOPS_MQTT_CREDENTIALS)"

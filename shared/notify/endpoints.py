@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from shared.notify import repository
-from shared.notify.domain.auth import read_token, sign_token, verify_password
+from shared.notify.domain.auth import LoginGuard, LoginRefused, read_token, sign_token
 from shared.notify.handlers import NotifyError, NotifyService
 
 CONSOLE = Path(__file__).parent / "console"
@@ -121,6 +121,36 @@ def _without_addresses(deliveries: list[dict]) -> list[dict]:
     return deliveries
 
 
+def _only_reads(user: User) -> bool:
+    """Below dispatcher and not the crew: reads the board, reaches and finds nobody (viewers)."""
+    return user.role not in ("admin", "field_staff") and RANK.get(user.role, -1) < RANK["dispatcher"]
+
+
+def _without_rescue_position(task: dict) -> dict:
+    """A task about a person (a worker's rescue: its evidence names the worker's pseudonym) without where the
+    worker is or who, for viewers; as the city's common webhook gets it (handlers._task_push). Dispatchers,
+    admins and the assigned crew keep it: they must find the person."""
+    evidence = task.get("evidence")
+    worker = evidence.get("worker") if isinstance(evidence, dict) else None
+    if not (isinstance(worker, str) and worker):
+        return task
+    out = dict(
+        task,
+        lat=None,
+        lon=None,
+        # the map picture, the zone, the pseudonym; the description names the worker
+        evidence={},
+        description_zh=None,
+        description_en=None,
+        title_zh=str(task.get("title_zh", "")).replace(worker, "***"),
+        title_en=str(task.get("title_en", "")).replace(worker, "***"),
+    )
+    if "events" in out:
+        # the crew's notes and photos say where they found the person
+        out["events"] = [dict(e, note=None, evidence={}) for e in out["events"]]
+    return out
+
+
 def need(min_role: str):
     def dep(user: Annotated[User, Depends(current_user)]) -> User:
         if user.role != "admin" and RANK.get(user.role, -1) < RANK[min_role]:
@@ -141,6 +171,8 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
     """Add the API and the console to `app` (the service's health app)."""
     app.state.notify = svc
 
+    guard = LoginGuard()
+
     @app.exception_handler(NotifyError)
     async def _domain_error(request: Request, exc: NotifyError) -> JSONResponse:
         return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
@@ -160,9 +192,22 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
     api = APIRouter(prefix="/api")
 
     @api.post("/login", summary="Log in; returns a bearer token and sets the console session cookie")
-    async def login(body: LoginIn, response: Response) -> dict:
+    async def login(body: LoginIn, request: Request, response: Response):
         p = svc.people.get(body.username)
-        if p is None or not verify_password(body.password, p.password_hash):
+        try:
+            ok = await guard.verify(
+                body.username,
+                body.password,
+                p.password_hash if p else None,
+                request.client.host if request.client else None,
+            )
+        except LoginRefused as exc:
+            return JSONResponse(
+                {"error": "too_many_failures", "message": exc.message},
+                status_code=429,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
+        if p is None or not ok:
             raise NotifyError(401, "bad_credentials", "unknown user or wrong password")
         role = max(p.roles, key=lambda r: RANK[r])
         token = sign_token(svc.session_secret, sub=p.id, role=role)
@@ -218,6 +263,8 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
     async def tasks(user: AnyUser):
         async with svc.db.connection() as conn:
             rows = await repository.list_tasks(conn, assignee=user.id if user.role == "field_staff" else None)
+        if _only_reads(user):
+            rows = [_without_rescue_position(r) for r in rows]
         return _j(rows)
 
     @api.get("/tasks/{task_id}")
@@ -228,7 +275,7 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
                 # field staff cannot learn whether someone else's task exists
                 raise NotifyError(404, "task_not_found", f"no field task {task_id!r} for you")
             t["events"] = await repository.task_events(conn, task_id)
-        return _j(t)
+        return _j(_without_rescue_position(t) if _only_reads(user) else t)
 
     @api.post("/tasks/{task_id}/assign", summary="Dispatcher assigns a task to a person (audited)")
     async def assign(task_id: str, body: AssignIn, user: Dispatcher):
@@ -310,6 +357,8 @@ def build(svc: NotifyService, app: FastAPI) -> FastAPI:
                     trows = [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
                     if trows:
                         since_task = max(r["updated_at"] for r in trows)
+                        if _only_reads(user):
+                            trows = [_without_rescue_position(r) for r in trows]
                         yield f"event: tasks\ndata: {json.dumps(trows, default=_jsonable, ensure_ascii=False)}\n\n"
                 yield ": keep-alive\n\n"
                 await asyncio.sleep(1.0)

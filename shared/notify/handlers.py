@@ -265,7 +265,7 @@ class NotifyService:
     ):
         self.s = settings
         self.readiness = readiness or Readiness("db", "kafka", "channels")
-        self.roster = roster or load_roster(settings.notify_roster)
+        self.roster = roster or load_roster(settings.notify_roster, allow_demo=settings.allow_demo_accounts)
         self.routing = routing or load_routing(settings.notify_routing, self.roster)
         self.people: dict[str, Person] = self.roster.by_id
         self.rules: dict[str, Rule] = {r.name: r for r in self.routing.rules}

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic_settings import SettingsConfigDict
 
 from schemas.topics import ALERTS, DELIVERIES, TASK_UPDATES, TASKS
+from shared.notify.domain.config import DemoFlag
 from shared.settings import PROJECT_ROOT, PlatformSettings, stack_env_file
 
 CONFIG = PROJECT_ROOT / "config" / "notify"
@@ -18,7 +19,9 @@ class NotifySettings(PlatformSettings):
     notify_port: int = 8107
     notify_host: str = "127.0.0.1"
     notify_routing: Path = CONFIG / "routing.yaml"
+    # the shipped roster is marked `demo: true` (published passwords): refused unless this is 1
     notify_roster: Path = CONFIG / "roster.yaml"
+    allow_demo_accounts: DemoFlag = False
     notify_group: str = "cityops-notify"
     # Topics are settings so tests can run on their own topics beside a live demo.
     notify_alerts_topic: str = ALERTS

@@ -51,6 +51,8 @@ def write_env(cfg: StackConfig) -> dict[str, str]:
         "CITYOPS_MQTT_HOST": "127.0.0.1",
         "CITYOPS_MQTT_PORT": str(cfg.mqtt_port),
         "CITYOPS_MQTT_CREDENTIALS": str(mq.cred_file),
+        # the local stack runs the demo and the tests: the shipped demo rosters (published passwords) may load
+        "CITYOPS_ALLOW_DEMO_ACCOUNTS": "1",
     }
     cfg.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     cfg.env_file.chmod(0o600)

@@ -12,7 +12,7 @@ from shared.api import repository
 from shared.api.deps import RANK, OpenData, Paging, TimeRange
 from shared.api.problems import PROBLEM_SCHEMA, ApiError
 from shared.api.routers import _obs
-from shared.notify.domain.auth import sign_token, verify_password
+from shared.notify.domain.auth import LoginRefused, sign_token
 
 router = APIRouter(prefix="/api/v1", tags=["common"])
 Domain = Literal["air", "water", "weather", "equipment", "safety", "emergency"]
@@ -38,11 +38,22 @@ class TokenOut(BaseModel):
     "/token",
     summary="Log in: a bearer token for the other endpoints",
     response_model=TokenOut,
-    responses={401: PROBLEM_SCHEMA},
+    responses={401: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA},
 )
 async def token(body: TokenIn, request: Request) -> TokenOut:
     acc = request.app.state.accounts.get(body.username)
-    if acc is None or not verify_password(body.password, acc.password_hash):
+    try:
+        ok = await request.app.state.login_guard.verify(
+            body.username,
+            body.password,
+            acc.password_hash if acc else None,
+            request.client.host if request.client else None,
+        )
+    except LoginRefused as exc:
+        raise ApiError(
+            429, "too_many_failures", exc.message, headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
+    if acc is None or not ok:
         raise ApiError(
             401,
             "bad_credentials",

@@ -1,13 +1,19 @@
-"""Passwords (salted scrypt) and signed bearer/session tokens (HMAC-SHA256), standard library only."""
+"""Passwords (salted scrypt), the login guard, and signed bearer/session tokens (HMAC-SHA256), standard
+library only."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
+from collections import deque
+from collections.abc import Callable
 
 _N, _R, _P = 2**14, 8, 1
 
@@ -32,6 +38,104 @@ def verify_password(password: str, stored: str | None) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(got.hex(), digest)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown user's password is checked against: the same scrypt as a real one."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _check(password: str, stored: str | None) -> bool:
+    # an unknown user (or one without a password) costs the same scrypt as a wrong password: the time of
+    # the answer must not tell which user names exist
+    ok = verify_password(password, stored or _dummy_hash())
+    return ok and bool(stored)
+
+
+class LoginRefused(Exception):
+    """Too many failed logins for the account or from the address: try again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float):
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        minutes = math.ceil(self.retry_after_s / 60)
+        self.message = (
+            f"登录失败次数过多，请 {minutes} 分钟后再试；忘记密码请联系管理员 · too many failed logins for this "
+            f"account or from this address: try again in {minutes} min ({self.retry_after_s} s), or ask the "
+            "CityOps administrator to reset your password"
+        )
+        super().__init__(self.message)
+
+
+class LoginGuard:
+    """Checks logins for the console, the field app and the API.
+
+    Every attempt costs one scrypt, run in a thread so logins do not stall the event loop, and an unknown
+    user costs the same as a known one. Failures are counted per user name and per client address over
+    `window_s`: at `max_failures` for a name (`max_failures_per_address` for an address, higher because
+    an office may share one) further attempts are refused without checking, until the oldest failure
+    leaves the window. A success clears the name's count. Counts live in the process (per replica).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 5,
+        max_failures_per_address: int = 20,
+        window_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.limits = {"user": max_failures, "addr": max_failures_per_address}
+        self.window_s = window_s
+        self.clock = clock
+        self.failures: dict[tuple[str, str], deque[float]] = {}
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        q = self.failures.get(key, deque())
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k in self.failures if not self._recent(k, now)]:
+            del self.failures[key]
+
+    def retry_after(self, username: str, address: str | None) -> float:
+        """Seconds until a login for `username` from `address` is checked again; 0 if it is now."""
+        now = self.clock()
+        wait = 0.0
+        for key in self._keys(username, address):
+            q = self._recent(key, now)
+            limit = self.limits[key[0]]
+            if len(q) >= limit:
+                wait = max(wait, q[len(q) - limit] + self.window_s - now)
+        return wait
+
+    @staticmethod
+    def _keys(username: str, address: str | None) -> list[tuple[str, str]]:
+        return [("user", username)] + ([("addr", address)] if address else [])
+
+    async def verify(self, username: str, password: str, stored: str | None, address: str | None) -> bool:
+        """True for the right password. Raises LoginRefused while the name or the address is locked out."""
+        wait = self.retry_after(username, address)
+        if wait > 0:
+            raise LoginRefused(wait)
+        now = self.clock()
+        if len(self.failures) > 10_000:
+            self._sweep(now)
+        keys = self._keys(username, address)
+        # counted before the check: concurrent attempts must not all slip in under the limit
+        for key in keys:
+            self.failures[key] = self._recent(key, now)
+            self.failures[key].append(now)
+        ok = await asyncio.to_thread(_check, password, stored)
+        if ok:
+            self.failures.pop(keys[0], None)
+            for key in keys[1:]:
+                q = self.failures.get(key)
+                if q is not None and now in q:
+                    q.remove(now)
+        return ok
 
 
 def _b64(b: bytes) -> str:

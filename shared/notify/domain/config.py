@@ -6,14 +6,23 @@ not at 3 a.m. when the first alert arrives.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Severity = Literal["info", "minor", "major", "critical"]
 Domain = Literal["air", "water", "weather", "emergency", "platform"]
@@ -25,6 +34,47 @@ _HHMM = re.compile(r"^([01]\d|2[0-4]):[0-5]\d$")
 
 class ConfigError(ValueError):
     """A routing or roster file is wrong; the message says where and how to fix it."""
+
+
+DEMO_FLAG = "CITYOPS_ALLOW_DEMO_ACCOUNTS"
+
+
+def _is_one(value: Any) -> bool:
+    return value is True or str(value).strip() == "1"
+
+
+# `CITYOPS_ALLOW_DEMO_ACCOUNTS`: only "1" lets a file marked `demo: true` be loaded
+DemoFlag = Annotated[bool, BeforeValidator(_is_one)]
+
+
+def demo_accounts_allowed() -> bool:
+    """CITYOPS_ALLOW_DEMO_ACCOUNTS=1 in the environment or, like every setting, in the local stack's
+    settings file (`cityops stack up` writes it there: the local stack is a demo and test stack)."""
+    if DEMO_FLAG in os.environ:
+        return _is_one(os.environ[DEMO_FLAG])
+    from dotenv import dotenv_values
+
+    from shared.settings import stack_env_file
+
+    path = stack_env_file()
+    return path.is_file() and _is_one(dotenv_values(path).get(DEMO_FLAG))
+
+
+def demo_refusal(path: Path) -> str:
+    """The one line a service stops with when asked to load a demo accounts file without the flag."""
+    return (
+        f"{path}: this file holds the demo accounts, whose passwords are published (demo-<id>, one admin); "
+        "give your own roster (CITYOPS_NOTIFY_ROSTER / CITYOPS_API_ROSTER / CITYOPS_API_CONSUMERS, "
+        "password hashes from `cityops notify hash-password`), or for a demo or test set "
+        f"{DEMO_FLAG}=1"
+    )
+
+
+def check_not_demo(path: Path, data: dict, allow_demo: bool | None = None) -> None:
+    """Refuse an accounts file marked `demo: true` unless demo accounts are allowed (None: ask the
+    environment)."""
+    if data.get("demo") is True and not (demo_accounts_allowed() if allow_demo is None else allow_demo):
+        raise ConfigError(demo_refusal(path))
 
 
 def _parse_hhmm(s: str) -> time:
@@ -82,6 +132,8 @@ class Rota(BaseModel):
 
 class Roster(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # the shipped demo roster says so: it is refused unless CITYOPS_ALLOW_DEMO_ACCOUNTS=1
+    demo: bool = False
     people: list[Person] = Field(min_length=1)
     groups: dict[str, list[str]] = Field(default_factory=dict)
     rotas: dict[str, Rota] = Field(default_factory=dict)
@@ -225,9 +277,13 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def load_roster(path: Path) -> Roster:
+def load_roster(path: Path, *, allow_demo: bool | None = None) -> Roster:
+    """The roster; a file marked `demo: true` only with demo accounts allowed (None: as the environment
+    says, see `demo_accounts_allowed`)."""
+    data = _load_yaml(path)
+    check_not_demo(path, data, allow_demo)
     try:
-        return Roster.model_validate(_load_yaml(path))
+        return Roster.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_fmt_errors(path, exc)) from None
 
