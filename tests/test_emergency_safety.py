@@ -23,7 +23,7 @@ from services.emergency.domain.incidents import (
     worker_incident,
 )
 from services.emergency.domain.plume import evacuation_polygon
-from services.emergency.domain.privacy import expired, pseudonymise, shared_alert
+from services.emergency.domain.privacy import episode_pseudonym, expired, pseudonymise, shared_alert
 from services.emergency.domain.report import render_report
 from services.emergency.domain.safety import SafetyMonitor, Severity, WearableReading, evaluate
 from services.emergency.domain.zones import Zone
@@ -203,10 +203,14 @@ def test_pseudonyms_are_stable_keyed_and_shared_alerts_carry_no_personal_data() 
     with pytest.raises(ValueError):
         pseudonymise("W-007", b"short")
     alert = evaluate(_walk(3, LAT + 0.01, LON, hr=190.0))[0]
-    shared = shared_alert(alert, k1, "d05")
+    shared = shared_alert(alert, k1, "d05", alert.time)
     text = repr(shared)
     assert "W-007" not in text and "190" not in text and f"{alert.lat:.4f}" not in text
-    assert shared["worker"] == pseudonymise("W-007", k1) and shared["kind"] == "heart_rate"
+    # on a shared topic the worker is named per episode, never by the stable pseudonym
+    assert pseudonymise("W-007", k1) not in text and shared["kind"] == "heart_rate"
+    assert shared["worker"] == episode_pseudonym(pseudonymise("W-007", k1), alert.time, k1)
+    later = shared_alert(alert, k1, "d05", alert.time + pd.Timedelta(days=30))
+    assert later["worker"] != shared["worker"] and later["worker"].startswith("w-")
 
 
 def test_retention_default_seven_days() -> None:

@@ -152,8 +152,9 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
     health, n_incidents, n_events, n_reports = counts()
     assert health >= sum(n_per_sensor[s] for s in n_per_sensor.index if s.startswith("pump")) * 0.5
 
-    keys = [TAG] + [k for k in svc.episodes]  # our machine/source ids carry TAG; workers appear as pseudonyms
-    pseudonyms = set(svc.episodes)
+    # our machine/source ids carry TAG; worker alerts name a pseudonym per episode, found by the ids produced
+    keys = [TAG, *svc.alert_ids]
+    pseudonyms = set(svc.episodes)  # the workers' stable pseudonyms: the service's own state, never on the topic
     alerts = await read_since(bootstrap, "cityops.alerts.v1", since_ms,
                          lambda v: any(k.encode() in v for k in keys))
     rows = [{**a["payload"], "raised_at": a["payload"]["raised_at"]} for a in alerts]
@@ -167,12 +168,18 @@ async def test_stream_finds_every_scenario_privately_and_replays_without_duplica
 
     # privacy: a worker alert on the shared topic names a pseudonym only — no id, sensor, name, position, value
     worker_alerts = [a for a in alerts if a["payload"]["dedup_key"].startswith("emergency:worker:")]
-    assert worker_alerts and {a["payload"]["evidence"]["worker"] for a in worker_alerts} <= pseudonyms
+    subjects = {a["payload"]["evidence"]["worker"] for a in worker_alerts}
+    assert worker_alerts and subjects.isdisjoint(pseudonyms)
+    by_alert: dict[str, set[str]] = {}
+    for a in worker_alerts:  # an alert's raise, updates and clearing name one subject
+        by_alert.setdefault(a["payload"]["alert_id"], set()).add(a["payload"]["evidence"]["worker"])
+    assert all(len(v) == 1 for v in by_alert.values()), by_alert
     worker_ids = [w["worker_id"] for w in config["domains"]["emergency"]["wearables"].values()]
     for a in worker_alerts:
         raw = json.dumps(a, ensure_ascii=False)
         assert a["payload"]["location"] is None
         assert not any(w in raw for w in worker_ids) and "wb-" not in raw, raw
+        assert not any(p in raw for p in pseudonyms), raw
         assert not {"lat", "lon", "heart_rate_bpm", "h2s_ppm"} & set(a["payload"]["evidence"]), raw
     kinds = {a["payload"]["kind"] for a in worker_alerts}
     assert {"fall", "man_down", "restricted_entry"} <= kinds

@@ -35,7 +35,15 @@ def service(stack_env, db_url, tmp_path_factory):
             conn.execute("INSERT INTO restricted.worker_observations (time, sensor_id, worker_id, quantity, value, unit,"
                          " qc, lat, lon) VALUES (%s, %s, %s, %s, %s, 'x', 1, 30.2, 120.1)",
                          (t, f"wb-{TAG}", f"W-{TAG}", q, v))
+    # the notification roster the tokens' subjects are checked against: an admin, a viewer, and an admin demoted
+    # to viewer since (tokens issued before still say admin)
+    roster = state / "roster.yaml"
+    roster.write_text("people:\n"
+                      "  - {id: sup-zhao, name: 赵主任, roles: [admin]}\n"
+                      "  - {id: viewer-chen, name: 陈观察, roles: [viewer]}\n"
+                      "  - {id: ex-admin, name: 前管理员, roles: [viewer]}\n", encoding="utf-8")
     env = {**os.environ, **stack_env, "CITYOPS_DB_URL": db_url, "CITYOPS_STATE_DIR": str(state),
+           "CITYOPS_NOTIFY_ROSTER": str(roster),
            "CITYOPS_NOTIFY_SESSION_SECRET": SECRET, "CITYOPS_EMERGENCY_RETENTION_INTERVAL_S": "1",
            "CITYOPS_EMERGENCY_GROUP_PREFIX": f"cityops-emergency-privacy-{TAG}",
            "CITYOPS_KAFKA_START_AT_MS": str(int(time.time() * 1000) - 2000)}
@@ -84,17 +92,33 @@ def test_worker_track_needs_the_role_and_every_read_is_audited(service, db_url):
 
     r = httpx.get(url, params=params, timeout=30)
     assert r.status_code == 401 and "Bearer" in r.json()["detail"]
-    r = httpx.get(url, params=params, headers=_token("viewer"), timeout=30)
+    r = httpx.get(url, params=params, headers=_token("viewer", "viewer-chen"), timeout=30)
     assert r.status_code == 403 and "safety_officer" in r.json()["detail"]
-    assert httpx.get(url, params={"hours": 1}, headers=_token("admin"), timeout=30).status_code == 422
+    assert httpx.get(url, params={"hours": 1}, headers=_token("admin", "sup-zhao"), timeout=30).status_code == 422
     assert audits() == []
-    for who, role in [("officer-1", "safety_officer"), ("sup-zhao", "admin")]:
-        r = httpx.get(url, params=params, headers=_token(role, who), timeout=30)
+    for _ in range(2):
+        r = httpx.get(url, params=params, headers=_token("admin", "sup-zhao"), timeout=30)
         assert r.status_code == 200, r.text
         assert {row["quantity"] for row in r.json()["rows"]} == {"heart_rate_bpm", "lat"}
     got = audits()
-    assert [(a, r) for a, r, _ in got] == [("officer-1", "safety_officer"), ("sup-zhao", "admin")]
+    assert [(a, r) for a, r, _ in got] == [("sup-zhao", "admin")] * 2
     assert got[0][2]["reason"] == "fall investigation inc-1" and got[0][2]["rows"] == 2
+
+
+def test_worker_track_refuses_a_token_whose_subject_left_the_roster_or_lost_the_role(service, db_url):
+    """The endpoint trusted the role in the token: a token lives 12 h, so an admin removed from the roster or
+    demoted since kept reading workers' positions and health. Like the API and the console it now checks the
+    notification roster: such a token gets 401 and is told to log in again; nothing is read or audited."""
+    url = f"{service}/emergency/workers/W-{TAG}/track"
+    params = {"reason": "fall investigation inc-2", "hours": 24}
+    for who, role, why in [("ex-admin", "admin", "no longer yours"), ("gone-1", "admin", "no longer in the roster"),
+                           ("officer-1", "safety_officer", "no longer in the roster")]:
+        r = httpx.get(url, params=params, headers=_token(role, who), timeout=30)
+        assert r.status_code == 401, (who, r.text)
+        assert why in r.json()["detail"] and "log in again" in r.json()["detail"] and "重新登录" in r.json()["detail"]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE actor IN ('ex-admin', 'gone-1', 'officer-1')"
+                            ).fetchone()[0] == 0
 
 
 @pytest.mark.parametrize(("topic", "record_type", "stage", "reason"), [

@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.common import RESULTS, ROOT
 from schemas.topics import ALERTS, PERSONAL_OBSERVATIONS
-from services.emergency.domain.privacy import pseudonymise
+from services.emergency.domain.privacy import episode_pseudonym, pseudonymise
 
 TARGET_P99_S = 2.0
 
@@ -50,7 +50,6 @@ async def _phase(bootstrap: str, key: bytes, tag: str, *, workers: int, rate: fl
     from shared import kafka
 
     sensors = [f"wb-bench-{tag}-{i:04d}" for i in range(workers)]
-    pid_of = {pseudonymise(s, key): s for s in sensors}
     sent: dict[tuple[str, str], float] = {}  # (pseudonym, observed_at) of each SOS -> wall time sent
     got: dict[tuple[str, str], float] = {}
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -73,7 +72,8 @@ async def _phase(bootstrap: str, key: bytes, tag: str, *, workers: int, rate: fl
                 for r in recs:
                     a = json.loads(r.value)["payload"]
                     w = a.get("evidence", {}).get("worker")
-                    if a["kind"] == "sos" and w in pid_of:
+                    # an SOS press is its own episode: the alert names the worker by that episode's pseudonym
+                    if a["kind"] == "sos" and (w, a["evidence"]["observed_at"]) in sent:
                         got.setdefault((w, a["evidence"]["observed_at"]), r.timestamp / 1000.0)
             if stop.is_set() and time.monotonic() > drain_deadline[0]:
                 break
@@ -97,7 +97,7 @@ async def _phase(bootstrap: str, key: bytes, tag: str, *, workers: int, rate: fl
         if now >= next_sos:
             s = rng.choice(sensors)
             sim[s] += timedelta(seconds=30)
-            sent[(pseudonymise(s, key), sim[s].isoformat())] = time.time()
+            sent[(episode_pseudonym(pseudonymise(s, key), sim[s], key), sim[s].isoformat())] = time.time()
             await p.send(PERSONAL_OBSERVATIONS, _env(s, sim[s], {"sos": 1.0, "heart_rate_bpm": 120.0,
                                                               "lat": 30.25, "lon": 120.15}), key=s.encode())
             next_sos += sos_every_s

@@ -25,6 +25,7 @@ def build(s: EmergencySettings, readiness: Readiness, *, config: dict | None = N
 
     async def db_and_reports(stop: asyncio.Event) -> None:
         await pool.open(wait=True, timeout=60)
+        await svc.restore_open_alerts()  # before any stream consumer starts (they wait for "db")
         readiness.set("db")
         producer = kafka.producer(s.kafka_bootstrap)
         await producer.start()
@@ -81,6 +82,11 @@ def run(port: int | None = None) -> int:
     except ValidationError as exc:
         bad = ", ".join("CITYOPS_" + str(e["loc"][0]).upper() for e in exc.errors())
         raise SystemExit(f"error: missing or bad settings {bad}: run `cityops stack up` first, or export them") from None
+    from shared.notify.domain.config import ConfigError
+
     readiness = Readiness("db", "kafka")
-    _, app, workers = build(s, readiness)
+    try:
+        _, app, workers = build(s, readiness)
+    except ConfigError as exc:  # the notification roster refused (e.g. the demo accounts): one line, what to do
+        raise SystemExit(f"error: {exc}") from None
     return asyncio.run(serve("emergency", app, workers, port=port or s.emergency_port))

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from services.emergency import repository
 from shared.notify.domain.auth import read_token
+from shared.notify.domain.config import load_roster
 
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 
@@ -22,6 +23,9 @@ def _jsonable(rows: list[dict]) -> list[dict]:
 
 
 def mount(app: FastAPI, s, pool, svc) -> FastAPI:
+    # who holds which role now: a token lives 12 h and outlives a removal or a demotion in the roster
+    roles_of = {p.id: set(p.roles) for p in load_roster(s.notify_roster).people}
+
     @app.get("/emergency/incidents", tags=["emergency"], summary="Latest incidents with status and report path")
     async def incidents(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
         async with pool.connection() as conn:
@@ -86,6 +90,13 @@ def mount(app: FastAPI, s, pool, svc) -> FastAPI:
         if claims is None:
             raise HTTPException(401, "log in to the notification service (POST /api/login) and send "
                                      "'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+        held = roles_of.get(str(claims.get("sub")))
+        if held is None or claims.get("role") not in held:
+            why_en = (f"this token's role {claims.get('role')!r} is no longer yours" if held is not None
+                      else f"{claims.get('sub')!r} is no longer in the roster")
+            raise HTTPException(401, "账号或角色已变更，请重新登录 · " + why_en + ": log in again (POST /api/login on the "
+                                     "notification service) for a token with your current role",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if claims.get("role") not in s.emergency_personal_roles:
             raise HTTPException(403, f"role {claims.get('role')!r} may not read personal data; it needs one of "
                                      f"{s.emergency_personal_roles} (ask the safety manager)")

@@ -43,7 +43,7 @@ from schemas.tasks import FieldTask
 from schemas.topics import ALERTS, OBSERVATION_TOPIC, PERSONAL_OBSERVATIONS
 from services.emergency.domain import incidents as inc_rules
 from services.emergency.domain.fault import OnlineFaultMonitor, fit_detector
-from services.emergency.domain.privacy import pseudonymise, shared_alert
+from services.emergency.domain.privacy import episode_pseudonym, pseudonymise, shared_alert
 from services.emergency.domain.safety import (
     ALERT_NAMES,
     GasLimits,
@@ -55,7 +55,16 @@ from services.emergency.domain.safety import (
 from services.emergency.domain.zones import Zone
 from services.emergency.settings import EmergencySettings
 from shared.city import City, District, default_city
-from shared.stream import Output, PoisonRecord, StreamProcessor, alert_output, output, stable_id, task_output
+from shared.stream import (
+    Output,
+    PoisonRecord,
+    StreamProcessor,
+    alert_output,
+    open_alerts,
+    output,
+    stable_id,
+    task_output,
+)
 
 logger = logging.getLogger("cityops.emergency")
 SOURCE = "emergency"
@@ -187,7 +196,7 @@ class EmergencyService:
         self.machines: dict[str, _Machine] = {}
         self.detectors: dict[str, _Detector] = {}
         self.safety = SafetyMonitor(self.zones, self.limits)
-        self.episodes: dict[str, dict[str, _Episode]] = {}  # pseudonym -> kind -> episode
+        self.episodes: dict[str, dict[str, _Episode]] = {}  # stable pseudonym -> kind -> episode
         self.worker_incident: dict[str, str] = {}  # pseudonym -> open incident id
         self.worker_event_at: dict[str, pd.Timestamp] = {}  # pseudonym -> last fall/SOS/entry
         self.incidents: dict[str, _Tracked] = {}
@@ -373,6 +382,43 @@ class EmergencyService:
 
     # -- safety: wearables, fixed detectors, other domains --------------------------------
 
+    async def restore_open_alerts(self) -> int:
+        """After a restart: take up the worker conditions (heart rate, gases, man down …) still open.
+
+        Their episodes live in memory; without this a condition open at a crash was never cleared, and one still
+        on was raised again under a new subject. The alerts table the notification service keeps names each by its
+        episode pseudonym and start: the worker is found again by recomputing that pseudonym for the workers the
+        service can know (the city config's wearables, the personal sensors and the restricted readings since the
+        oldest such episode began) — only the key's holder can. Falls, SOS and entries are events (nothing to
+        clear). Returns how many were taken up."""
+        from services.emergency import repository
+
+        rows = [r for r in await open_alerts(self.pool, "emergency")
+                if r["dedup_key"].startswith("emergency:worker:") and r["kind"] not in EVENT_KINDS
+                and isinstance(r["evidence"], dict) and r["evidence"].get("episode_start")
+                and r["evidence"].get("worker")]
+        if not rows:
+            return 0
+        starts = [_ts(r["evidence"]["episode_start"]) for r in rows]
+        async with self.pool.connection() as conn:
+            known = await repository.known_worker_ids(conn, since=min(starts).to_pydatetime())
+        pids = {pseudonymise(w, self.key) for w in {*self.worker_of.values(), *known}}
+        n = 0
+        for r, start in zip(rows, starts, strict=True):
+            subject, kind = r["evidence"]["worker"], r["kind"]
+            pid = next((p for p in pids if episode_pseudonym(p, start, self.key) == subject), None)
+            if pid is None or kind in self.episodes.get(pid, {}):
+                continue
+            grade = int(r["evidence"].get("grade") or r["evidence"].get("max_grade") or int(Severity.WARNING))
+            self.episodes.setdefault(pid, {})[kind] = _Episode(start, r["alert_id"], grade)
+            n += 1
+        if n:
+            logger.info("took up %d open worker alert(s) after a restart", n)
+        if n < len(rows):
+            logger.warning("open worker alerts whose worker is not known here stay open until acknowledged",
+                           extra={"fields": {"not_taken_up": len(rows) - n}})
+        return n
+
     async def handle_personal(self, events: list[dict]) -> list[Output]:
         """Wearable readings from the restricted topic. The topic, not the envelope's type, makes them personal
         (the gateway types them `observation.personal`; records from before that said `observation.safety`)."""
@@ -429,7 +475,7 @@ class EmergencyService:
         for kind, sev in (("sos", Severity.CRITICAL), ("fall", Severity.ALARM)):
             if getattr(r, kind):
                 a = SafetyMonitor._alert(r, kind, sev, math.nan, zones)  # noqa: SLF001 - the monitor's own wording
-                logger.warning("late %s from a wearable alarmed", kind, extra={"fields": {"worker": pid, "at": str(t)}})
+                logger.warning("late %s from a wearable alarmed", kind, extra={"fields": {"at": str(t)}})
                 out += self._worker_alert(a, pid, o, eps, late=True)
         return out
 
@@ -515,14 +561,18 @@ class EmergencyService:
                       late: bool = False) -> list[Output]:
         district = self.city.district_of(a.lat, a.lon) if not math.isnan(a.lat) else o.district
         district = district or o.district
-        dedup = f"emergency:worker:{pid}:{a.kind}"
+        ep = eps.get(a.kind) if a.kind not in EVENT_KINDS else None
         if a.kind in EVENT_KINDS:
             # each press of the SOS button (each fall, each entry) is an alarm of its own: under one key per worker
             # and kind the notification service folded a second SOS into the first, acknowledged one and paged
-            # nobody. Readings of one held press share its key (repeats, not new pages).
+            # nobody. Readings of one held press share its start, so its subject and key (repeats, not new pages).
             start = a.time if late else self.press_start.setdefault((pid, a.kind), a.time)
-            dedup += f":{start:%Y%m%dT%H%M%S}"
-        ep = eps.get(a.kind) if a.kind not in EVENT_KINDS else None
+        else:
+            start = ep.start if ep is not None else a.time
+        # the shared topic names the worker per episode: its raise, updates and clearing share the subject and so
+        # the dedup key (the notification service folds and clears by it); two episodes cannot be linked
+        subject = episode_pseudonym(pid, start, self.key)
+        dedup = f"emergency:worker:{subject}:{a.kind}"
         status = "raised"
         if ep is not None:
             status = "updated"
@@ -532,7 +582,7 @@ class EmergencyService:
             alert_id = stable_id(dedup, a.time.isoformat())
             if a.kind not in EVENT_KINDS:
                 eps[a.kind] = _Episode(a.time, alert_id, int(a.severity))
-        view = shared_alert(a, self.key, district)
+        view = shared_alert(a, self.key, district, start)
         zh, en, _ = ALERT_NAMES[a.kind]
         sev = int(a.severity)
         alert = Alert(
@@ -542,13 +592,15 @@ class EmergencyService:
             message_en=view["message_en"] + ". Call the worker on radio or phone now and send help if there is no answer; "
                                             "identity and position are in the restricted system.",
             location=None, district=district, dedup_key=dedup, raised_at=a.time,
-            evidence={"observed_at": a.time.isoformat(), "worker": pid, "grade": sev, "zone_ids": view["zone_ids"]})
+            evidence={"observed_at": a.time.isoformat(), "worker": subject, "episode_start": start.isoformat(),
+                      "grade": sev, "zone_ids": view["zone_ids"]})
         out = [alert_output(alert, source=SOURCE)]
         if a.severity >= Severity.ALARM and a.kind in CALL_OUT_KINDS:
-            out += self._worker_incident(a, pid, alert_id, district)
+            out += self._worker_incident(a, pid, alert_id, district, start)
         return out
 
-    def _worker_incident(self, a: SafetyAlert, pid: str, alert_id: str, district: str | None) -> list[Output]:
+    def _worker_incident(self, a: SafetyAlert, pid: str, alert_id: str, district: str | None,
+                         start: pd.Timestamp) -> list[Output]:
         open_id = self.worker_incident.get(pid)
         if open_id in self.incidents:
             tr = self.incidents[open_id]
@@ -556,8 +608,11 @@ class EmergencyService:
                 tr.related.append(alert_id)
                 tr.dirty = True
             return []
-        view = shared_alert(a, self.key, district)
-        masked = dataclasses.replace(a, worker_id=pid, message_zh=view["message_zh"], message_en=view["message_en"])
+        # the incident (public) and the crew's task name the worker as the alert that opened them does
+        view = shared_alert(a, self.key, district, start)
+        subject = view["worker"]
+        masked = dataclasses.replace(a, worker_id=subject, message_zh=view["message_zh"],
+                                     message_en=view["message_en"])
         inc = inc_rules.worker_incident(masked, self.city)
         if inc is None:
             return []
@@ -578,16 +633,16 @@ class EmergencyService:
         task = FieldTask(
             task_id=stable_id("task", inc.incident_id), kind="respond_incident", domain="emergency",
             priority="urgent", title_zh=f"人员救援：{zh}", title_en=f"Worker rescue: {en}",
-            description_zh=f"人员 {pid} {zh}（{a.severity.label_zh}）。立即前往，携带急救包与气体检测仪；进入危险区须两人同行。"
+            description_zh=f"人员 {subject} {zh}（{a.severity.label_zh}）。立即前往，携带急救包与气体检测仪；进入危险区须两人同行。"
                            + ("" if known else "定位信号缺失：任务位置为所在区域中心，请通过对讲确认人员位置。"),
-            description_en=f"Worker {pid}: {en} ({a.severity.name.lower()}). Go now with a first-aid kit and a gas "
+            description_en=f"Worker {subject}: {en} ({a.severity.name.lower()}). Go now with a first-aid kit and a gas "
                            "monitor; enter hazard zones in pairs."
                            + ("" if known else " No position fix: the task points at the zone or district centre; "
                                                "find the worker by radio."),
             # the crew must find the person: the task (internal topic) carries the last position
             location=where, district=district, required_skills=["incident_response"],
             related_alert_id=alert_id, created_at=a.time,
-            evidence={"observed_at": a.time.isoformat(), "worker": pid, "kind": a.kind, "grade": int(a.severity),
+            evidence={"observed_at": a.time.isoformat(), "worker": subject, "kind": a.kind, "grade": int(a.severity),
                       "zone_ids": list(a.zone_ids), "incident_id": inc.incident_id, "map_png": tr.map_path,
                       "position_known": known})
         self._step(tr, "dispatched", a.time, f"task {task.task_id}")
@@ -595,13 +650,14 @@ class EmergencyService:
 
     def _worker_cleared(self, kind: str, ep: _Episode, pid: str, district: str | None, t: pd.Timestamp) -> Output:
         zh, en, _ = ALERT_NAMES[kind]
+        subject = episode_pseudonym(pid, ep.start, self.key)  # the episode's, as its raise and updates said
         alert = Alert(
             alert_id=ep.alert_id, domain="emergency", kind=kind, severity="info", status="cleared",
             title_zh=f"人员安全解除：{zh}", title_en=f"Worker safety cleared: {en}",
-            message_zh=f"人员 {pid}：{zh} 已恢复正常，警报解除；请确认人员状况并记录。",
-            message_en=f"Worker {pid}: {en} back to normal; alarm cleared. Confirm the worker is well and log it.",
-            location=None, district=district, dedup_key=f"emergency:worker:{pid}:{kind}", raised_at=t,
-            evidence={"observed_at": t.isoformat(), "worker": pid, "episode_start": ep.start.isoformat(),
+            message_zh=f"人员 {subject}：{zh} 已恢复正常，警报解除；请确认人员状况并记录。",
+            message_en=f"Worker {subject}: {en} back to normal; alarm cleared. Confirm the worker is well and log it.",
+            location=None, district=district, dedup_key=f"emergency:worker:{subject}:{kind}", raised_at=t,
+            evidence={"observed_at": t.isoformat(), "worker": subject, "episode_start": ep.start.isoformat(),
                       "max_grade": ep.grade})
         return alert_output(alert, source=SOURCE)
 

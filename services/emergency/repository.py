@@ -90,18 +90,29 @@ async def worker_track(conn: psycopg.AsyncConnection, *, worker_id: str, since: 
     return rows
 
 
-def enforce_retention(db_url: str, worker_days: float) -> dict[str, int] | None:
-    """Delete personal rows past retention on plain PostgreSQL (TimescaleDB's policy does it there)."""
+async def known_worker_ids(conn: psycopg.AsyncConnection, *, since: datetime) -> set[str]:
+    """Every worker id (and wearable id: an unconfigured wearable's readings are judged under its own id) the
+    database knows: the personal sensors' and those with readings in the restricted table since `since`."""
+    cur = await conn.execute(
+        "SELECT sensor_id, meta->>'worker_id' FROM sensors WHERE personal "
+        "UNION SELECT DISTINCT sensor_id, worker_id FROM restricted.worker_observations WHERE time >= %s", (since,))
+    return {x for row in await cur.fetchall() for x in row if x}
+
+
+def enforce_retention(db_url: str, worker_days: float) -> dict[str, int]:
+    """Delete personal rows past retention on plain PostgreSQL (TimescaleDB's policy does it there), and take the
+    worker out of the tasks, alerts and incidents about a worker that stay (no policy covers those)."""
     import math
 
     from shared.storage.migrate import enforce_retention as _enforce
-    from shared.storage.migrate import has_timescale
+    from shared.storage.migrate import has_timescale, strip_worker_products
 
+    # enforce_retention counts whole days; round up so nothing is deleted early
+    days = max(1, math.ceil(worker_days))
     with psycopg.connect(db_url) as conn:
         if has_timescale(conn):
-            return None
-        # enforce_retention counts whole days; round up so nothing is deleted early
-        return _enforce(conn, worker_days=max(1, math.ceil(worker_days)))
+            return strip_worker_products(conn, worker_days=days)
+        return _enforce(conn, worker_days=days)
 
 
 async def machine_history(conn: psycopg.AsyncConnection, sensor_id: str, until: datetime,

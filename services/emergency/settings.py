@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import PlatformSettings, stack_env_file
+from shared.settings import PROJECT_ROOT, PlatformSettings, stack_env_file
 
 
 class EmergencySettings(PlatformSettings):
@@ -27,6 +27,9 @@ class EmergencySettings(PlatformSettings):
     # tokens are the notification service's (same signer); this one wins if both are set
     emergency_session_secret: str | None = None
     notify_session_secret: str | None = None
+    # the notification service's roster (same file, same setting): a token's subject must still be in it and still
+    # hold the token's role
+    notify_roster: Path = PROJECT_ROOT / "config" / "notify" / "roster.yaml"
     emergency_retention_days: float = 7.0
     emergency_retention_interval_s: float = 3600.0
     # samples of normal operation a machine's detector learns from when the config gives no train_until

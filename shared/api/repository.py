@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from shared.storage import queries
-from shared.storage.queries import TIME_BUCKET_ORIGIN
+from shared.storage.queries import NOT_ABOUT_A_WORKER, TIME_BUCKET_ORIGIN
 
 BUCKET_SQL = {
     True: "time_bucket(%(width)s::interval, time)",
@@ -271,7 +271,9 @@ async def equipment_health(
     )
 
 
-# Alerts as outside systems see them: no acknowledger, no evidence (it may name a worker).
+# Alerts as outside systems see them: no acknowledger, no evidence. An alert about a worker (its evidence names one:
+# the emergency service's fall, SOS, heart-rate, gas and restricted-entry alerts) is not served at all: it is an
+# employee's safety, not the city's state, and its district and time alone can point at one person on a shift.
 async def alerts(
     conn,
     *,
@@ -286,11 +288,11 @@ async def alerts(
 ) -> list[dict[str, Any]]:
     return await _all(
         conn,
-        """
+        f"""
         SELECT alert_id, domain, kind, severity, level, status, title_zh, title_en, message_zh, message_en,
                lat, lon, district, raised_at, resolved_at
         FROM alerts
-        WHERE raised_at >= %(start)s AND raised_at < %(end)s
+        WHERE raised_at >= %(start)s AND raised_at < %(end)s AND {NOT_ABOUT_A_WORKER}
           AND (%(domain)s::text IS NULL OR domain = %(domain)s)
           AND (%(severity)s::text IS NULL OR severity = %(severity)s)
           AND (%(district)s::text IS NULL OR district = %(district)s)

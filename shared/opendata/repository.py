@@ -1,4 +1,5 @@
-"""All SQL of the open-data export: hourly values of public sensors, and alerts without evidence."""
+"""All SQL of the open-data export: hourly values of public sensors, and alerts without evidence (none about a
+worker)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from shared.storage.queries import TIME_BUCKET_ORIGIN
+from shared.storage.queries import NOT_ABOUT_A_WORKER, TIME_BUCKET_ORIGIN
 
 # One value per public sensor, quantity and hour of good data (QC 1 or 2). Most quantities are the hour's
 # mean; a quantity in %(summed)s reports an amount per reading (rain: mm in its 10 minutes), so the hour is
@@ -37,11 +38,14 @@ WHERE NOT s.personal AND b.bucket >= %(start)s AND b.bucket < %(end)s
 ORDER BY sensor_id, bucket, quantity
 """
 
-ALERTS = """
+# An alert about a worker (its evidence names one) is an employee's safety, not open data: left out, as the
+# query API leaves it out.
+ALERTS = f"""
 SELECT alert_id, domain, kind, severity, title_zh, title_en, message_zh, message_en, lat, lon, district,
        raised_at, resolved_at
 FROM alerts
 WHERE raised_at >= %(start)s AND raised_at < %(end)s
+  AND {NOT_ABOUT_A_WORKER}
 ORDER BY raised_at, alert_id
 """
 

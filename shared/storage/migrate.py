@@ -112,8 +112,64 @@ def status(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
     ]
 
 
+# A worker's pseudonym as the emergency service writes it into shared rows (stable or per episode).
+WORKER_PSEUDONYM = "w-[0-9a-f]{16}"
+
+
+def strip_worker_products(conn: psycopg.Connection, *, worker_days: int = 7) -> dict[str, int]:
+    """Take the worker out of the rows about a worker that outlive the personal-data retention.
+
+    Rows whose evidence names a worker (the emergency service's rescue tasks and worker alerts) and worker
+    incidents older than `worker_days` keep what the city needs to account for the response (kind, times,
+    district, zone, assignee, status history) and lose the worker's pseudonym (text, evidence, dedup key) and,
+    for a task, the worker's last position: it is moved to its incident's public location (the zone or district
+    centre already published), else rounded to 0.01°. The crew's deliveries of such a task keep their status
+    and lose their text. Runs under TimescaleDB too (no policy covers these tables)."""
+    cutoff = "now() - make_interval(days => %(days)s)"
+    args = {"days": worker_days, "p": WORKER_PSEUDONYM}
+    with conn.transaction():
+        tasks = [r[0] for r in conn.execute(
+            f"""UPDATE field_tasks t SET
+                  title_zh = regexp_replace(t.title_zh, %(p)s, '***', 'g'),
+                  title_en = regexp_replace(t.title_en, %(p)s, '***', 'g'),
+                  description_zh = regexp_replace(t.description_zh, %(p)s, '***', 'g'),
+                  description_en = regexp_replace(t.description_en, %(p)s, '***', 'g'),
+                  lat = coalesce((SELECT i.lat FROM incidents i WHERE i.incident_id = t.evidence->>'incident_id'
+                                  AND i.lat IS NOT NULL), round(t.lat::numeric, 2)::double precision),
+                  lon = coalesce((SELECT i.lon FROM incidents i WHERE i.incident_id = t.evidence->>'incident_id'
+                                  AND i.lon IS NOT NULL), round(t.lon::numeric, 2)::double precision),
+                  evidence = (t.evidence - 'worker' - 'lat' - 'lon')
+                             || jsonb_build_object('personal_data_removed_at', now())
+                WHERE t.evidence ? 'worker' AND t.created_at < {cutoff}
+                RETURNING t.task_id""", args).fetchall()]
+        if tasks:
+            conn.execute("UPDATE field_task_events SET evidence = evidence - 'worker' - 'lat' - 'lon' "
+                         "WHERE task_id = ANY(%s) AND evidence ?| array['worker', 'lat', 'lon']", (tasks,))
+        deliveries = conn.execute(
+            "UPDATE deliveries SET message = jsonb_build_object("
+            "'subject', '(personal data removed after its retention)', 'body', '') "
+            "WHERE subject_id = ANY(%s) AND status NOT IN ('pending', 'sending')", (tasks,)).rowcount
+        alerts = conn.execute(
+            f"""UPDATE alerts SET
+                  title_zh = regexp_replace(title_zh, %(p)s, '***', 'g'),
+                  title_en = regexp_replace(title_en, %(p)s, '***', 'g'),
+                  message_zh = regexp_replace(message_zh, %(p)s, '***', 'g'),
+                  message_en = regexp_replace(message_en, %(p)s, '***', 'g'),
+                  dedup_key = regexp_replace(dedup_key, %(p)s, 'w-***', 'g'),
+                  evidence = evidence - 'worker'
+                WHERE evidence ? 'worker' AND raised_at < {cutoff}""", args).rowcount
+        incidents = conn.execute(
+            f"""UPDATE incidents SET
+                  title_zh = regexp_replace(title_zh, %(p)s, '***', 'g'),
+                  title_en = regexp_replace(title_en, %(p)s, '***', 'g')
+                WHERE kind = 'worker_safety' AND opened_at < {cutoff}
+                  AND (title_zh ~ %(p)s OR title_en ~ %(p)s)""", args).rowcount
+    return {"field_tasks": len(tasks), "deliveries": deliveries, "alerts": alerts, "incidents": incidents}
+
+
 def enforce_retention(conn: psycopg.Connection, *, worker_days: int = 7, observation_days: int = 400) -> dict[str, int]:
-    """Delete what the retention policy says is gone. Under TimescaleDB the policies do this too."""
+    """Delete what the retention policy says is gone, and take the worker out of what stays (see
+    strip_worker_products). Under TimescaleDB the policies delete too."""
     with conn.transaction():
         w = conn.execute(
             "DELETE FROM restricted.worker_observations WHERE time < now() - make_interval(days => %s)",
@@ -122,4 +178,5 @@ def enforce_retention(conn: psycopg.Connection, *, worker_days: int = 7, observa
         o = conn.execute(
             "DELETE FROM observations WHERE time < now() - make_interval(days => %s)", (observation_days,)
         ).rowcount
-    return {"worker_observations": w, "observations": o}
+    return {"worker_observations": w, "observations": o,
+            **{f"{k}_stripped": v for k, v in strip_worker_products(conn, worker_days=worker_days).items()}}

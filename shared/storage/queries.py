@@ -10,6 +10,11 @@ all that TimescaleDB-in-WebAssembly accepts.
 
 from __future__ import annotations
 
+# Alerts that are not about a worker (for a WHERE clause with named parameters): the emergency service's worker
+# alerts name the worker's episode pseudonym in their evidence and dedup key. Retention takes the pseudonym out of
+# the evidence (shared.storage.migrate.strip_worker_products); the key's prefix stays.
+NOT_ABOUT_A_WORKER = "NOT (evidence ? 'worker') AND dedup_key NOT LIKE 'emergency:worker:%%'"
+
 # Idempotent on the natural key: a replayed batch inserts nothing twice.
 INSERT_OBSERVATION = """
 INSERT INTO observations (time, sensor_id, quantity, value, unit, qc, domain, district)

@@ -18,7 +18,8 @@ What the streaming service calls:
   incidents.advance(incident, state, at, actor): the lifecycle
   detected -> dispatched -> acknowledged -> on_site -> resolved -> reported.
 - report.render_report(incident, city, generated_at, zones) -> HTML with timeline, evidence, map.
-- privacy.pseudonymise(worker_id, key), privacy.shared_alert(alert, key, district),
+- privacy.pseudonymise(worker_id, key), privacy.episode_pseudonym(pseudonym, start, key),
+  privacy.shared_alert(alert, key, district, episode_start),
   privacy.retention_cutoff(now, days=7) / expired(times, now, days).
 - simulate.generate(city, start, hours, seed) -> DomainScenario for the city simulator.
 """

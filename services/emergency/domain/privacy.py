@@ -1,9 +1,12 @@
 """Personal data (数据安全, 隐私保护): pseudonymous worker ids, shared views, retention.
 
-Worker positions and health readings stay on restricted topics and tables. Anything on
-a shared topic carries a keyed pseudonym instead of the worker id: HMAC-SHA256 with a
-secret key, so the same worker gets the same pseudonym (alerts can be followed), but the
-id cannot be recovered or guessed by hashing candidate ids without the key.
+Worker positions and health readings stay on restricted topics and tables. The service's
+own state knows a worker by a stable keyed pseudonym (HMAC-SHA256 of the id with a secret
+key: the id cannot be recovered or guessed by hashing candidate ids without the key).
+Anything on a shared topic names the worker by an episode pseudonym instead, an HMAC of
+the stable one and the episode's start: an alert's raise, updates and clearing share it,
+but two episodes of one worker (this month's fall, last month's heart rate) cannot be
+linked by anyone reading the alerts.
 """
 
 from __future__ import annotations
@@ -26,13 +29,27 @@ def pseudonymise(worker_id: str, key: bytes) -> str:
     return "w-" + hmac.new(key, worker_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
-def shared_alert(alert: SafetyAlert, key: bytes, district: str | None) -> dict[str, Any]:
-    """What a shared topic may carry about a worker alert: pseudonym, kind, grade, zone, district.
+def episode_pseudonym(pseudonym: str, start: Any, key: bytes) -> str:
+    """The name of a worker on shared topics for one episode that began at `start` ('w-…', 16 hex digits).
 
-    No position, no health value and no worker id: the message text is rebuilt around the
-    pseudonym. Dispatchers with access to the restricted topic see the full alert.
+    Keyed on the worker's stable pseudonym and the start (normalised to UTC), so every message of the episode
+    names the same subject and a restarted service with the key can find its worker again; without the key two
+    episodes cannot be told to be one person's."""
+    if len(key) < 16:
+        raise ValueError("pseudonymisation key must be at least 16 bytes")
+    t = pd.Timestamp(start)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    msg = f"episode|{pseudonym}|{t.isoformat()}"
+    return "w-" + hmac.new(key, msg.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def shared_alert(alert: SafetyAlert, key: bytes, district: str | None, episode_start: Any) -> dict[str, Any]:
+    """What a shared topic may carry about a worker alert: episode pseudonym, kind, grade, zone, district.
+
+    No position, no health value, no worker id and no stable pseudonym: the message text is rebuilt around
+    the episode's pseudonym. Dispatchers with access to the restricted topic see the full alert.
     """
-    pid = pseudonymise(alert.worker_id, key)
+    pid = episode_pseudonym(pseudonymise(alert.worker_id, key), episode_start, key)
     zh, en, _ = ALERT_NAMES[alert.kind]
     return {
         "time": alert.time.isoformat(),
