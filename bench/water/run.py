@@ -13,7 +13,7 @@ ships: Net3 (97 nodes) and ky4 (964 nodes). Both detectors see the same SCADA in
 A detection counts if it falls between a leak's start and 7 days after; one detection per leak.
 Localisation: share of detected leaks whose top candidate is within 300 m of pipe distance.
 Speed: one 15-minute step through the trained monitor on ky4 with 30 pressure sensors, and the
-sensitivity matrix cold vs cached. Then bench/water/demo_signatures.py: which signature state names the
+sensitivity matrix cold vs cached. Then bench/water/demo_signatures.py: which signature state (and logger layout) names the
 city demo's leaks (the live service's setting).
 """
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(the published bench/results/water.md), 12 and up are fresh")
     ap.add_argument("--name", default="water", help="results go to bench/results/NAME.json and NAME.md")
     ap.add_argument("--skip-demo-signatures", action="store_true",
-                    help="skip the demo comparison of signature states (bench/water/demo_signatures.py, under a minute)")
+                    help="skip the demo comparison of signature states and logger layouts (bench/water/demo_signatures.py, ~5 min)")
     a = ap.parse_args(argv)
     cache_dir = Path(os.environ.get("CITYOPS_CACHE_DIR", Path(tempfile.gettempdir()) / "cityops-bench-water"))
     configs = [("Net3", "Net3.inp", 12, 30), ("ky4", "ky4.inp", 30, 100)]
@@ -302,9 +302,10 @@ def _markdown(r: dict) -> str:
               "causes over their zones (noise-free, a ky4 leak 6 h after onset correlates 0.97 with its "
               "operating-state signature, 0.65 with the initial-state one; tests/test_water_detect.py). On the same "
               "detections that doubles the share of top candidates within 300 m over the initial-state match (rows "
-              "above). The live service and the demo keep initial-state signatures: on the demo's Net3 (12 loggers, "
-              "leaks of 15-20 % of demand, windows of a few hours) the operating state named 27/32 of the demo's "
-              "leaks over 4 seeds x 4 start hours, the initial state 32/32 (water-demo-signatures.md).",
+              "above). The live service and the demo keep initial-state signatures: on the demo's Net3 (12 loggers "
+              "spread, 3 placed; leaks of 15-20 % of demand, windows of a few hours) over 8 seeds x 4 start hours "
+              "the initial state named 59/64 of the demo's leaks and put the top candidate within 300 m of 31, the "
+              "operating state 57 and 27 (water-demo-signatures.md).",
               "", "The first candidate is not the best-matching pipe. Scores become a posterior over pipes (a Gaussian "
               "likelihood whose variance is the noise plus 3 % of the signal, flat prior); the first candidate is the "
               "pipe with the most posterior within 300 m of it, the second and third those covering most of what is "
