@@ -208,3 +208,56 @@ async def test_dead_letter_quoting_a_nul_is_stored_with_its_batch(db_url):
     assert stored[fresh_id][0] is None and "\\x00" in stored[fresh_id][1]  # no valid sensor id was given
     assert bytes(stored[fresh_id][2]) == bad_payload == bytes(stored[legacy_id][2])
     assert _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = %s", A) == 1
+
+
+async def test_the_sink_stores_new_rows_once_whether_a_batch_is_fresh_replayed_or_repeats_itself(db_url):
+    """The sink copies a batch straight into the table and, when some rows are stored already (a replay after a
+    crash) or a reading comes twice in one batch (a QoS 1 resend), inserts only the new ones. A record the binary
+    COPY could not take (a time without offset, a flag outside QARTOD's, a number where text belongs, a NUL) is a
+    dead letter of its own, and none of its rows is stored, even those read before the bad one."""
+    from types import SimpleNamespace
+
+    from services.ingest import repository
+    from services.ingest.sink import ObservationSink
+    from shared import kafka
+    from shared.service import Readiness
+
+    tok = secrets.token_hex(3)
+    A = f"aq-{tok}"
+    t0 = datetime(2026, 1, 5, tzinfo=UTC) + timedelta(minutes=int(tok, 16) % 100_000)
+    topic = OBSERVATION_TOPIC["air"]
+
+    def rec(i: int, minute: int, **over) -> SimpleNamespace:
+        p = {"sensor_id": A, "observed_at": (t0 + timedelta(minutes=minute)).isoformat(), "domain": "air",
+             "district": "d01", "values": {"pm25": {"value": 10.0 + minute, "unit": "ug/m3", "qc": 1},
+                                           "pm10": {"value": 20.0 + minute, "unit": "ug/m3", "qc": 1}}}
+        p.update(over)
+        env = kafka.envelope("observation.air", "ingest", p, occurred_at=t0)
+        return SimpleNamespace(topic=topic, partition=0, offset=i, value=kafka.encode(env), key=A.encode())
+
+    sink = ObservationSink(settings_for(db_url, tok), Readiness("db", "kafka"))
+
+    async def write(records):
+        rows, worker_rows, dls = sink._rows(records, {})  # noqa: SLF001 - the sink's own path to the database
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            return await repository.write_observations(conn, rows, worker_rows, dls)
+
+    def stored() -> int:
+        return _count(db_url, "SELECT count(*) FROM observations WHERE sensor_id = %s", A)
+
+    assert (await write([rec(i, i) for i in range(3)]))[0] == 6  # fresh: straight in
+    assert (await write([rec(i, i) for i in range(3)]))[0] == 0  # replayed: nothing twice
+    assert stored() == 6
+    assert (await write([rec(i, i) for i in range(2, 5)]))[0] == 4  # half stored already: the new half
+    assert (await write([rec(5, 5), rec(6, 5), rec(7, 6)]))[0] == 4  # a resend inside the batch
+    assert stored() == 14
+    bad = [rec(10, 20, observed_at=(t0 + timedelta(minutes=20)).replace(tzinfo=None).isoformat()),
+           rec(11, 21, values={"pm25": {"value": 1.0, "unit": "ug/m3", "qc": 1},
+                               "pm10": {"value": 2.0, "unit": "ug/m3", "qc": 300}}),
+           rec(12, 22, district=7), rec(13, 23, district="d\u000001"), rec(14, 24)]
+    n_obs, _, n_dl = await write(bad)
+    assert (n_obs, n_dl) == (2, 4)  # only the good record's two rows
+    assert stored() == 16
+    with psycopg.connect(db_url) as conn:
+        times = {r[0] for r in conn.execute("SELECT time FROM observations WHERE sensor_id = %s", (A,))}
+    assert t0 + timedelta(minutes=21) not in times  # the record whose second value was bad stored neither
