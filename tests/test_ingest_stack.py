@@ -261,3 +261,69 @@ async def test_the_sink_stores_new_rows_once_whether_a_batch_is_fresh_replayed_o
     with psycopg.connect(db_url) as conn:
         times = {r[0] for r in conn.execute("SELECT time FROM observations WHERE sensor_id = %s", (A,))}
     assert t0 + timedelta(minutes=21) not in times  # the record whose second value was bad stored neither
+
+
+async def test_a_replay_into_a_chunked_table_falls_back_to_inserting_the_new_rows(db_url):
+    """Under TimescaleDB a duplicate is reported against the chunk's copy of the unique constraint ('1_1_...'),
+    not the table's, and the sink re-raised it: every replayed batch crash-looped the sink. A partitioned table
+    reports the partition's index in the same way; the sink's write takes the fallback there too."""
+    from services.ingest import repository
+
+    tok = secrets.token_hex(3)
+    table, key = f"obs_part_{tok}", f"obs_part_{tok}_key"
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    rows = [(t0 + timedelta(minutes=i), "s1", "pm25", float(i), "ug/m3", 1, "air", None, t0) for i in range(4)]
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute(
+            f"CREATE TABLE {table} (time timestamptz NOT NULL, sensor_id text NOT NULL, quantity text NOT NULL, "
+            "value double precision NOT NULL, unit text NOT NULL, qc smallint NOT NULL, domain text NOT NULL, "
+            f"district text, ingested_at timestamptz NOT NULL, CONSTRAINT {key} UNIQUE (sensor_id, quantity, time)) "
+            "PARTITION BY RANGE (time)")
+        await conn.execute(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT")
+        try:
+            for batch, new in ((rows[:2], 2), (rows, 2), (rows, 0)):
+                async with conn.transaction(), conn.cursor() as cur:
+                    got = await repository._insert_new(  # noqa: SLF001 - the write path itself
+                        conn, cur, table, key, repository.OBS_COLUMNS, repository.OBS_TYPES, batch)
+                assert got == new
+            assert (await (await conn.execute(f"SELECT count(*) FROM {table}")).fetchone())[0] == 4
+        finally:
+            await conn.execute(f"DROP TABLE {table}")
+
+
+async def test_records_no_column_can_take_are_dead_letters_not_a_failed_batch(db_url):
+    """An infinite flag or an integer too big for a float raised OverflowError out of the sink's reading; a dead
+    letter from another producer with a time that is not one, or a number for its reason code, failed the whole
+    batch's insert. Either way the sink died and read the same batch again at every restart."""
+    from types import SimpleNamespace
+
+    from services.ingest import repository
+    from services.ingest.sink import ObservationSink
+    from shared.service import Readiness
+
+    tok = secrets.token_hex(3)
+    A = f"aq-{tok}"
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def obs(qc: str, value: str) -> bytes:
+        return ('{"event_id":"e","type":"observation.air","payload":{"sensor_id":"%s","observed_at":"%s",'
+                '"domain":"air","values":{"pm25":{"value":%s,"unit":"ug/m3","qc":%s}}}}'
+                % (A, now.isoformat(), value, qc)).encode()
+
+    def letter(event_id: str, **over) -> bytes:
+        p = {"reason_code": "schema_violation", "reason": "r", "stage": "ingest", "origin": "mqtt:x",
+             "original_b64": base64.b64encode(b"x").decode(), "received_at": now.isoformat(), **over}
+        return json.dumps({"event_id": event_id, "type": "dead_letter", "payload": p}).encode()
+
+    values = [(OBSERVATION_TOPIC["air"], obs("Infinity", "1.0")), (OBSERVATION_TOPIC["air"], obs("1", "1" + "0" * 400)),
+              (DEADLETTER, letter(f"bad-time-{tok}", received_at="garbage")),
+              (DEADLETTER, letter(f"bad-code-{tok}", reason_code=7)),
+              (OBSERVATION_TOPIC["air"], obs("1", "12.5"))]
+    records = [SimpleNamespace(topic=t, partition=0, offset=i, value=v, key=A.encode())
+               for i, (t, v) in enumerate(values)]
+    sink = ObservationSink(settings_for(db_url, tok), Readiness("db", "kafka"))
+    rows, worker_rows, dls = sink._rows(records, {})  # noqa: SLF001 - the sink's own path to the database
+    assert len(rows) == 1 and len(dls) == 4
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        n_obs, _, n_dl = await repository.write_observations(conn, rows, worker_rows, dls)
+    assert (n_obs, n_dl) == (1, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import psycopg
 
@@ -43,9 +44,9 @@ async def _insert_new(conn: psycopg.AsyncConnection, cur: psycopg.AsyncCursor, t
         async with conn.transaction():  # a savepoint: a conflict undoes this copy only
             await _copy_rows(cur, table, columns, types, rows)
         return len(rows)
-    except psycopg.errors.UniqueViolation as exc:
-        if exc.diag.constraint_name != key:
-            raise
+    except psycopg.errors.UniqueViolation:
+        # `key` is the table's only unique constraint; under TimescaleDB the error names the chunk's copy of it
+        pass
     stage = table.rsplit(".", 1)[-1] + "_stage"
     await cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
     await _copy_rows(cur, stage, columns, types, rows)
@@ -89,12 +90,22 @@ def dead_letter_row(envelope: dict) -> tuple:
 
     p = envelope["payload"]
 
-    def text(v):
-        return storable_text(v) if isinstance(v, str) else v
+    def text(v, *, optional: bool = False):
+        # a letter another producer wrote may hold anything: only text (or nothing, where allowed) is stored, and
+        # what is not fails here, in the sink's per-record check, instead of failing the batch's insert
+        if v is None and optional:
+            return None
+        if not isinstance(v, str):
+            raise TypeError(f"dead letter field holds {v!r}, not text")
+        return storable_text(v)
 
+    received = datetime.fromisoformat(p["received_at"])  # a bad one fails here, in the sink's per-record check
+    if received.tzinfo is None:
+        raise ValueError(f"received_at {p['received_at']!r} has no UTC offset")
     return (
-        text(envelope["event_id"]), p["received_at"], text(p["stage"]), text(p["reason_code"]), text(p["reason"]),
-        text(p["origin"]), text(p.get("gateway_id")), text(p.get("sensor_id")), base64.b64decode(p["original_b64"]),
+        text(envelope["event_id"]), received, text(p["stage"]), text(p["reason_code"]), text(p["reason"]),
+        text(p["origin"]), text(p.get("gateway_id"), optional=True), text(p.get("sensor_id"), optional=True),
+        base64.b64decode(p["original_b64"], validate=True),
     )
 
 

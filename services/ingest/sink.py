@@ -104,7 +104,7 @@ class ObservationSink:
                     district = None if district is None else _text(district)
                     rows += [(t, sid, _text(q), float(v["value"]), _text(v["unit"]), _qc(v["qc"]), domain, district,
                               ingested) for q, v in p["values"].items()]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
                 raw = rec.value or b""
                 if kafka.is_restricted(rec.topic):  # a worker's data stays in the restricted schema
                     raw = kafka.redacted_personal(raw)
@@ -152,8 +152,9 @@ class ObservationSink:
             if writing is not None:
                 await writing
         finally:
-            if writing is not None and not writing.done():
-                writing.cancel()  # its transaction rolls back and its offsets stay uncommitted: replayed, stored once
+            if writing is not None:
+                writing.cancel()  # if still running, its transaction rolls back and its offsets stay uncommitted:
+                await asyncio.gather(writing, return_exceptions=True)  # replayed, stored once
             await consumer.stop()
             await conn.close()
 
