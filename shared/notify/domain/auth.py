@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 _N, _R, _P = 2**14, 8, 1
 
@@ -72,9 +72,13 @@ class LoginGuard:
 
     Every attempt costs one scrypt, run in a thread so logins do not stall the event loop, and an unknown
     user costs the same as a known one. Failures are counted per user name and per client address over
-    `window_s`: at `max_failures` for a name (`max_failures_per_address` for an address, higher because
-    an office may share one) further attempts are refused without checking, until the oldest failure
-    leaves the window. A success clears the name's count. Counts live in the process (per replica).
+    `window_s`. At `max_failures` for a name further attempts for it are refused without checking until the
+    oldest failure leaves the window; a success clears the name's count. An address is never locked out: many
+    users may share one (an office, or every user behind the ingress when it does not forward their address),
+    and one guesser there must not lock out everyone, administrators included. Past
+    `max_failures_per_address` each attempt from it waits a second more per failure beyond the limit (at most
+    `max_address_delay_s`) before it is checked, which slows a guesser spraying many names. Counts live in the
+    process (per replica).
     """
 
     def __init__(
@@ -83,11 +87,15 @@ class LoginGuard:
         max_failures: int = 5,
         max_failures_per_address: int = 20,
         window_s: float = 900.0,
+        max_address_delay_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self.limits = {"user": max_failures, "addr": max_failures_per_address}
         self.window_s = window_s
+        self.max_address_delay_s = max_address_delay_s
         self.clock = clock
+        self.sleep = sleep
         self.failures: dict[tuple[str, str], deque[float]] = {}
 
     def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
@@ -100,26 +108,34 @@ class LoginGuard:
         for key in [k for k in self.failures if not self._recent(k, now)]:
             del self.failures[key]
 
-    def retry_after(self, username: str, address: str | None) -> float:
-        """Seconds until a login for `username` from `address` is checked again; 0 if it is now."""
+    def retry_after(self, username: str, address: str | None = None) -> float:
+        """Seconds until a login for `username` is checked again; 0 if it is now (addresses are slowed, not
+        refused: `address_delay`)."""
         now = self.clock()
-        wait = 0.0
-        for key in self._keys(username, address):
-            q = self._recent(key, now)
-            limit = self.limits[key[0]]
-            if len(q) >= limit:
-                wait = max(wait, q[len(q) - limit] + self.window_s - now)
-        return wait
+        q = self._recent(("user", username), now)
+        limit = self.limits["user"]
+        return q[len(q) - limit] + self.window_s - now if len(q) >= limit else 0.0
+
+    def address_delay(self, address: str | None) -> float:
+        """Seconds an attempt from `address` waits before it is checked."""
+        if not address:
+            return 0.0
+        excess = len(self._recent(("addr", address), self.clock())) - self.limits["addr"] + 1
+        return min(float(max(excess, 0)), self.max_address_delay_s)
 
     @staticmethod
     def _keys(username: str, address: str | None) -> list[tuple[str, str]]:
         return [("user", username)] + ([("addr", address)] if address else [])
 
     async def verify(self, username: str, password: str, stored: str | None, address: str | None) -> bool:
-        """True for the right password. Raises LoginRefused while the name or the address is locked out."""
-        wait = self.retry_after(username, address)
+        """True for the right password. Raises LoginRefused while the name is locked out."""
+        wait = self.retry_after(username)
         if wait > 0:
             raise LoginRefused(wait)
+        if delay := self.address_delay(address):
+            await self.sleep(delay)
+            if (wait := self.retry_after(username)) > 0:  # locked while this attempt waited
+                raise LoginRefused(wait)
         now = self.clock()
         if len(self.failures) > 10_000:
             self._sweep(now)
