@@ -161,6 +161,42 @@ async def test_a_restarted_service_takes_up_an_open_worker_condition_and_clears_
         assert await notify_repository.clear_alerts(cur, [outs[0]["dedup_key"]], "source") == [raised[0]["alert_id"]]
 
 
+async def test_a_restarted_service_keeps_a_motionless_workers_man_down_open_until_they_move(db_url, tmp_path):
+    """Man-down takes 90 s of stillness to judge, and a restarted monitor had none: the restored episode read the
+    first readings of a worker who had not moved as 'back to normal' and sent an all-clear, then paged again under a
+    new subject. The restored condition now resumes the stillness; the worker moving clears it under its key."""
+    from psycopg_pool import AsyncConnectionPool
+
+    sensor = f"wb-{secrets.token_hex(3)}"
+    t0 = pd.Timestamp("2026-11-29T08:00Z")
+
+    def reading(i: int, lat: float = 30.25):
+        return _reading((t0 + pd.Timedelta(seconds=10 * i)).isoformat(), sensor, heart_rate_bpm=80.0, lat=lat,
+                        lon=120.15)
+
+    before = _service(tmp_path / "before")
+    raised = [a for a in _alerts(_run(before, [reading(i) for i in range(12)])) if a["kind"] == "man_down"]
+    assert raised and raised[0]["status"] == "raised"
+    with psycopg.connect(db_url) as conn:
+        _store_alert(conn, raised[-1])
+        conn.execute("INSERT INTO restricted.worker_observations (time, sensor_id, worker_id, quantity, value, unit,"
+                     " qc) VALUES (%s, %s, %s, 'heart_rate_bpm', 80, 'bpm', 1)",
+                     ((t0 + pd.Timedelta(seconds=110)).to_pydatetime(), sensor, sensor))
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        after = _service(tmp_path / "after", pool)
+        assert await after.restore_open_alerts() == 1
+        still = _alerts(_run(after, [reading(i) for i in range(12, 30)]))
+        moved = _alerts(_run(after, [reading(i, lat=30.26) for i in range(30, 34)]))
+    finally:
+        await pool.close()
+    assert [a for a in still if a["kind"] == "man_down"] == []  # neither an all-clear nor a new page
+    cleared = [a for a in moved if a["kind"] == "man_down"]
+    assert [a["status"] for a in cleared] == ["cleared"]
+    assert cleared[0]["dedup_key"] == raised[0]["dedup_key"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -256,7 +292,7 @@ def test_retention_takes_the_worker_out_of_old_rescue_tasks_alerts_and_incidents
     with psycopg.connect(db_url) as conn:
         conn.execute(
             "INSERT INTO incidents (incident_id, kind, status, severity, title_zh, title_en, lat, lon, districts,"
-            " opened_at, updated_at, related_alert_ids) VALUES (%s, 'worker_safety', 'reported', 'critical', %s, %s,"
+            " opened_at, updated_at, related_alert_ids) VALUES (%s, 'worker_safety', 'resolved', 'critical', %s, %s,"
             " 30.25, 120.15, '[\"d05\"]', %s, %s, '[]')",
             (inc_id, f"【紧急】人员 {pid}：倒地", f"[CRITICAL] worker {pid}: man down", old, old))
 
@@ -277,12 +313,15 @@ def test_retention_takes_the_worker_out_of_old_rescue_tasks_alerts_and_incidents
             " language, status, message, created_at) VALUES (%s, %s, 'task', %s, 'fs-wu', 'email', 'zh', 'sent', %s,"
             " %s)", (f"d-{tag}", f"d-{tag}", f"t-old-{tag}",
                      Jsonb({"subject": "人员救援", "body": f"人员 {pid} 倒地 30.261234,120.171234"}), old))
-        for aid, when, who in ((f"a-old-{tag}", old, pid), (f"a-new-{tag}", recent, new_pid)):
+        for aid, when, who in ((f"a-old-{tag}", old, pid), (f"a-new-{tag}", recent, new_pid),
+                               (f"a-open-{tag}", old, pid)):
             _store_alert(conn, {"alert_id": aid, "domain": "emergency", "kind": "man_down", "severity": "critical",
                                 "level": "red", "title_zh": "人员安全紧急：倒地", "title_en": "Worker safety: man down",
                                 "message_zh": f"【紧急】人员 {who}：倒地", "message_en": f"[CRITICAL] worker {who}: man down",
                                 "district": "d05", "dedup_key": f"emergency:worker:{who}:man_down", "raised_at": when,
                                 "evidence": {"worker": who, "grade": 3}})
+        # an alert still open keeps its worker, so that its clearing (by dedup key) still finds it
+        conn.execute("UPDATE alerts SET resolved_at = %s WHERE alert_id = %s", (old, f"a-old-{tag}"))
         got = enforce_retention(conn, worker_days=7)
 
         def row(sql, *args):
@@ -304,6 +343,8 @@ def test_retention_takes_the_worker_out_of_old_rescue_tasks_alerts_and_incidents
         assert pid not in a_old[0] + a_old[1] and "worker" not in a_old[2]
         assert a_old[1] == "emergency:worker:w-***:man_down"
         assert new_pid in row("SELECT message_en FROM alerts WHERE alert_id = %s", f"a-new-{tag}")[0]
+        assert row("SELECT dedup_key FROM alerts WHERE alert_id = %s", f"a-open-{tag}")[0] == (
+            f"emergency:worker:{pid}:man_down")
         assert pid not in "".join(row("SELECT title_zh, title_en FROM incidents WHERE incident_id = %s", inc_id))
         assert {k: got.get(k) for k in ("field_tasks_stripped", "deliveries_stripped", "alerts_stripped",
                                         "incidents_stripped")} == {"field_tasks_stripped": 1, "deliveries_stripped": 1,

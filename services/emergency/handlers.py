@@ -402,7 +402,8 @@ class EmergencyService:
         starts = [_ts(r["evidence"]["episode_start"]) for r in rows]
         async with self.pool.connection() as conn:
             known = await repository.known_worker_ids(conn, since=min(starts).to_pydatetime())
-        pids = {pseudonymise(w, self.key) for w in {*self.worker_of.values(), *known}}
+        worker_of_pid = {pseudonymise(w, self.key): w for w in {*self.worker_of.values(), *known}}
+        pids = set(worker_of_pid)
         n = 0
         for r, start in zip(rows, starts, strict=True):
             subject, kind = r["evidence"]["worker"], r["kind"]
@@ -411,6 +412,7 @@ class EmergencyService:
                 continue
             grade = int(r["evidence"].get("grade") or r["evidence"].get("max_grade") or int(Severity.WARNING))
             self.episodes.setdefault(pid, {})[kind] = _Episode(start, r["alert_id"], grade)
+            self.safety.resume(worker_of_pid[pid], kind, grade, start)
             n += 1
         if n:
             logger.info("took up %d open worker alert(s) after a restart", n)

@@ -120,7 +120,8 @@ def strip_worker_products(conn: psycopg.Connection, *, worker_days: int = 7) -> 
     """Take the worker out of the rows about a worker that outlive the personal-data retention.
 
     Rows whose evidence names a worker (the emergency service's rescue tasks and worker alerts) and worker
-    incidents older than `worker_days` keep what the city needs to account for the response (kind, times,
+    incidents older than `worker_days`, once closed (an alert, task or incident still open keeps its worker so that
+    it can be cleared, done or resolved), keep what the city needs to account for the response (kind, times,
     district, zone, assignee, status history) and lose the worker's pseudonym (text, evidence, dedup key) and,
     for a task, the worker's last position: it is moved to its incident's public location (the zone or district
     centre already published), else rounded to 0.01°. The crew's deliveries of such a task keep their status
@@ -140,7 +141,7 @@ def strip_worker_products(conn: psycopg.Connection, *, worker_days: int = 7) -> 
                                   AND i.lon IS NOT NULL), round(t.lon::numeric, 2)::double precision),
                   evidence = (t.evidence - 'worker' - 'lat' - 'lon')
                              || jsonb_build_object('personal_data_removed_at', now())
-                WHERE t.evidence ? 'worker' AND t.created_at < {cutoff}
+                WHERE t.evidence ? 'worker' AND t.created_at < {cutoff} AND t.status IN ('done', 'cancelled')
                 RETURNING t.task_id""", args).fetchall()]
         if tasks:
             conn.execute("UPDATE field_task_events SET evidence = evidence - 'worker' - 'lat' - 'lon' "
@@ -157,12 +158,12 @@ def strip_worker_products(conn: psycopg.Connection, *, worker_days: int = 7) -> 
                   message_en = regexp_replace(message_en, %(p)s, '***', 'g'),
                   dedup_key = regexp_replace(dedup_key, %(p)s, 'w-***', 'g'),
                   evidence = evidence - 'worker'
-                WHERE evidence ? 'worker' AND raised_at < {cutoff}""", args).rowcount
+                WHERE evidence ? 'worker' AND raised_at < {cutoff} AND resolved_at IS NOT NULL""", args).rowcount
         incidents = conn.execute(
             f"""UPDATE incidents SET
                   title_zh = regexp_replace(title_zh, %(p)s, '***', 'g'),
                   title_en = regexp_replace(title_en, %(p)s, '***', 'g')
-                WHERE kind = 'worker_safety' AND opened_at < {cutoff}
+                WHERE kind = 'worker_safety' AND opened_at < {cutoff} AND status = 'resolved'
                   AND (title_zh ~ %(p)s OR title_en ~ %(p)s)""", args).rowcount
     return {"field_tasks": len(tasks), "deliveries": deliveries, "alerts": alerts, "incidents": incidents}
 

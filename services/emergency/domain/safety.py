@@ -144,6 +144,8 @@ class SafetyMonitor:
         # man-down: no movement for `immobile_s`; sooner (half the time) after a fall
         if r.fall:
             st.fell_at = r.time
+        if has_pos and st.still_since is not None and math.isnan(st.still_lat):
+            st.still_lat, st.still_lon = r.lat, r.lon  # a resumed man-down: still from its first position on
         moved = has_pos and (st.still_since is None
                              or haversine_m(st.still_lat, st.still_lon, r.lat, r.lon) > self.limits.moved_m)
         if moved:
@@ -172,6 +174,15 @@ class SafetyMonitor:
                 alerts.append(self._alert(r, "restricted_entry", Severity.ALARM, math.nan, (zid,)))
         st.zones = frozenset(restricted)
         return alerts
+
+    def resume(self, worker_id: str, kind: str, grade: int, raised_at: pd.Timestamp) -> None:
+        """After a restart: a condition raised at `raised_at` and still open is open again here, so the readings
+        to come update or clear it. Without this a man-down (which takes `immobile_s` of stillness to judge) read
+        as cleared on the first readings of a worker who had not moved."""
+        st = self._state.setdefault(worker_id, _WorkerState())
+        st.open[kind] = max(st.open.get(kind, 0), grade)
+        if kind == "man_down" and st.still_since is None:
+            st.still_since = raised_at - pd.Timedelta(seconds=self.limits.immobile_s)
 
     def open_conditions(self, worker_id: str) -> dict[str, int]:
         """The conditions (kind -> grade) open for a worker right now; a kind leaving this set has cleared."""
