@@ -43,10 +43,14 @@ async def _insert_new(conn: psycopg.AsyncConnection, cur: psycopg.AsyncCursor, t
     try:
         async with conn.transaction():  # a savepoint: a conflict undoes this copy only
             await _copy_rows(cur, table, columns, types, rows)
-        return len(rows)
     except psycopg.errors.UniqueViolation:
         # `key` is the table's only unique constraint; under TimescaleDB the error names the chunk's copy of it
-        pass
+        return await _insert_only_new(cur, table, key, columns, types, rows)
+    return len(rows)
+
+
+async def _insert_only_new(cur: psycopg.AsyncCursor, table: str, key: str, columns: tuple[str, ...],
+                           types: tuple[str, ...], rows: list[tuple]) -> int:
     stage = table.rsplit(".", 1)[-1] + "_stage"
     await cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
     await _copy_rows(cur, stage, columns, types, rows)
