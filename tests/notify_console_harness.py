@@ -13,6 +13,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def flood_alert():
+    """The console tests' alert: a major flood risk in d08, with a fresh id and dedup key."""
+    import secrets
+    from datetime import UTC, datetime
+
+    from schemas.alerts import Alert, GeoPoint
+
+    return Alert(
+        alert_id=f"al-{secrets.token_hex(4)}",
+        domain="water",
+        kind="flood_risk",
+        severity="major",
+        title_zh="低洼地区内涝风险",
+        title_en="Flood risk in low-lying streets",
+        message_zh="请派员巡查。",
+        message_en="Send a patrol.",
+        location=GeoPoint(lat=30.25, lon=120.16),
+        district="d08",
+        dedup_key=f"water:flood:{secrets.token_hex(3)}",
+        raised_at=datetime.now(UTC),
+    )
+
+
 def settings(db_url: str, d: Path, tag: str, topics: dict[str, str], **extra):
     """NotifySettings reading the roster and routing written in `d`, on this test's own topics and group."""
     from shared.notify.settings import NotifySettings

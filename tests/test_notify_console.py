@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from schemas.alerts import Alert, GeoPoint
+from schemas.alerts import GeoPoint
 from schemas.tasks import FieldTask
 from shared.notify.domain.auth import hash_password
 
@@ -98,20 +98,7 @@ async def _login(page, url, user):
 async def test_dispatcher_acknowledges_in_the_browser_and_it_is_audited(console):
     from playwright.async_api import async_playwright
 
-    alert = Alert(
-        alert_id=f"al-{secrets.token_hex(4)}",
-        domain="water",
-        kind="flood_risk",
-        severity="major",
-        title_zh="低洼地区内涝风险",
-        title_en="Flood risk in low-lying streets",
-        message_zh="请派员巡查。",
-        message_en="Send a patrol.",
-        location=GeoPoint(lat=30.25, lon=120.16),
-        district="d08",
-        dedup_key=f"water:flood:{secrets.token_hex(3)}",
-        raised_at=datetime.now(UTC),
-    )
+    alert = harness.flood_alert()
     task = FieldTask(
         task_id=f"task-{secrets.token_hex(4)}",
         kind="inspect_drain",

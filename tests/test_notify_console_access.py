@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from schemas.alerts import Alert, GeoPoint
+from schemas.alerts import GeoPoint
 from shared.notify.domain.auth import hash_password
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="module")]
@@ -78,20 +78,7 @@ async def console(db_url, stack_env, tmp_path_factory):
 async def _raise_alert(c) -> str:
     from shared.notify.testing import encode_event
 
-    alert = Alert(
-        alert_id=f"al-{secrets.token_hex(4)}",
-        domain="water",
-        kind="flood_risk",
-        severity="major",
-        title_zh="低洼地区内涝风险",
-        title_en="Flood risk in low-lying streets",
-        message_zh="请派员巡查。",
-        message_en="Send a patrol.",
-        location=GeoPoint(lat=30.25, lon=120.16),
-        district="d08",
-        dedup_key=f"water:flood:{secrets.token_hex(3)}",
-        raised_at=datetime.now(UTC),
-    )
+    alert = harness.flood_alert()
     await c["producer"].send_and_wait(c["topics"]["alerts"], encode_event("alert", alert))
     return alert.alert_id
 
